@@ -1,0 +1,24 @@
+//! Pupil: run, fine-tune and distil small language models on the user's GPU through WGSL
+//! compute kernels, natively (wgpu) and in the browser (WebGPU via WASM).
+//!
+//! Layers, each depending only on the ones above it (see ARCHITECTURE.md):
+//! - [`gpu`]: device and capabilities, tensors, the shader preprocessor and pipeline cache,
+//!   command batching, readback.
+//! - [`ops`]: one Rust op per kernel family; checks shapes, picks the variant, dispatches.
+//! - [`reference`]: plain-Rust CPU references (f64 accumulation) for every op.
+//! - [`selftest`]: the kernel checks (GPU op vs CPU reference), shared by the native tests,
+//!   `pupil selftest` and the browser test page.
+//! - `web`: wasm-bindgen exports (feature `web`).
+
+pub mod error;
+pub mod gpu;
+pub mod ops;
+pub mod reference;
+pub mod rng;
+pub mod selftest;
+
+#[cfg(all(feature = "web", target_arch = "wasm32"))]
+pub mod web;
+
+pub use error::{PupilError, Result};
+pub use gpu::{Batch, Capabilities, ContextOptions, DType, GpuContext, Tensor};

@@ -1,0 +1,21 @@
+//! CPU references for every op, one file per op (named as the op): plain Rust, f64
+//! accumulation, written from the definitions rather than from the kernels. Inputs are f32
+//! (already rounded to f16 where the f16 path is tested); outputs are f64.
+
+pub mod activation;
+pub mod add;
+pub mod argmax;
+pub mod embedding;
+pub mod rms_norm;
+pub mod rope;
+pub mod softmax;
+pub mod topk;
+
+pub use activation::{activation, gated_activation};
+pub use add::add;
+pub use argmax::argmax;
+pub use embedding::embedding;
+pub use rms_norm::rms_norm;
+pub use rope::rope;
+pub use softmax::softmax;
+pub use topk::topk;

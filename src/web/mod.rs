@@ -1,0 +1,80 @@
+//! wasm-bindgen exports (feature `web`). Thin: converts types and forwards to the library.
+//! Results cross to JavaScript as JSON strings.
+
+use wasm_bindgen::prelude::*;
+
+use crate::gpu::shader::{render, Dialect};
+use crate::gpu::{ContextOptions, GpuContext};
+
+fn js_err(e: impl std::fmt::Display) -> JsValue {
+    JsValue::from_str(&e.to_string())
+}
+
+#[wasm_bindgen(start)]
+pub fn start() {
+    console_error_panic_hook::set_once();
+}
+
+/// Adapter description and capabilities as seen through wgpu's WebGPU backend.
+#[wasm_bindgen]
+pub async fn gpu_info() -> Result<String, JsValue> {
+    let ctx = GpuContext::new(ContextOptions::default())
+        .await
+        .map_err(js_err)?;
+    let info = serde_json::json!({
+        "adapter": ctx.adapter_info.name,
+        "backend": format!("{:?}", ctx.adapter_info.backend),
+        "adapter_features": format!("{:?}", ctx.adapter_features),
+        "caps": ctx.caps,
+        "describe": ctx.describe(),
+    });
+    Ok(info.to_string())
+}
+
+/// Run the kernel self-test (all families, or those named comma-separated in `families`)
+/// and return `{ caps, reports: [CaseReport] }` as JSON.
+#[wasm_bindgen]
+pub async fn run_selftest(families: String) -> Result<String, JsValue> {
+    let ctx = GpuContext::new(ContextOptions::default())
+        .await
+        .map_err(js_err)?;
+    let mut dtypes = vec![crate::DType::F32];
+    if ctx.caps.f16 {
+        dtypes.push(crate::DType::F16);
+    }
+    let wanted: Vec<&str> = families
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect();
+    let mut reports = Vec::new();
+    for dt in dtypes {
+        for fam in crate::selftest::FAMILIES {
+            if wanted.is_empty() || wanted.contains(fam) {
+                reports.extend(
+                    crate::selftest::run_family(&ctx, fam, dt)
+                        .await
+                        .map_err(js_err)?,
+                );
+            }
+        }
+    }
+    Ok(serde_json::json!({ "caps": ctx.caps, "reports": reports }).to_string())
+}
+
+/// Every kernel variant's WGSL as the browser compiler (Tint) will read it:
+/// `[{ name, entry, needs_f16, needs_subgroups, source }]`.
+#[wasm_bindgen]
+pub fn shader_variants() -> Result<String, JsValue> {
+    let mut out = Vec::new();
+    for key in crate::ops::all_variants() {
+        out.push(serde_json::json!({
+            "name": key.to_string(),
+            "entry": key.entry,
+            "needs_f16": key.needs_f16(),
+            "needs_subgroups": key.needs_subgroups(),
+            "source": render(&key, Dialect::Tint).map_err(js_err)?,
+        }));
+    }
+    Ok(serde_json::Value::Array(out).to_string())
+}

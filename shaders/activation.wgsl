@@ -53,8 +53,8 @@ fn act(v: f32) -> f32 {
 }
 
 @compute @workgroup_size(WG)
-fn activation_forward(ids: Ids) {
-    let gid = group_id(ids) * WG + ids.lid;
+fn activation_forward(ids: Ids, @builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let gid = group_id(wg, nwg) * WG + ids.lid;
     if (gid >= p.rows * p.width) {
         return;
     }

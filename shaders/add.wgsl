@@ -16,8 +16,8 @@ struct Params {
 #endif
 
 @compute @workgroup_size(WG)
-fn add_forward(ids: Ids) {
-    let i = group_id(ids) * WG + ids.lid;
+fn add_forward(ids: Ids, @builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = group_id(wg, nwg) * WG + ids.lid;
     if (i >= p.n) {
         return;
     }

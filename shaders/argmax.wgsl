@@ -12,8 +12,8 @@ struct Params {
 @group(0) @binding(2) var<storage, read_write> out: array<u32>;
 
 @compute @workgroup_size(WG)
-fn argmax_forward(ids: Ids) {
-    let row = group_id(ids);
+fn argmax_forward(ids: Ids, @builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let row = group_id(wg, nwg);
     if (row >= p.rows) {
         return;
     }

@@ -15,8 +15,8 @@ struct Params {
 @group(0) @binding(3) var<storage, read_write> y: array<T>;
 
 @compute @workgroup_size(WG)
-fn embedding_forward(ids: Ids) {
-    let gid = group_id(ids) * WG + ids.lid;
+fn embedding_forward(ids: Ids, @builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let gid = group_id(wg, nwg) * WG + ids.lid;
     if (gid >= p.n_ids * p.dim) {
         return;
     }

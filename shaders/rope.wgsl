@@ -26,9 +26,9 @@ struct Params {
 @group(0) @binding(4) var<storage, read_write> y: array<T>;
 
 @compute @workgroup_size(WG)
-fn rope_forward(ids: Ids) {
+fn rope_forward(ids: Ids, @builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let half_dim = p.head_dim / 2u;
-    let gid = group_id(ids) * WG + ids.lid;
+    let gid = group_id(wg, nwg) * WG + ids.lid;
     if (gid >= p.tokens * p.heads * half_dim) {
         return;
     }

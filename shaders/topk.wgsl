@@ -18,8 +18,8 @@ struct Params {
 @group(0) @binding(3) var<storage, read_write> out_val: array<f32>;
 
 @compute @workgroup_size(WG)
-fn topk_forward(ids: Ids) {
-    let row = group_id(ids);
+fn topk_forward(ids: Ids, @builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let row = group_id(wg, nwg);
     if (row >= p.rows) {
         return;
     }

@@ -15,11 +15,7 @@ pub enum PupilError {
     #[error("{op}: invalid argument: {detail}")]
     InvalidArgument { op: &'static str, detail: String },
     #[error("{what} needs {bytes} bytes, over the adapter's limit of {limit} bytes")]
-    TooLarge {
-        what: String,
-        bytes: u64,
-        limit: u64,
-    },
+    TooLarge { what: String, bytes: u64, limit: u64 },
     #[error("the adapter lacks the `{0}` feature this request needs")]
     MissingFeature(&'static str),
     #[error("shader `{shader}`: {detail}")]
@@ -34,21 +30,12 @@ pub type Result<T, E = PupilError> = std::result::Result<T, E>;
 
 impl PupilError {
     pub(crate) fn shape(op: &'static str, detail: impl Into<String>) -> Self {
-        PupilError::Shape {
-            op,
-            detail: detail.into(),
-        }
+        PupilError::Shape { op, detail: detail.into() }
     }
     pub(crate) fn dtype(op: &'static str, detail: impl Into<String>) -> Self {
-        PupilError::DType {
-            op,
-            detail: detail.into(),
-        }
+        PupilError::DType { op, detail: detail.into() }
     }
     pub(crate) fn arg(op: &'static str, detail: impl Into<String>) -> Self {
-        PupilError::InvalidArgument {
-            op,
-            detail: detail.into(),
-        }
+        PupilError::InvalidArgument { op, detail: detail.into() }
     }
 }

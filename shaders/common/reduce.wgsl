@@ -16,7 +16,7 @@ var<workgroup> red_out_key: u32;
 var<workgroup> red_out_idx: u32;
 
 // The most negative finite f32; a stand-in for -inf that survives fast-math compilers.
-const LOWEST_F32: f32 = -3.40282347e38;
+const LOWEST_F32: f32 = -0x1.fffffep+127f;
 
 fn wg_sum(v: f32, ids: Ids) -> f32 {
 #ifdef SUBGROUPS

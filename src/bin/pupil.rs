@@ -7,11 +7,7 @@ use pupil::gpu::DType;
 use pupil::{selftest, ContextOptions, GpuContext};
 
 #[derive(Parser)]
-#[command(
-    name = "pupil",
-    version,
-    about = "Run, fine-tune and distil small language models on your GPU"
-)]
+#[command(name = "pupil", version, about = "Run, fine-tune and distil small language models on your GPU")]
 struct Cli {
     /// Do not use the f16 storage path even if the adapter supports shader-f16.
     #[arg(long, global = true)]
@@ -87,11 +83,7 @@ async fn run(command: Command, options: ContextOptions) -> pupil::Result<ExitCod
                 }
             }
             println!("kernel selftest: {passed} passed, {failed} failed");
-            Ok(if failed == 0 {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            })
+            Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
     }
 }

@@ -41,11 +41,7 @@ pub fn grid_for(ctx: &GpuContext, n: u32) -> [u32; 3] {
 
 impl<'c> Batch<'c> {
     pub fn new(ctx: &'c GpuContext) -> Self {
-        Batch {
-            ctx,
-            params: Vec::new(),
-            recorded: Vec::new(),
-        }
+        Batch { ctx, params: Vec::new(), recorded: Vec::new() }
     }
 
     pub fn context(&self) -> &'c GpuContext {
@@ -61,22 +57,12 @@ impl<'c> Batch<'c> {
 
     /// Record one dispatch of `key` with `params` at binding 0 and `tensors` at bindings
     /// 1.. in order. Checks every binding against the adapter's limits first.
-    pub fn dispatch(
-        &mut self,
-        key: &KernelKey,
-        params: &[u8],
-        tensors: &[&Tensor],
-        groups: [u32; 3],
-    ) -> Result<()> {
+    pub fn dispatch(&mut self, key: &KernelKey, params: &[u8], tensors: &[&Tensor], groups: [u32; 3]) -> Result<()> {
         let caps = &self.ctx.caps;
         if tensors.len() as u32 > caps.max_storage_buffers_per_stage {
             return Err(PupilError::arg(
                 key.entry,
-                format!(
-                    "{} storage bindings, adapter allows {}",
-                    tensors.len(),
-                    caps.max_storage_buffers_per_stage
-                ),
+                format!("{} storage bindings, adapter allows {}", tensors.len(), caps.max_storage_buffers_per_stage),
             ));
         }
         let mut bindings = Vec::with_capacity(tensors.len());
@@ -84,12 +70,7 @@ impl<'c> Batch<'c> {
             let size = t.binding_size();
             if size > caps.max_storage_binding {
                 return Err(PupilError::TooLarge {
-                    what: format!(
-                        "{} binding of {:?} {}",
-                        key.entry,
-                        t.shape(),
-                        t.dtype().name()
-                    ),
+                    what: format!("{} binding of {:?} {}", key.entry, t.shape(), t.dtype().name()),
                     bytes: size,
                     limit: caps.max_storage_binding,
                 });
@@ -106,14 +87,8 @@ impl<'c> Batch<'c> {
             }
             bindings.push((t.alloc.clone(), t.offset_bytes(), size));
         }
-        if groups
-            .iter()
-            .any(|&g| g > caps.max_workgroups_per_dimension)
-        {
-            return Err(PupilError::arg(
-                key.entry,
-                format!("grid {groups:?} over the per-dimension limit"),
-            ));
+        if groups.iter().any(|&g| g > caps.max_workgroups_per_dimension) {
+            return Err(PupilError::arg(key.entry, format!("grid {groups:?} over the per-dimension limit")));
         }
         let pipeline = self.ctx.pipeline(key)?;
         let align = caps.min_uniform_offset_alignment.max(16) as usize;
@@ -182,16 +157,11 @@ impl<'c> Batch<'c> {
             })
             .collect();
 
-        let mut encoder = ctx
-            .device
-            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                label: Some("pupil batch"),
-            });
+        let mut encoder =
+            ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("pupil batch") });
         {
-            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                label: Some("pupil"),
-                timestamp_writes: None,
-            });
+            let mut pass = encoder
+                .begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("pupil"), timestamp_writes: None });
             for (r, bg) in self.recorded.iter().zip(&bind_groups) {
                 pass.set_pipeline(&r.pipeline);
                 pass.set_bind_group(0, bg, &[]);

@@ -38,14 +38,11 @@ impl ContextOptions {
     /// Defaults overridden by the environment (native only; ignored in the browser):
     /// `PUPIL_NO_F16=1`, `PUPIL_NO_SUBGROUPS=1`, `PUPIL_MAX_STORAGE_BINDING=<bytes>`.
     pub fn from_env() -> Self {
+        #[cfg_attr(target_arch = "wasm32", allow(unused_mut))]
         let mut o = ContextOptions::default();
         #[cfg(not(target_arch = "wasm32"))]
         {
-            let set = |k: &str| {
-                std::env::var(k)
-                    .map(|v| v != "0" && !v.is_empty())
-                    .unwrap_or(false)
-            };
+            let set = |k: &str| std::env::var(k).map(|v| v != "0" && !v.is_empty()).unwrap_or(false);
             if set("PUPIL_NO_F16") {
                 o.allow_f16 = false;
             }
@@ -108,8 +105,7 @@ pub struct DispatchStats {
 impl GpuContext {
     /// Open the best adapter with the given options.
     pub async fn new(options: ContextOptions) -> Result<Self> {
-        let instance =
-            wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+        let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
         let adapter = instance
             .request_adapter(&wgpu::RequestAdapterOptions {
                 power_preference: options.power_preference,
@@ -119,9 +115,7 @@ impl GpuContext {
             })
             .await
             .map_err(|e| {
-                PupilError::NoAdapter(format!(
-                    "{e} (is WebGPU enabled, or a Vulkan/Metal/DX12 driver installed?)"
-                ))
+                PupilError::NoAdapter(format!("{e} (is WebGPU enabled, or a Vulkan/Metal/DX12 driver installed?)"))
             })?;
         Self::from_adapter(adapter, options).await
     }
@@ -132,8 +126,7 @@ impl GpuContext {
         let adapter_limits = adapter.limits();
 
         let f16 = options.allow_f16 && adapter_features.contains(wgpu::Features::SHADER_F16);
-        let subgroups =
-            options.allow_subgroups && adapter_features.contains(wgpu::Features::SUBGROUP);
+        let subgroups = options.allow_subgroups && adapter_features.contains(wgpu::Features::SUBGROUP);
         let mut required_features = wgpu::Features::empty();
         if f16 {
             required_features |= wgpu::Features::SHADER_F16;
@@ -184,9 +177,7 @@ impl GpuContext {
         }));
         let slot = gpu_error.clone();
         device.set_device_lost_callback(move |reason, msg| {
-            slot.lock()
-                .unwrap()
-                .get_or_insert_with(|| format!("device lost ({reason:?}): {msg}"));
+            slot.lock().unwrap().get_or_insert_with(|| format!("device lost ({reason:?}): {msg}"));
         });
         Ok(GpuContext {
             gpu_error,

@@ -44,8 +44,6 @@ impl MemoryTracker {
     }
 
     pub fn reset_peak(&self) {
-        self.inner
-            .peak
-            .store(self.current_bytes(), Ordering::Relaxed);
+        self.inner.peak.store(self.current_bytes(), Ordering::Relaxed);
     }
 }

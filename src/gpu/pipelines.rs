@@ -36,28 +36,25 @@ impl GpuContext {
             return Ok(p.clone());
         }
         let source = render(key, Dialect::of_this_build())?;
-        let module = self
-            .device
-            .create_shader_module(wgpu::ShaderModuleDescriptor {
-                label: Some(key.shader),
-                source: wgpu::ShaderSource::Wgsl(source.into()),
-            });
-        let pipeline = Arc::new(self.device.create_compute_pipeline(
-            &wgpu::ComputePipelineDescriptor {
-                label: Some(key.entry),
-                layout: None,
-                module: &module,
-                entry_point: Some(key.entry),
-                compilation_options: wgpu::PipelineCompilationOptions::default(),
-                cache: None,
-            },
-        ));
-        self.pipelines
-            .map
-            .lock()
-            .unwrap()
-            .insert(key.clone(), pipeline.clone());
+        let module = self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: Some(key.shader),
+            source: wgpu::ShaderSource::Wgsl(source.into()),
+        });
+        let pipeline = Arc::new(self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some(key.entry),
+            layout: None,
+            module: &module,
+            entry_point: Some(key.entry),
+            compilation_options: wgpu::PipelineCompilationOptions::default(),
+            cache: None,
+        }));
+        self.pipelines.map.lock().unwrap().insert(key.clone(), pipeline.clone());
         Ok(pipeline)
+    }
+
+    /// The keys of every pipeline compiled so far (tests check each is a listed variant).
+    pub fn compiled_kernels(&self) -> Vec<KernelKey> {
+        self.pipelines.map.lock().unwrap().keys().cloned().collect()
     }
 
     /// Compile `key` inside an error scope and report any error as a typed value (used by
@@ -71,10 +68,7 @@ impl GpuContext {
             None => Ok(()),
             Some(e) => {
                 self.pipelines.map.lock().unwrap().remove(key);
-                Err(PupilError::Shader {
-                    shader: key.to_string(),
-                    detail: e.to_string(),
-                })
+                Err(PupilError::Shader { shader: key.to_string(), detail: e.to_string() })
             }
         }
     }

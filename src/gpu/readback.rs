@@ -6,23 +6,14 @@ use futures_channel::oneshot;
 use super::context::GpuContext;
 use crate::error::{PupilError, Result};
 
-pub(crate) async fn read_buffer(
-    ctx: &GpuContext,
-    src: &wgpu::Buffer,
-    offset: u64,
-    size: u64,
-) -> Result<Vec<u8>> {
+pub(crate) async fn read_buffer(ctx: &GpuContext, src: &wgpu::Buffer, offset: u64, size: u64) -> Result<Vec<u8>> {
     let staging = ctx.device.create_buffer(&wgpu::BufferDescriptor {
         label: Some("pupil readback"),
         size,
         usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
         mapped_at_creation: false,
     });
-    let mut encoder = ctx
-        .device
-        .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-            label: Some("readback"),
-        });
+    let mut encoder = ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("readback") });
     encoder.copy_buffer_to_buffer(src, offset, &staging, 0, size);
     ctx.queue.submit([encoder.finish()]);
     ctx.stats.lock().unwrap().submits += 1;
@@ -32,16 +23,11 @@ pub(crate) async fn read_buffer(
         let _ = tx.send(r);
     });
     #[cfg(not(target_arch = "wasm32"))]
-    ctx.device
-        .poll(wgpu::PollType::wait_indefinitely())
-        .map_err(|e| PupilError::Readback(e.to_string()))?;
+    ctx.device.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| PupilError::Readback(e.to_string()))?;
     rx.await
         .map_err(|_| PupilError::Readback("the map callback was dropped (device lost?)".into()))?
         .map_err(|e| PupilError::Readback(e.to_string()))?;
-    let bytes = staging
-        .get_mapped_range(..)
-        .map_err(|e| PupilError::Readback(e.to_string()))?
-        .to_vec();
+    let bytes = staging.get_mapped_range(..).map_err(|e| PupilError::Readback(e.to_string()))?.to_vec();
     staging.unmap();
     if let Some(e) = ctx.take_gpu_error() {
         return Err(PupilError::Gpu(e));

@@ -22,10 +22,7 @@ use crate::error::{PupilError, Result};
 /// (name, source) of every WGSL file; names are paths under `shaders/` without `.wgsl`.
 pub const SHADER_FILES: &[(&str, &str)] = &[
     ("common/ids", include_str!("../../shaders/common/ids.wgsl")),
-    (
-        "common/reduce",
-        include_str!("../../shaders/common/reduce.wgsl"),
-    ),
+    ("common/reduce", include_str!("../../shaders/common/reduce.wgsl")),
     ("rms_norm", include_str!("../../shaders/rms_norm.wgsl")),
     ("rope", include_str!("../../shaders/rope.wgsl")),
     ("activation", include_str!("../../shaders/activation.wgsl")),
@@ -66,11 +63,7 @@ pub struct KernelKey {
 
 impl KernelKey {
     pub fn new(shader: &'static str, entry: &'static str) -> Self {
-        KernelKey {
-            shader,
-            entry,
-            defines: Vec::new(),
-        }
+        KernelKey { shader, entry, defines: Vec::new() }
     }
 
     /// Add `NAME = value` (replacing an earlier value).
@@ -121,10 +114,7 @@ fn file(name: &str) -> Result<&'static str> {
         .iter()
         .find(|(n, _)| *n == name)
         .map(|(_, s)| *s)
-        .ok_or_else(|| PupilError::Shader {
-            shader: name.into(),
-            detail: "no such shader file".into(),
-        })
+        .ok_or_else(|| PupilError::Shader { shader: name.into(), detail: "no such shader file".into() })
 }
 
 /// The full WGSL text of a variant.
@@ -136,11 +126,7 @@ pub fn render(key: &KernelKey, dialect: Dialect) -> Result<String> {
     if key.needs_subgroups() && dialect == Dialect::Tint {
         out.push_str("enable subgroups;\n");
     }
-    out.push_str(if key.needs_f16() {
-        "alias T = f16;\n"
-    } else {
-        "alias T = f32;\n"
-    });
+    out.push_str(if key.needs_f16() { "alias T = f16;\n" } else { "alias T = f32;\n" });
     for (n, v) in &key.defines {
         out.push_str(&format!("const {n}: u32 = {v}u;\n"));
     }
@@ -150,12 +136,7 @@ pub fn render(key: &KernelKey, dialect: Dialect) -> Result<String> {
 }
 
 /// Paste `name` into `out`, resolving includes (each file once) and conditionals.
-fn expand(
-    key: &KernelKey,
-    name: &'static str,
-    out: &mut String,
-    included: &mut Vec<&'static str>,
-) -> Result<()> {
+fn expand(key: &KernelKey, name: &'static str, out: &mut String, included: &mut Vec<&'static str>) -> Result<()> {
     if included.contains(&name) {
         return Ok(());
     }
@@ -176,9 +157,7 @@ fn expand(
             let parent_live = live(&stack);
             stack.push((!key.has(rest.trim()), !parent_live));
         } else if t == "#else" {
-            let top = stack
-                .last_mut()
-                .ok_or_else(|| err(i, "#else without #ifdef"))?;
+            let top = stack.last_mut().ok_or_else(|| err(i, "#else without #ifdef"))?;
             top.0 = !top.0;
         } else if t == "#endif" {
             stack.pop().ok_or_else(|| err(i, "#endif without #ifdef"))?;
@@ -211,19 +190,13 @@ mod tests {
 
     #[test]
     fn conditionals_and_header() {
-        let k = KernelKey::new("rms_norm", "rms_norm_forward")
-            .flag("F16", true)
-            .define("WG", 64);
+        let k = KernelKey::new("rms_norm", "rms_norm_forward").flag("F16", true).define("WG", 64);
         let s = render(&k, Dialect::Naga).unwrap();
         assert!(s.starts_with("enable f16;\nalias T = f16;\n"));
         assert!(s.contains("const WG: u32 = 64u;"));
         assert!(!s.contains("#ifdef"));
         let k = KernelKey::new("rms_norm", "rms_norm_forward").flag("SUBGROUPS", true);
-        assert!(render(&k, Dialect::Tint)
-            .unwrap()
-            .starts_with("enable subgroups;"));
-        assert!(!render(&k, Dialect::Naga)
-            .unwrap()
-            .contains("enable subgroups;"));
+        assert!(render(&k, Dialect::Tint).unwrap().starts_with("enable subgroups;"));
+        assert!(!render(&k, Dialect::Naga).unwrap().contains("enable subgroups;"));
     }
 }

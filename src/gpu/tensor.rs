@@ -69,24 +69,12 @@ impl Tensor {
     /// An uninitialised tensor (contents unspecified; in practice zeroed by wgpu).
     pub fn empty(ctx: &GpuContext, shape: &[usize], dtype: DType) -> Result<Tensor> {
         let elems: usize = shape.iter().product();
-        Self::allocate(
-            ctx,
-            pad4(elems as u64 * dtype.size_bytes()),
-            shape,
-            dtype,
-            "tensor",
-        )
+        Self::allocate(ctx, pad4(elems as u64 * dtype.size_bytes()), shape, dtype, "tensor")
     }
 
     /// A buffer of `bytes` bytes viewed as `shape`; `bytes` may exceed the view (tests put a
     /// canary past the end).
-    pub fn allocate(
-        ctx: &GpuContext,
-        bytes: u64,
-        shape: &[usize],
-        dtype: DType,
-        label: &str,
-    ) -> Result<Tensor> {
+    pub fn allocate(ctx: &GpuContext, bytes: u64, shape: &[usize], dtype: DType, label: &str) -> Result<Tensor> {
         let bytes = pad4(bytes.max(4));
         let elems: u64 = shape.iter().map(|&d| d as u64).product();
         if elems * dtype.size_bytes() > bytes {
@@ -105,18 +93,12 @@ impl Tensor {
         let buffer = ctx.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(label),
             size: bytes,
-            usage: wgpu::BufferUsages::STORAGE
-                | wgpu::BufferUsages::COPY_SRC
-                | wgpu::BufferUsages::COPY_DST,
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
         ctx.memory.allocated(bytes);
         Ok(Tensor {
-            alloc: Arc::new(Allocation {
-                buffer,
-                size: bytes,
-                tracker: ctx.memory.clone(),
-            }),
+            alloc: Arc::new(Allocation { buffer, size: bytes, tracker: ctx.memory.clone() }),
             offset: 0,
             shape: shape.to_vec(),
             dtype,
@@ -124,12 +106,7 @@ impl Tensor {
     }
 
     /// Upload f32 values, converted to `dtype` (F32 or F16).
-    pub fn from_f32(
-        ctx: &GpuContext,
-        data: &[f32],
-        shape: &[usize],
-        dtype: DType,
-    ) -> Result<Tensor> {
+    pub fn from_f32(ctx: &GpuContext, data: &[f32], shape: &[usize], dtype: DType) -> Result<Tensor> {
         let t = Tensor::empty(ctx, shape, dtype)?;
         t.write_f32(ctx, data)?;
         Ok(t)
@@ -149,21 +126,13 @@ impl Tensor {
                 let h: Vec<half::f16> = data.iter().map(|&v| half::f16::from_f32(v)).collect();
                 bytemuck::cast_slice(&h).to_vec()
             }
-            DType::U32 => {
-                return Err(PupilError::dtype(
-                    "encode_f32",
-                    "cannot store floats in a u32 tensor",
-                ))
-            }
+            DType::U32 => return Err(PupilError::dtype("encode_f32", "cannot store floats in a u32 tensor")),
         })
     }
 
     pub fn write_f32(&self, ctx: &GpuContext, data: &[f32]) -> Result<()> {
         if data.len() != self.len() {
-            return Err(PupilError::shape(
-                "write",
-                format!("{} values for a tensor of {}", data.len(), self.len()),
-            ));
+            return Err(PupilError::shape("write", format!("{} values for a tensor of {}", data.len(), self.len())));
         }
         self.write_bytes(ctx, &Tensor::encode_f32(self.dtype, data)?)
     }
@@ -175,16 +144,11 @@ impl Tensor {
         if self.offset + padded > self.alloc.size {
             return Err(PupilError::shape(
                 "write",
-                format!(
-                    "{} bytes past the end of a {}-byte buffer",
-                    bytes.len(),
-                    self.alloc.size
-                ),
+                format!("{} bytes past the end of a {}-byte buffer", bytes.len(), self.alloc.size),
             ));
         }
         if padded == bytes.len() as u64 {
-            ctx.queue
-                .write_buffer(&self.alloc.buffer, self.offset, bytes);
+            ctx.queue.write_buffer(&self.alloc.buffer, self.offset, bytes);
         } else {
             let mut v = bytes.to_vec();
             v.resize(padded as usize, 0);
@@ -196,8 +160,7 @@ impl Tensor {
     /// Fill the whole underlying buffer (not just this view) with a repeated 32-bit word.
     pub fn fill_buffer_u32(&self, ctx: &GpuContext, word: u32) {
         let v = vec![word; (self.alloc.size / 4) as usize];
-        ctx.queue
-            .write_buffer(&self.alloc.buffer, 0, bytemuck::cast_slice(&v));
+        ctx.queue.write_buffer(&self.alloc.buffer, 0, bytemuck::cast_slice(&v));
     }
 
     /// A view of `shape` starting `elem_offset` elements into this tensor. Views that are
@@ -208,18 +171,10 @@ impl Tensor {
         if elem_offset + elems > self.len() {
             return Err(PupilError::shape(
                 "view",
-                format!(
-                    "view {elem_offset}+{shape:?} outside a tensor of {}",
-                    self.len()
-                ),
+                format!("view {elem_offset}+{shape:?} outside a tensor of {}", self.len()),
             ));
         }
-        Ok(Tensor {
-            alloc: self.alloc.clone(),
-            offset,
-            shape: shape.to_vec(),
-            dtype: self.dtype,
-        })
+        Ok(Tensor { alloc: self.alloc.clone(), offset, shape: shape.to_vec(), dtype: self.dtype })
     }
 
     pub fn shape(&self) -> &[usize] {
@@ -255,20 +210,14 @@ impl Tensor {
         let n = self.len();
         Ok(match self.dtype {
             DType::F32 => bytemuck::cast_slice::<u8, f32>(&bytes)[..n].to_vec(),
-            DType::F16 => bytemuck::cast_slice::<u8, half::f16>(&bytes)[..n]
-                .iter()
-                .map(|h| h.to_f32())
-                .collect(),
+            DType::F16 => bytemuck::cast_slice::<u8, half::f16>(&bytes)[..n].iter().map(|h| h.to_f32()).collect(),
             DType::U32 => return Err(PupilError::dtype("read_f32", "tensor holds u32")),
         })
     }
 
     pub async fn read_u32(&self, ctx: &GpuContext) -> Result<Vec<u32>> {
         if self.dtype != DType::U32 {
-            return Err(PupilError::dtype(
-                "read_u32",
-                format!("tensor holds {}", self.dtype.name()),
-            ));
+            return Err(PupilError::dtype("read_u32", format!("tensor holds {}", self.dtype.name())));
         }
         let bytes = self.read_bytes(ctx).await?;
         Ok(bytemuck::cast_slice::<u8, u32>(&bytes)[..self.len()].to_vec())

@@ -4,10 +4,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{
-    dtype_and_reduction_variants, elem_grid, expect_len, float_dtype, kernel, rows_and_width,
-    to_u32, WG,
-};
+use super::{dtype_and_reduction_variants, elem_grid, expect_len, float_dtype, kernel, rows_and_width, to_u32, WG};
 use crate::error::{PupilError, Result};
 use crate::gpu::{Batch, KernelKey, Tensor};
 
@@ -40,16 +37,9 @@ struct Params {
 }
 
 fn key(b: &Batch, act: Activation, gated: bool, dt: crate::gpu::DType) -> KernelKey {
-    kernel(
-        b.context(),
-        "activation",
-        "activation_forward",
-        dt,
-        false,
-        WG,
-    )
-    .define("ACT", act.code())
-    .flag("GATED", gated)
+    kernel(b.context(), "activation", "activation_forward", dt, false, WG)
+        .define("ACT", act.code())
+        .flag("GATED", gated)
 }
 
 /// `y = act(x)` elementwise.
@@ -66,22 +56,11 @@ pub fn activation_forward(b: &mut Batch, act: Activation, x: &Tensor, y: &Tensor
         up_offset: 0,
     };
     let grid = elem_grid(b, x.len())?;
-    b.dispatch(
-        &key(b, act, false, dt),
-        bytemuck::bytes_of(&p),
-        &[x, y],
-        grid,
-    )
+    b.dispatch(&key(b, act, false, dt), bytemuck::bytes_of(&p), &[x, y], grid)
 }
 
 /// `y = act(gate) * up` for `[rows, width]` tensors (SwiGLU with `Silu`, GeGLU with GELU).
-pub fn gated_activation_forward(
-    b: &mut Batch,
-    act: Activation,
-    gate: &Tensor,
-    up: &Tensor,
-    y: &Tensor,
-) -> Result<()> {
+pub fn gated_activation_forward(b: &mut Batch, act: Activation, gate: &Tensor, up: &Tensor, y: &Tensor) -> Result<()> {
     const OP: &str = "gated_activation_forward";
     let dt = float_dtype(b.context(), OP, &[gate, up, y])?;
     let (rows, width) = rows_and_width(OP, gate)?;
@@ -95,29 +74,16 @@ pub fn gated_activation_forward(
         up_offset: 0,
     };
     let grid = elem_grid(b, gate.len())?;
-    b.dispatch(
-        &key(b, act, true, dt),
-        bytemuck::bytes_of(&p),
-        &[gate, up, y],
-        grid,
-    )
+    b.dispatch(&key(b, act, true, dt), bytemuck::bytes_of(&p), &[gate, up, y], grid)
 }
 
 /// `y[r] = act(gate_up[r, :w]) * gate_up[r, w:]` for a fused `[rows, 2w]` projection output.
-pub fn gated_activation_fused_forward(
-    b: &mut Batch,
-    act: Activation,
-    gate_up: &Tensor,
-    y: &Tensor,
-) -> Result<()> {
+pub fn gated_activation_fused_forward(b: &mut Batch, act: Activation, gate_up: &Tensor, y: &Tensor) -> Result<()> {
     const OP: &str = "gated_activation_fused_forward";
     let dt = float_dtype(b.context(), OP, &[gate_up, y])?;
     let (rows, width2) = rows_and_width(OP, gate_up)?;
     if width2 % 2 != 0 {
-        return Err(PupilError::shape(
-            OP,
-            format!("fused gate|up width {width2} is odd"),
-        ));
+        return Err(PupilError::shape(OP, format!("fused gate|up width {width2} is odd")));
     }
     let width = width2 / 2;
     expect_len(OP, "output", y, rows * width)?;
@@ -129,12 +95,7 @@ pub fn gated_activation_fused_forward(
         up_offset: to_u32(OP, width)?,
     };
     let grid = elem_grid(b, rows * width)?;
-    b.dispatch(
-        &key(b, act, true, dt),
-        bytemuck::bytes_of(&p),
-        &[gate_up, gate_up, y],
-        grid,
-    )
+    b.dispatch(&key(b, act, true, dt), bytemuck::bytes_of(&p), &[gate_up, gate_up, y], grid)
 }
 
 pub fn variants() -> Vec<KernelKey> {

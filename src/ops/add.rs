@@ -23,14 +23,7 @@ pub fn add_forward(b: &mut Batch, a: &Tensor, bb: &Tensor, y: &Tensor) -> Result
     }
     let key = kernel(b.context(), "add", "add_forward", dt, false, WG);
     let grid = elem_grid(b, a.len())?;
-    b.dispatch(
-        &key,
-        bytemuck::bytes_of(&Params {
-            n: to_u32(OP, a.len())?,
-        }),
-        &[a, bb, y],
-        grid,
-    )
+    b.dispatch(&key, bytemuck::bytes_of(&Params { n: to_u32(OP, a.len())? }), &[a, bb, y], grid)
 }
 
 /// `a += b` (the residual stream update).
@@ -46,23 +39,13 @@ pub fn add_inplace(b: &mut Batch, a: &Tensor, bb: &Tensor) -> Result<()> {
     }
     let key = kernel(b.context(), "add", "add_forward", dt, false, WG).flag("IN_PLACE", true);
     let grid = elem_grid(b, a.len())?;
-    b.dispatch(
-        &key,
-        bytemuck::bytes_of(&Params {
-            n: to_u32(OP, a.len())?,
-        }),
-        &[a, bb],
-        grid,
-    )
+    b.dispatch(&key, bytemuck::bytes_of(&Params { n: to_u32(OP, a.len())? }), &[a, bb], grid)
 }
 
 pub fn variants() -> Vec<KernelKey> {
-    let mut v =
-        dtype_and_reduction_variants(KernelKey::new("add", "add_forward").define("WG", WG), false);
+    let mut v = dtype_and_reduction_variants(KernelKey::new("add", "add_forward").define("WG", WG), false);
     v.extend(dtype_and_reduction_variants(
-        KernelKey::new("add", "add_forward")
-            .define("WG", WG)
-            .flag("IN_PLACE", true),
+        KernelKey::new("add", "add_forward").define("WG", WG).flag("IN_PLACE", true),
         false,
     ));
     v

@@ -4,8 +4,7 @@
 use bytemuck::{Pod, Zeroable};
 
 use super::{
-    dtype_and_reduction_variants, expect_dtype, expect_len, float_dtype, kernel, row_grid,
-    rows_and_width, to_u32, WG,
+    dtype_and_reduction_variants, expect_dtype, expect_len, float_dtype, kernel, row_grid, rows_and_width, to_u32, WG,
 };
 use crate::error::Result;
 use crate::gpu::{Batch, DType, KernelKey, Tensor};
@@ -25,17 +24,11 @@ pub fn argmax_forward(b: &mut Batch, x: &Tensor, out: &Tensor) -> Result<()> {
     expect_dtype(OP, "output", out, DType::U32)?;
     expect_len(OP, "output", out, rows)?;
     let key = kernel(b.context(), "argmax", "argmax_forward", dt, true, WG);
-    let p = Params {
-        rows: to_u32(OP, rows)?,
-        width: to_u32(OP, width)?,
-    };
+    let p = Params { rows: to_u32(OP, rows)?, width: to_u32(OP, width)? };
     let grid = row_grid(b, rows)?;
     b.dispatch(&key, bytemuck::bytes_of(&p), &[x, out], grid)
 }
 
 pub fn variants() -> Vec<KernelKey> {
-    dtype_and_reduction_variants(
-        KernelKey::new("argmax", "argmax_forward").define("WG", WG),
-        true,
-    )
+    dtype_and_reduction_variants(KernelKey::new("argmax", "argmax_forward").define("WG", WG), true)
 }

@@ -26,21 +26,13 @@ pub use rope::{RopeConfig, RopeLayout, RopeTable};
 pub(crate) const WG: u32 = 256;
 
 /// The common float dtype of `tensors` (all must agree), checked against the device.
-pub(crate) fn float_dtype(
-    ctx: &GpuContext,
-    op: &'static str,
-    tensors: &[&Tensor],
-) -> Result<DType> {
+pub(crate) fn float_dtype(ctx: &GpuContext, op: &'static str, tensors: &[&Tensor]) -> Result<DType> {
     let dt = tensors[0].dtype();
     for t in tensors {
         if t.dtype() != dt || !dt.is_float() {
             return Err(PupilError::dtype(
                 op,
-                format!(
-                    "expected matching f32 or f16 tensors, got {} and {}",
-                    dt.name(),
-                    t.dtype().name()
-                ),
+                format!("expected matching f32 or f16 tensors, got {} and {}", dt.name(), t.dtype().name()),
             ));
         }
     }
@@ -52,10 +44,7 @@ pub(crate) fn float_dtype(
 
 pub(crate) fn expect_dtype(op: &'static str, what: &str, t: &Tensor, dt: DType) -> Result<()> {
     if t.dtype() != dt {
-        return Err(PupilError::dtype(
-            op,
-            format!("{what} must be {}, got {}", dt.name(), t.dtype().name()),
-        ));
+        return Err(PupilError::dtype(op, format!("{what} must be {}, got {}", dt.name(), t.dtype().name())));
     }
     Ok(())
 }
@@ -64,11 +53,7 @@ pub(crate) fn expect_len(op: &'static str, what: &str, t: &Tensor, len: usize) -
     if t.len() != len {
         return Err(PupilError::shape(
             op,
-            format!(
-                "{what} has {} elements ({:?}), expected {len}",
-                t.len(),
-                t.shape()
-            ),
+            format!("{what} has {} elements ({:?}), expected {len}", t.len(), t.shape()),
         ));
     }
     Ok(())
@@ -76,15 +61,9 @@ pub(crate) fn expect_len(op: &'static str, what: &str, t: &Tensor, len: usize) -
 
 /// Innermost dimension of a tensor (its row width) and the number of rows.
 pub(crate) fn rows_and_width(op: &'static str, t: &Tensor) -> Result<(usize, usize)> {
-    let width = *t
-        .shape()
-        .last()
-        .ok_or_else(|| PupilError::shape(op, "scalar tensor"))?;
+    let width = *t.shape().last().ok_or_else(|| PupilError::shape(op, "scalar tensor"))?;
     if width == 0 || t.is_empty() {
-        return Err(PupilError::shape(
-            op,
-            format!("empty tensor {:?}", t.shape()),
-        ));
+        return Err(PupilError::shape(op, format!("empty tensor {:?}", t.shape())));
     }
     Ok((t.len() / width, width))
 }
@@ -114,11 +93,7 @@ pub(crate) fn kernel(
 pub(crate) fn dtype_and_reduction_variants(base: KernelKey, reduces: bool) -> Vec<KernelKey> {
     let mut out = Vec::new();
     for f16 in [false, true] {
-        for sg in if reduces {
-            &[false, true][..]
-        } else {
-            &[false][..]
-        } {
+        for sg in if reduces { &[false, true][..] } else { &[false][..] } {
             out.push(base.clone().flag("F16", f16).flag("SUBGROUPS", *sg));
         }
     }
@@ -147,8 +122,5 @@ pub(crate) fn row_grid(b: &Batch, rows: usize) -> Result<[u32; 3]> {
 
 /// Dispatch over elements: one invocation per element, WG per workgroup.
 pub(crate) fn elem_grid(b: &Batch, n: usize) -> Result<[u32; 3]> {
-    Ok(crate::gpu::grid_for(
-        b.context(),
-        to_u32("grid", n.div_ceil(WG as usize))?,
-    ))
+    Ok(crate::gpu::grid_for(b.context(), to_u32("grid", n.div_ceil(WG as usize))?))
 }

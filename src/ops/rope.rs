@@ -37,35 +37,20 @@ pub struct RopeConfig {
 
 impl RopeConfig {
     pub fn new(n_rot: usize, base: f64, layout: RopeLayout) -> Self {
-        RopeConfig {
-            n_rot,
-            base,
-            freq_scale: 1.0,
-            freq_factors: None,
-            layout,
-        }
+        RopeConfig { n_rot, base, freq_scale: 1.0, freq_factors: None, layout }
     }
 
     fn validate(&self) -> Result<()> {
         const OP: &str = "rope";
         if self.n_rot == 0 || self.n_rot % 2 != 0 {
-            return Err(PupilError::arg(
-                OP,
-                format!("n_rot must be even and positive, got {}", self.n_rot),
-            ));
+            return Err(PupilError::arg(OP, format!("n_rot must be even and positive, got {}", self.n_rot)));
         }
         if !(self.base > 1.0) || !self.base.is_finite() || !(self.freq_scale > 0.0) {
-            return Err(PupilError::arg(
-                OP,
-                format!("bad base {} or freq_scale {}", self.base, self.freq_scale),
-            ));
+            return Err(PupilError::arg(OP, format!("bad base {} or freq_scale {}", self.base, self.freq_scale)));
         }
         if let Some(ff) = &self.freq_factors {
             if ff.len() != self.n_rot / 2 || ff.iter().any(|&f| !(f > 0.0) || !f.is_finite()) {
-                return Err(PupilError::arg(
-                    OP,
-                    format!("freq_factors needs {} positive values", self.n_rot / 2),
-                ));
+                return Err(PupilError::arg(OP, format!("freq_factors needs {} positive values", self.n_rot / 2)));
             }
         }
         Ok(())
@@ -94,11 +79,7 @@ impl RopeTable {
             }
         }
         let table = Tensor::from_f32(ctx, &data, &[max_positions, half, 2], DType::F32)?;
-        Ok(RopeTable {
-            table,
-            config,
-            max_positions,
-        })
+        Ok(RopeTable { table, config, max_positions })
     }
 }
 
@@ -116,13 +97,7 @@ pub struct RopeInput {
 
 impl RopeInput {
     pub fn contiguous(tokens: usize, heads: usize, head_dim: usize) -> Self {
-        RopeInput {
-            tokens,
-            heads,
-            head_dim,
-            stride: heads * head_dim,
-            offset: 0,
-        }
+        RopeInput { tokens, heads, head_dim, stride: heads * head_dim, offset: 0 }
     }
 }
 
@@ -153,13 +128,7 @@ pub fn rope_forward(
     let dt = float_dtype(b.context(), OP, &[x, y])?;
     expect_dtype(OP, "positions", positions, DType::U32)?;
     expect_len(OP, "positions", positions, input.tokens)?;
-    let RopeInput {
-        tokens,
-        heads,
-        head_dim,
-        stride,
-        offset,
-    } = input;
+    let RopeInput { tokens, heads, head_dim, stride, offset } = input;
     let n_rot = table.config.n_rot;
     if head_dim % 2 != 0 || n_rot > head_dim || tokens == 0 || heads == 0 {
         return Err(PupilError::shape(
@@ -170,10 +139,7 @@ pub fn rope_forward(
     if stride < heads * head_dim || offset + (tokens - 1) * stride + heads * head_dim > x.len() {
         return Err(PupilError::shape(
             OP,
-            format!(
-                "input layout (stride {stride}, offset {offset}) runs past x of {}",
-                x.len()
-            ),
+            format!("input layout (stride {stride}, offset {offset}) runs past x of {}", x.len()),
         ));
     }
     expect_len(OP, "output", y, tokens * heads * head_dim)?;
@@ -190,17 +156,9 @@ pub fn rope_forward(
     };
     let pairs = tokens * heads * head_dim / 2;
     let grid = crate::gpu::grid_for(b.context(), to_u32(OP, pairs.div_ceil(64))?);
-    b.dispatch(
-        &key,
-        bytemuck::bytes_of(&params),
-        &[x, positions, &table.table, y],
-        grid,
-    )
+    b.dispatch(&key, bytemuck::bytes_of(&params), &[x, positions, &table.table, y], grid)
 }
 
 pub fn variants() -> Vec<KernelKey> {
-    dtype_and_reduction_variants(
-        KernelKey::new("rope", "rope_forward").define("WG", 64),
-        false,
-    )
+    dtype_and_reduction_variants(KernelKey::new("rope", "rope_forward").define("WG", 64), false)
 }

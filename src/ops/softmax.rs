@@ -2,10 +2,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{
-    dtype_and_reduction_variants, expect_len, float_dtype, kernel, row_grid, rows_and_width,
-    to_u32, WG,
-};
+use super::{dtype_and_reduction_variants, expect_len, float_dtype, kernel, row_grid, rows_and_width, to_u32, WG};
 use crate::error::{PupilError, Result};
 use crate::gpu::{Batch, KernelKey, Tensor};
 
@@ -24,24 +21,14 @@ pub fn softmax_forward(b: &mut Batch, x: &Tensor, y: &Tensor, temperature: f32) 
     let (rows, width) = rows_and_width(OP, x)?;
     expect_len(OP, "output", y, x.len())?;
     if !(temperature > 0.0) || !temperature.is_finite() {
-        return Err(PupilError::arg(
-            OP,
-            format!("temperature must be positive and finite, got {temperature}"),
-        ));
+        return Err(PupilError::arg(OP, format!("temperature must be positive and finite, got {temperature}")));
     }
     let key = kernel(b.context(), "softmax", "softmax_forward", dt, true, WG);
-    let p = Params {
-        rows: to_u32(OP, rows)?,
-        width: to_u32(OP, width)?,
-        inv_temperature: 1.0 / temperature,
-    };
+    let p = Params { rows: to_u32(OP, rows)?, width: to_u32(OP, width)?, inv_temperature: 1.0 / temperature };
     let grid = row_grid(b, rows)?;
     b.dispatch(&key, bytemuck::bytes_of(&p), &[x, y], grid)
 }
 
 pub fn variants() -> Vec<KernelKey> {
-    dtype_and_reduction_variants(
-        KernelKey::new("softmax", "softmax_forward").define("WG", WG),
-        true,
-    )
+    dtype_and_reduction_variants(KernelKey::new("softmax", "softmax_forward").define("WG", WG), true)
 }

@@ -20,8 +20,5 @@ pub fn activation(a: Activation, x: &[f32]) -> Vec<f64> {
 }
 
 pub fn gated_activation(a: Activation, gate: &[f32], up: &[f32]) -> Vec<f64> {
-    gate.iter()
-        .zip(up)
-        .map(|(&g, &u)| act(a, g as f64) * u as f64)
-        .collect()
+    gate.iter().zip(up).map(|(&g, &u)| act(a, g as f64) * u as f64).collect()
 }

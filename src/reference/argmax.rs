@@ -17,12 +17,7 @@ pub(crate) fn before(a: (f32, usize), b: (f32, usize)) -> Ordering {
 pub fn argmax(x: &[f32], width: usize) -> Vec<u32> {
     x.chunks(width)
         .map(|row| {
-            let best = row
-                .iter()
-                .copied()
-                .zip(0..)
-                .min_by(|&a, &b| before(a, b))
-                .unwrap();
+            let best = row.iter().copied().zip(0..).min_by(|&a, &b| before(a, b)).unwrap();
             if best.0.is_nan() {
                 u32::MAX
             } else {

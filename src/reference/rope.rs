@@ -27,10 +27,8 @@ pub fn rope(
             }
             for j in 0..half {
                 let factor = cfg.freq_factors.as_ref().map_or(1.0, |f| f[j] as f64);
-                let theta = positions[t] as f64
-                    * cfg.freq_scale
-                    * cfg.base.powf(-((2 * j) as f64) / cfg.n_rot as f64)
-                    / factor;
+                let theta =
+                    positions[t] as f64 * cfg.freq_scale * cfg.base.powf(-((2 * j) as f64) / cfg.n_rot as f64) / factor;
                 let (i0, i1) = match cfg.layout {
                     RopeLayout::Normal => (2 * j, 2 * j + 1),
                     RopeLayout::NeoX => (j, j + half),

@@ -3,9 +3,7 @@
 use super::harness::{check_float, inputs, poisoned, CaseReport};
 use crate::error::Result;
 use crate::gpu::{Batch, DType, GpuContext, Tensor};
-use crate::ops::activation::{
-    activation_forward, gated_activation_forward, gated_activation_fused_forward,
-};
+use crate::ops::activation::{activation_forward, gated_activation_forward, gated_activation_fused_forward};
 use crate::ops::Activation;
 use crate::reference;
 use crate::rng::SplitMix64;
@@ -22,16 +20,7 @@ pub async fn check(ctx: &GpuContext, dt: DType) -> Result<Vec<CaseReport>> {
             activation_forward(&mut b, act, &xt, &y)?;
             b.submit();
             let want = reference::activation(act, &x);
-            out.push(
-                check_float(
-                    ctx,
-                    "activation",
-                    format!("{act:?} {rows}x{width}"),
-                    &y,
-                    &want,
-                )
-                .await?,
-            );
+            out.push(check_float(ctx, "activation", format!("{act:?} {rows}x{width}"), &y, &want).await?);
         }
         // Separate gate and up tensors.
         let (rows, width) = (2, 1536);
@@ -44,16 +33,7 @@ pub async fn check(ctx: &GpuContext, dt: DType) -> Result<Vec<CaseReport>> {
         gated_activation_forward(&mut b, act, &gt, &ut, &y)?;
         b.submit();
         let want = reference::gated_activation(act, &g, &u);
-        out.push(
-            check_float(
-                ctx,
-                "activation",
-                format!("{act:?} gated {rows}x{width}"),
-                &y,
-                &want,
-            )
-            .await?,
-        );
+        out.push(check_float(ctx, "activation", format!("{act:?} gated {rows}x{width}"), &y, &want).await?);
         // One fused [rows, 2w] gate|up tensor.
         let (rows, width) = (3, 999);
         let gu = inputs(&mut rng, rows * 2 * width, -8.0, 8.0, dt);
@@ -62,24 +42,13 @@ pub async fn check(ctx: &GpuContext, dt: DType) -> Result<Vec<CaseReport>> {
         let mut b = Batch::new(ctx);
         gated_activation_fused_forward(&mut b, act, &gut, &y)?;
         b.submit();
-        let (g, u): (Vec<f32>, Vec<f32>) =
-            gu.chunks(2 * width)
-                .fold((vec![], vec![]), |(mut g, mut u), row| {
-                    g.extend_from_slice(&row[..width]);
-                    u.extend_from_slice(&row[width..]);
-                    (g, u)
-                });
+        let (g, u): (Vec<f32>, Vec<f32>) = gu.chunks(2 * width).fold((vec![], vec![]), |(mut g, mut u), row| {
+            g.extend_from_slice(&row[..width]);
+            u.extend_from_slice(&row[width..]);
+            (g, u)
+        });
         let want = reference::gated_activation(act, &g, &u);
-        out.push(
-            check_float(
-                ctx,
-                "activation",
-                format!("{act:?} fused gate|up {rows}x{width}"),
-                &y,
-                &want,
-            )
-            .await?,
-        );
+        out.push(check_float(ctx, "activation", format!("{act:?} fused gate|up {rows}x{width}"), &y, &want).await?);
     }
     Ok(out)
 }

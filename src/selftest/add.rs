@@ -1,8 +1,6 @@
 //! Checks of `ops::add` against `reference::add`.
 
-use super::harness::{
-    canary_intact, check_float, compare, inputs, poisoned, write_keeping_canary, CaseReport,
-};
+use super::harness::{canary_intact, check_float, compare, inputs, poisoned, write_keeping_canary, CaseReport};
 use crate::error::Result;
 use crate::gpu::{Batch, DType, GpuContext, Tensor};
 use crate::ops::add::{add_forward, add_inplace};
@@ -33,15 +31,7 @@ pub async fn check(ctx: &GpuContext, dt: DType) -> Result<Vec<CaseReport>> {
             b.submit();
             let got = acc.read_f32(ctx).await?;
             let canary = canary_intact(ctx, &acc).await?;
-            out.push(compare(
-                ctx,
-                "add",
-                format!("n={n} in place"),
-                dt,
-                &got,
-                &want,
-                canary,
-            ));
+            out.push(compare(ctx, "add", format!("n={n} in place"), dt, &got, &want, canary));
         }
     }
     Ok(out)

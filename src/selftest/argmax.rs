@@ -9,12 +9,7 @@ use crate::rng::SplitMix64;
 
 /// Rows with random values, then doctored: a tie for the maximum (the later copy must
 /// lose), NaNs (which must never win), -inf, and one all-NaN row.
-pub(crate) fn doctored_rows(
-    rng: &mut SplitMix64,
-    rows: usize,
-    width: usize,
-    dt: DType,
-) -> Vec<f32> {
+pub(crate) fn doctored_rows(rng: &mut SplitMix64, rows: usize, width: usize, dt: DType) -> Vec<f32> {
     let mut x = inputs(rng, rows * width, -5.0, 5.0, dt);
     for (r, row) in x.chunks_mut(width).enumerate() {
         if width < 4 {
@@ -23,11 +18,8 @@ pub(crate) fn doctored_rows(
         match r % 4 {
             1 => {
                 // Tie: copy the maximum to a random other position.
-                let (imax, vmax) = row
-                    .iter()
-                    .copied()
-                    .enumerate()
-                    .fold((0, f32::MIN), |a, (i, v)| if v > a.1 { (i, v) } else { a });
+                let (imax, vmax) =
+                    row.iter().copied().enumerate().fold((0, f32::MIN), |a, (i, v)| if v > a.1 { (i, v) } else { a });
                 let j = (imax + 1 + rng.below(width as u32 - 1) as usize) % width;
                 row[j] = vmax;
             }
@@ -36,11 +28,7 @@ pub(crate) fn doctored_rows(
                 row[0] = f32::NAN;
                 for _ in 0..width / 8 + 1 {
                     let j = rng.below(width as u32) as usize;
-                    row[j] = if rng.below(2) == 0 {
-                        f32::NAN
-                    } else {
-                        f32::NEG_INFINITY
-                    };
+                    row[j] = if rng.below(2) == 0 { f32::NAN } else { f32::NEG_INFINITY };
                 }
             }
             3 if r == rows - 1 => row.fill(f32::NAN),
@@ -53,14 +41,7 @@ pub(crate) fn doctored_rows(
 pub async fn check(ctx: &GpuContext, dt: DType) -> Result<Vec<CaseReport>> {
     let mut rng = SplitMix64::new(0x5EED_0007);
     let mut out = Vec::new();
-    for &(rows, width) in &[
-        (1usize, 1usize),
-        (4, 3),
-        (4, 257),
-        (8, 1000),
-        (4, 49152),
-        (1, 262145),
-    ] {
+    for &(rows, width) in &[(1usize, 1usize), (4, 3), (4, 257), (8, 1000), (4, 49152), (1, 262145)] {
         let x = doctored_rows(&mut rng, rows, width, dt);
         let xt = Tensor::from_f32(ctx, &x, &[rows, width], dt)?;
         let o = poisoned(ctx, &[rows], DType::U32)?;
@@ -70,15 +51,7 @@ pub async fn check(ctx: &GpuContext, dt: DType) -> Result<Vec<CaseReport>> {
         let got = o.read_u32(ctx).await?;
         let canary = canary_intact(ctx, &o).await?;
         let want = reference::argmax(&x, width);
-        out.push(exact(
-            ctx,
-            "argmax",
-            format!("{rows}x{width} ties/NaN/-inf"),
-            dt,
-            &got,
-            &want,
-            canary,
-        ));
+        out.push(exact(ctx, "argmax", format!("{rows}x{width} ties/NaN/-inf"), dt, &got, &want, canary));
     }
     Ok(out)
 }

@@ -26,16 +26,7 @@ pub async fn check(ctx: &GpuContext, dt: DType) -> Result<Vec<CaseReport>> {
         embedding_forward(&mut b, &it, &tt, &y)?;
         b.submit();
         let want = reference::embedding(&ids, &table, dim);
-        out.push(
-            check_float(
-                ctx,
-                "embedding",
-                format!("vocab {vocab} dim {dim} ids {}", ids.len()),
-                &y,
-                &want,
-            )
-            .await?,
-        );
+        out.push(check_float(ctx, "embedding", format!("vocab {vocab} dim {dim} ids {}", ids.len()), &y, &want).await?);
     }
     Ok(out)
 }

@@ -23,14 +23,8 @@ pub struct Tolerance {
 impl Tolerance {
     pub fn of(dtype: DType) -> Tolerance {
         match dtype {
-            DType::F16 => Tolerance {
-                rel: 2e-3,
-                max_abs_frac: 2e-3,
-            },
-            _ => Tolerance {
-                rel: 1e-5,
-                max_abs_frac: 1e-4,
-            },
+            DType::F16 => Tolerance { rel: 2e-3, max_abs_frac: 2e-3 },
+            _ => Tolerance { rel: 1e-5, max_abs_frac: 1e-4 },
         }
     }
 }
@@ -77,10 +71,7 @@ pub fn inputs(rng: &mut SplitMix64, n: usize, lo: f32, hi: f32, dtype: DType) ->
 
 pub fn round_to(dtype: DType, v: Vec<f32>) -> Vec<f32> {
     match dtype {
-        DType::F16 => v
-            .into_iter()
-            .map(|x| half::f16::from_f32(x).to_f32())
-            .collect(),
+        DType::F16 => v.into_iter().map(|x| half::f16::from_f32(x).to_f32()).collect(),
         _ => v,
     }
 }
@@ -88,13 +79,7 @@ pub fn round_to(dtype: DType, v: Vec<f32>) -> Vec<f32> {
 /// An output tensor filled with [`POISON`], with a canary region past its end.
 pub fn poisoned(ctx: &GpuContext, shape: &[usize], dtype: DType) -> Result<Tensor> {
     let elems: u64 = shape.iter().map(|&d| d as u64).product();
-    let t = Tensor::allocate(
-        ctx,
-        elems * dtype.size_bytes() + CANARY_BYTES,
-        shape,
-        dtype,
-        "selftest output",
-    )?;
+    let t = Tensor::allocate(ctx, elems * dtype.size_bytes() + CANARY_BYTES, shape, dtype, "selftest output")?;
     t.fill_buffer_u32(ctx, POISON);
     Ok(t)
 }
@@ -115,10 +100,7 @@ pub async fn canary_intact(ctx: &GpuContext, t: &Tensor) -> Result<bool> {
     let bytes = t.read_buffer_bytes(ctx).await?;
     let end = (t.offset_bytes() + t.len() as u64 * t.dtype().size_bytes()) as usize;
     let poison = POISON.to_le_bytes();
-    Ok(bytes[end..]
-        .iter()
-        .enumerate()
-        .all(|(i, b)| *b == poison[(end + i) % 4]))
+    Ok(bytes[end..].iter().enumerate().all(|(i, b)| *b == poison[(end + i) % 4]))
 }
 
 /// Read a float output and compare it with the reference.
@@ -131,15 +113,7 @@ pub async fn check_float(
 ) -> Result<CaseReport> {
     let got = out.read_f32(ctx).await?;
     let canary_ok = canary_intact(ctx, out).await?;
-    Ok(compare(
-        ctx,
-        op,
-        case,
-        out.dtype(),
-        &got,
-        reference,
-        canary_ok,
-    ))
+    Ok(compare(ctx, op, case, out.dtype(), &got, reference, canary_ok))
 }
 
 pub fn compare(
@@ -174,19 +148,12 @@ pub fn compare(
         max_abs_err = max_abs_err.max(d.abs());
         max_abs_ref = max_abs_ref.max(r.abs());
     }
-    let rel_err = if ref2 > 0.0 {
-        (diff2 / ref2).sqrt()
-    } else {
-        diff2.sqrt()
-    };
+    let rel_err = if ref2 > 0.0 { (diff2 / ref2).sqrt() } else { diff2.sqrt() };
     let mut detail = String::new();
     if got.len() != reference.len() {
         detail = format!("{} outputs, reference has {}", got.len(), reference.len());
     } else if let Some(i) = non_finite {
-        detail = format!(
-            "non-finite output at {i}: {} (reference {})",
-            got[i], reference[i]
-        );
+        detail = format!("non-finite output at {i}: {} (reference {})", got[i], reference[i]);
     } else if rel_err > tol.rel {
         detail = format!("relative error over {:.0e}", tol.rel);
     } else if max_abs_err > tol.max_abs_frac * max_abs_ref {
@@ -219,14 +186,10 @@ pub fn exact<T: PartialEq + std::fmt::Debug>(
     want: &[T],
     canary_ok: bool,
 ) -> CaseReport {
-    let mismatches =
-        got.iter().zip(want).filter(|(a, b)| a != b).count() + got.len().abs_diff(want.len());
+    let mismatches = got.iter().zip(want).filter(|(a, b)| a != b).count() + got.len().abs_diff(want.len());
     let first = got.iter().zip(want).position(|(a, b)| a != b);
     let detail = if let Some(i) = first {
-        format!(
-            "{mismatches} mismatches; first at {i}: got {:?}, want {:?}",
-            got[i], want[i]
-        )
+        format!("{mismatches} mismatches; first at {i}: got {:?}, want {:?}", got[i], want[i])
     } else if mismatches > 0 {
         format!("{} outputs, want {}", got.len(), want.len())
     } else if !canary_ok {
@@ -242,10 +205,7 @@ pub fn exact<T: PartialEq + std::fmt::Debug>(
         rel_err: mismatches as f64,
         max_abs_err: 0.0,
         max_abs_ref: 0.0,
-        tolerance: Tolerance {
-            rel: 0.0,
-            max_abs_frac: 0.0,
-        },
+        tolerance: Tolerance { rel: 0.0, max_abs_frac: 0.0 },
         canary_ok,
         passed: detail.is_empty(),
         detail,

@@ -34,16 +34,7 @@ pub async fn check(ctx: &GpuContext, dt: DType) -> Result<Vec<CaseReport>> {
         rms_norm_forward(&mut b, &xt, &wt, &y, eps, weight)?;
         b.submit();
         let want = reference::rms_norm(&x, &w, eps as f64, weight.bias() as f64);
-        out.push(
-            check_float(
-                ctx,
-                "rms_norm",
-                format!("{rows}x{width} {weight:?} ({what})"),
-                &y,
-                &want,
-            )
-            .await?,
-        );
+        out.push(check_float(ctx, "rms_norm", format!("{rows}x{width} {weight:?} ({what})"), &y, &want).await?);
     }
     Ok(out)
 }

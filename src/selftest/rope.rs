@@ -46,20 +46,9 @@ pub async fn check(ctx: &GpuContext, dt: DType) -> Result<Vec<CaseReport>> {
         c("NeoX 128", 5, 2, 128, 128, NeoX, 1e6),
         c("partial rotary", 3, 4, 64, 32, NeoX, 10000.0),
         c("Gemma head_dim 256", 2, 1, 256, 256, NeoX, 1e6),
-        Case {
-            with_factors: true,
-            freq_scale: 0.25,
-            ..c("llama-3 factors + scale", 4, 2, 64, 64, Normal, 500000.0)
-        },
-        Case {
-            heads_before: 4,
-            heads_after: 2,
-            ..c("K inside fused QKV", 3, 2, 64, 64, Normal, 10000.0)
-        },
-        Case {
-            max_positions: 32768,
-            ..c("positions up to 32k", 33, 3, 64, 64, NeoX, 10000.0)
-        },
+        Case { with_factors: true, freq_scale: 0.25, ..c("llama-3 factors + scale", 4, 2, 64, 64, Normal, 500000.0) },
+        Case { heads_before: 4, heads_after: 2, ..c("K inside fused QKV", 3, 2, 64, 64, Normal, 10000.0) },
+        Case { max_positions: 32768, ..c("positions up to 32k", 33, 3, 64, 64, NeoX, 10000.0) },
     ];
     let mut rng = SplitMix64::new(0x5EED_0002);
     let mut out = Vec::new();
@@ -73,32 +62,16 @@ pub async fn check(ctx: &GpuContext, dt: DType) -> Result<Vec<CaseReport>> {
         let stride = (case.heads_before + case.heads + case.heads_after) * case.head_dim;
         let offset = case.heads_before * case.head_dim;
         let x = inputs(&mut rng, case.tokens * stride, -2.0, 2.0, dt);
-        let mut positions: Vec<u32> = (0..case.tokens)
-            .map(|_| rng.below(case.max_positions as u32))
-            .collect();
+        let mut positions: Vec<u32> = (0..case.tokens).map(|_| rng.below(case.max_positions as u32)).collect();
         positions[0] = case.max_positions as u32 - 1;
         let xt = Tensor::from_f32(ctx, &x, &[case.tokens, stride], dt)?;
         let pt = Tensor::from_u32(ctx, &positions, &[case.tokens])?;
         let y = poisoned(ctx, &[case.tokens, case.heads, case.head_dim], dt)?;
-        let input = RopeInput {
-            tokens: case.tokens,
-            heads: case.heads,
-            head_dim: case.head_dim,
-            stride,
-            offset,
-        };
+        let input = RopeInput { tokens: case.tokens, heads: case.heads, head_dim: case.head_dim, stride, offset };
         let mut b = Batch::new(ctx);
         rope_forward(&mut b, &xt, &pt, &table, input, &y)?;
         b.submit();
-        let want = reference::rope(
-            &x,
-            &positions,
-            &cfg,
-            case.heads,
-            case.head_dim,
-            stride,
-            offset,
-        );
+        let want = reference::rope(&x, &positions, &cfg, case.heads, case.head_dim, stride, offset);
         let name = format!(
             "t{} h{} d{} rot{} {:?} ({})",
             case.tokens, case.heads, case.head_dim, case.n_rot, case.layout, case.what

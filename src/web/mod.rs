@@ -18,9 +18,7 @@ pub fn start() {
 /// Adapter description and capabilities as seen through wgpu's WebGPU backend.
 #[wasm_bindgen]
 pub async fn gpu_info() -> Result<String, JsValue> {
-    let ctx = GpuContext::new(ContextOptions::default())
-        .await
-        .map_err(js_err)?;
+    let ctx = GpuContext::new(ContextOptions::default()).await.map_err(js_err)?;
     let info = serde_json::json!({
         "adapter": ctx.adapter_info.name,
         "backend": format!("{:?}", ctx.adapter_info.backend),
@@ -35,27 +33,17 @@ pub async fn gpu_info() -> Result<String, JsValue> {
 /// and return `{ caps, reports: [CaseReport] }` as JSON.
 #[wasm_bindgen]
 pub async fn run_selftest(families: String) -> Result<String, JsValue> {
-    let ctx = GpuContext::new(ContextOptions::default())
-        .await
-        .map_err(js_err)?;
+    let ctx = GpuContext::new(ContextOptions::default()).await.map_err(js_err)?;
     let mut dtypes = vec![crate::DType::F32];
     if ctx.caps.f16 {
         dtypes.push(crate::DType::F16);
     }
-    let wanted: Vec<&str> = families
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .collect();
+    let wanted: Vec<&str> = families.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
     let mut reports = Vec::new();
     for dt in dtypes {
         for fam in crate::selftest::FAMILIES {
             if wanted.is_empty() || wanted.contains(fam) {
-                reports.extend(
-                    crate::selftest::run_family(&ctx, fam, dt)
-                        .await
-                        .map_err(js_err)?,
-                );
+                reports.extend(crate::selftest::run_family(&ctx, fam, dt).await.map_err(js_err)?);
             }
         }
     }

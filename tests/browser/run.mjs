@@ -1,0 +1,63 @@
+// Runs the kernel test page in headless Chromium (WebGPU on SwiftShader here) and reports:
+// every shader variant compiled by Tint, and every self-test case through Pupil's wgpu path.
+// Usage: node run.mjs [--families rms_norm,rope] [--timeout 600]
+import { chromium } from 'playwright-core';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join, dirname } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { serve } from './serve.mjs';
+
+const args = process.argv.slice(2);
+const opt = (name, dflt) => { const i = args.indexOf(`--${name}`); return i >= 0 ? args[i + 1] : dflt; };
+const timeoutS = Number(opt('timeout', '900'));
+const families = opt('families', '');
+const root = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
+
+export const CHROMIUM_ARGS = [
+  '--no-sandbox', '--enable-unsafe-webgpu', '--disable-quic', '--no-first-run',
+  '--disable-background-networking', '--disable-component-update', '--disable-sync',
+];
+
+const server = await serve(root);
+const url = `http://127.0.0.1:${server.address().port}/tests/browser/kernels.html?families=${families}`;
+const profile = await mkdtemp(join(tmpdir(), 'pupil-chromium-'));
+const context = await chromium.launchPersistentContext(profile, {
+  executablePath: process.env.CHROMIUM || '/usr/bin/chromium', headless: true, args: CHROMIUM_ARGS,
+});
+let failed = 0, passed = 0, skipped = 0;
+const consoleErrors = [];
+try {
+  const page = await context.newPage();
+  page.on('console', (m) => { if (m.type() === 'error') consoleErrors.push(m.text()); });
+  page.on('pageerror', (e) => consoleErrors.push(String(e)));
+  await page.goto(url);
+  await page.waitForFunction(() => window.__pupilResult, null, { timeout: timeoutS * 1000, polling: 500 });
+  const r = await page.evaluate(() => window.__pupilResult);
+  if (r.error) throw new Error(`page failed: ${r.error}`);
+  console.log(r.info.describe);
+  console.log(`adapter features: ${r.tint.adapter_features.join(', ')}`);
+  console.log(`Pupil via wgpu: f16 path ${r.selftest.caps.f16}, subgroup path ${r.selftest.caps.subgroups}`);
+  for (const v of r.tint.variants) {
+    if (v.status === 'skipped') { skipped++; continue; }
+    console.log(`${v.status === 'passed' ? 'ok  ' : 'FAIL'} tint ${v.name} ${v.detail}`);
+    v.status === 'passed' ? passed++ : failed++;
+  }
+  for (const c of r.selftest.reports) {
+    console.log(`${c.passed ? 'ok  ' : 'FAIL'} ${c.op} ${c.dtype} ${c.subgroups ? 'sg' : 'shm'} ${c.case} rel ${c.rel_err.toExponential(2)} ${c.detail}`);
+    c.passed ? passed++ : failed++;
+  }
+  if (r.selftest.reports.length === 0) { console.log('FAIL no self-test cases ran'); failed++; }
+  const skippedNames = r.tint.variants.filter((v) => v.status === 'skipped');
+  if (skippedNames.length) console.log(`skipped ${skippedNames.length} variants: ${skippedNames[0].detail}`);
+  if (consoleErrors.length) { console.log(`FAIL console errors:\n  ${consoleErrors.join('\n  ')}`); failed++; }
+} catch (e) {
+  console.log(`FAIL ${e.message}`);
+  failed++;
+} finally {
+  await context.close();
+  server.close();
+  await rm(profile, { recursive: true, force: true });
+}
+console.log(`browser: ${passed} passed, ${failed} failed, ${skipped} skipped`);
+process.exit(failed ? 1 : 0);

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Pupil's test command: installs what it needs (scripts/setup.sh), then runs
+#   1. the native suite (cargo test): every kernel against its CPU reference on all four
+#      paths (f32/f16 x subgroups/shared memory), naga validation of every shader variant,
+#      runtime tests; on lavapipe when there is no GPU;
+#   2. the WASM build;
+#   3. the browser suite: headless Chromium (WebGPU) compiles every variant with Tint and
+#      runs the kernel self-test through the WASM build.
+# Prints the time of each phase. PUPIL_TEST_SKIP_BROWSER=1 runs the native part only.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export XDG_RUNTIME_DIR=${XDG_RUNTIME_DIR:-$(mktemp -d)}   # quiets Mesa's WSI probing
+# On lavapipe (CI) both optional paths exist: a test that would skip one must fail instead.
+export PUPIL_REQUIRE_FEATURES=${PUPIL_REQUIRE_FEATURES-f16,subgroups}
+
+t_all=$(date +%s)
+timings=()
+phase() {
+  local name=$1; shift
+  local t0; t0=$(date +%s)
+  echo "=== $name"
+  "$@"
+  timings+=("$(printf '%-28s %5ss' "$name" $(( $(date +%s) - t0 )))")
+}
+
+web=--web
+[ "${PUPIL_TEST_SKIP_BROWSER:-0}" = 1 ] && web=
+phase "setup" bash scripts/setup.sh $web
+phase "native tests (cargo test)" cargo test --all-targets
+if [ -n "$web" ]; then
+  phase "wasm build" bash scripts/build-web.sh
+  phase "browser tests (chromium)" node tests/browser/run.mjs
+fi
+
+echo "=== phase times"
+for t in "${timings[@]}"; do echo "  $t"; done
+echo "  total                        $(( $(date +%s) - t_all ))s"

@@ -13,6 +13,7 @@
 pub mod error;
 pub mod gpu;
 pub mod ops;
+pub mod quant;
 pub mod reference;
 pub mod rng;
 pub mod selftest;

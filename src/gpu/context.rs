@@ -193,6 +193,21 @@ impl GpuContext {
         })
     }
 
+    /// Wait until all submitted GPU work has finished (benchmarks; engines never need it).
+    pub async fn sync(&self) -> Result<()> {
+        let (tx, rx) = futures_channel::oneshot::channel();
+        self.queue.on_submitted_work_done(move || {
+            let _ = tx.send(());
+        });
+        #[cfg(not(target_arch = "wasm32"))]
+        self.device.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| PupilError::Gpu(e.to_string()))?;
+        rx.await.map_err(|_| PupilError::Gpu("device lost while waiting".into()))?;
+        match self.take_gpu_error() {
+            Some(e) => Err(PupilError::Gpu(e)),
+            None => Ok(()),
+        }
+    }
+
     /// The first GPU error recorded since the last call, if any.
     pub fn take_gpu_error(&self) -> Option<String> {
         self.gpu_error.lock().unwrap().take()

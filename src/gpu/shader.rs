@@ -23,14 +23,19 @@ use crate::error::{PupilError, Result};
 pub const SHADER_FILES: &[(&str, &str)] = &[
     ("common/ids", include_str!("../../shaders/common/ids.wgsl")),
     ("common/reduce", include_str!("../../shaders/common/reduce.wgsl")),
+    ("common/dequant", include_str!("../../shaders/common/dequant.wgsl")),
     ("rms_norm", include_str!("../../shaders/rms_norm.wgsl")),
     ("rope", include_str!("../../shaders/rope.wgsl")),
     ("activation", include_str!("../../shaders/activation.wgsl")),
     ("add", include_str!("../../shaders/add.wgsl")),
     ("softmax", include_str!("../../shaders/softmax.wgsl")),
     ("embedding", include_str!("../../shaders/embedding.wgsl")),
+    ("embedding_quant", include_str!("../../shaders/embedding_quant.wgsl")),
+    ("matmul_gemv", include_str!("../../shaders/matmul_gemv.wgsl")),
+    ("matmul_gemm", include_str!("../../shaders/matmul_gemm.wgsl")),
     ("argmax", include_str!("../../shaders/argmax.wgsl")),
     ("topk", include_str!("../../shaders/topk.wgsl")),
+    ("bench", include_str!("../../shaders/bench.wgsl")),
 ];
 
 /// Which WGSL compiler will read the source.

@@ -1,12 +1,15 @@
-//! Embedding gather from an f32/f16 table. Kernel: `shaders/embedding.wgsl`.
-//! Reference: `reference::embedding`. (Quantized tables and tables split across bindings
-//! come with the quantized formats.)
+//! Embedding gather: from an f32/f16 tensor (`embedding_forward`, kernel
+//! `shaders/embedding.wgsl`) or from a repacked GGUF table of any format, split across
+//! bindings if large (`embedding_quant_forward`, kernel `shaders/embedding_quant.wgsl`).
+//! Reference: `reference::embedding` (over the dequantized table for the quantized form).
 
 use bytemuck::{Pod, Zeroable};
 
+use super::qweight::{format_define, has_scales, QuantWeight};
 use super::{dtype_and_reduction_variants, elem_grid, expect_dtype, expect_len, float_dtype, kernel, to_u32, WG};
 use crate::error::{PupilError, Result};
 use crate::gpu::{Batch, DType, KernelKey, Tensor};
+use crate::quant::QuantType;
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
@@ -34,6 +37,52 @@ pub fn embedding_forward(b: &mut Batch, ids: &Tensor, table: &Tensor, y: &Tensor
     b.dispatch(&key, bytemuck::bytes_of(&p), &[ids, table, y], grid)
 }
 
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct QuantParams {
+    n_ids: u32,
+    dim: u32,
+    row_start: u32,
+    rows: u32,
+    vocab: u32,
+}
+
+/// `y[i] = table[ids[i]]` for a quantized `[vocab, dim]` table; one dispatch per table part.
+pub fn embedding_quant_forward(b: &mut Batch, ids: &Tensor, table: &QuantWeight, y: &Tensor) -> Result<()> {
+    const OP: &str = "embedding_quant_forward";
+    let dt = float_dtype(b.context(), OP, &[y])?;
+    expect_dtype(OP, "ids", ids, DType::U32)?;
+    expect_len(OP, "output", y, ids.len() * table.cols)?;
+    if ids.is_empty() {
+        return Err(PupilError::shape(OP, "no ids"));
+    }
+    let key = kernel(b.context(), "embedding_quant", "embedding_quant_forward", dt, false, WG)
+        .flag(format_define(table.ty), true)
+        .flag("HAS_SCALES", has_scales(table.ty));
+    let grid = elem_grid(b, ids.len() * table.cols / 8)?;
+    for part in &table.parts {
+        let p = QuantParams {
+            n_ids: to_u32(OP, ids.len())?,
+            dim: to_u32(OP, table.cols)?,
+            row_start: to_u32(OP, part.row_start)?,
+            rows: to_u32(OP, part.rows)?,
+            vocab: to_u32(OP, table.rows)?,
+        };
+        let mut tensors = vec![y, ids, &part.q];
+        tensors.extend(part.s.as_ref());
+        b.dispatch(&key, bytemuck::bytes_of(&p), &tensors, grid)?;
+    }
+    Ok(())
+}
+
 pub fn variants() -> Vec<KernelKey> {
-    dtype_and_reduction_variants(KernelKey::new("embedding", "embedding_forward").define("WG", WG), false)
+    let mut v = dtype_and_reduction_variants(KernelKey::new("embedding", "embedding_forward").define("WG", WG), false);
+    for ty in QuantType::ALL {
+        let base = KernelKey::new("embedding_quant", "embedding_quant_forward")
+            .define("WG", WG)
+            .flag(format_define(ty), true)
+            .flag("HAS_SCALES", has_scales(ty));
+        v.extend(dtype_and_reduction_variants(base, false));
+    }
+    v
 }

@@ -9,7 +9,10 @@
 pub mod activation;
 pub mod add;
 pub mod argmax;
+pub mod bench;
 pub mod embedding;
+pub mod matmul;
+pub mod qweight;
 pub mod rms_norm;
 pub mod rope;
 pub mod softmax;
@@ -19,6 +22,7 @@ use crate::error::{PupilError, Result};
 use crate::gpu::{Batch, DType, GpuContext, KernelKey, Tensor};
 
 pub use activation::Activation;
+pub use qweight::QuantWeight;
 pub use rms_norm::NormWeight;
 pub use rope::{RopeConfig, RopeLayout, RopeTable};
 
@@ -110,6 +114,8 @@ pub fn all_variants() -> Vec<KernelKey> {
     v.extend(add::variants());
     v.extend(softmax::variants());
     v.extend(embedding::variants());
+    v.extend(matmul::variants());
+    v.extend(bench::variants());
     v.extend(argmax::variants());
     v.extend(topk::variants());
     v

@@ -15,6 +15,7 @@ mod add;
 mod argmax;
 mod embedding;
 mod harness;
+mod matmul;
 mod rms_norm;
 mod rope;
 mod softmax;
@@ -26,7 +27,8 @@ use crate::error::Result;
 use crate::gpu::{DType, GpuContext};
 
 /// The kernel families, in the order they are checked.
-pub const FAMILIES: &[&str] = &["rms_norm", "rope", "activation", "add", "softmax", "embedding", "argmax", "topk"];
+pub const FAMILIES: &[&str] =
+    &["rms_norm", "rope", "activation", "add", "softmax", "embedding", "argmax", "topk", "matmul"];
 
 /// Run one family's cases with `dtype` storage (F32, or F16 if the device has it).
 pub async fn run_family(ctx: &GpuContext, family: &str, dtype: DType) -> Result<Vec<CaseReport>> {
@@ -39,6 +41,7 @@ pub async fn run_family(ctx: &GpuContext, family: &str, dtype: DType) -> Result<
         "embedding" => embedding::check(ctx, dtype).await,
         "argmax" => argmax::check(ctx, dtype).await,
         "topk" => topk::check(ctx, dtype).await,
+        "matmul" => matmul::check(ctx, dtype).await,
         other => Err(crate::PupilError::arg("selftest", format!("unknown kernel family {other}"))),
     }
 }

@@ -1,0 +1,203 @@
+// Reading weights of a repacked GGUF matrix W [rows, cols], eight consecutive values at a time.
+//
+// The layout (written by src/ops/qweight.rs, documented there) is GGUF's blocks repacked into
+// two u32 arrays per matrix, rows of blocks in order:
+//   wq: quant bits of each block, values in natural order:
+//       4-bit low parts: value t of a block in word t/8, bits 4(t%8)..;
+//       5th bits (Q5_0, Q5_1, Q5_K): after the low words, value t in word t/32, bit t%32;
+//       Q6_K's top two bits: after the low words, value t in word t/16, bits 2(t%16)..;
+//       Q8_0: value t in word t/4, byte t%4 (signed);
+//       F32 / F16 / BF16: the values themselves, one or two per word.
+//   ws: per-block scales (only for quantized formats):
+//       Q4_0, Q5_0, Q8_0: d (f16, low half); Q4_1, Q5_1: d | m << 16 (two f16);
+//       Q4_K, Q5_K: word 0 = d | dmin << 16, words 1-2 = the 8 sub-block scales (bytes),
+//                   words 3-4 = the 8 sub-block mins (bytes), already unpacked from 6 bits;
+//       Q6_K: word 0 = d (f16), words 1-4 = the 16 sub-block scales (signed bytes).
+// Dequantization follows ggml's formulas and operation order (f32 arithmetic):
+//   Q4_0 (q-8)d   Q4_1 qd+m   Q5_0 (q-16)d   Q5_1 qd+m   Q8_0 qd
+//   Q4_K (d·sc)q − dmin·m   Q5_K same with 5-bit q   Q6_K (d·sc)(q−32)
+// f16 scales are read with unpack2x16float, which needs no shader-f16 support.
+//
+// Exactly one W_* format define is set; it fixes BLOCK (values per block), QW and SW (words
+// per block in wq and ws). The including shader declares `wq` (and `ws` if HAS_SCALES).
+
+struct W8 {
+    a: vec4<f32>,
+    b: vec4<f32>,
+}
+
+fn nibbles(w: u32) -> W8 {
+    return W8(
+        vec4<f32>(f32(w & 15u), f32((w >> 4u) & 15u), f32((w >> 8u) & 15u), f32((w >> 12u) & 15u)),
+        vec4<f32>(f32((w >> 16u) & 15u), f32((w >> 20u) & 15u), f32((w >> 24u) & 15u), f32(w >> 28u)),
+    );
+}
+
+// The eight bits of `hw` starting at bit `at`, as values 0 or 16 (5th bit of a 5-bit quant).
+fn fifth_bits(hw: u32, at: u32) -> W8 {
+    let h = hw >> at;
+    return W8(
+        vec4<f32>(f32((h & 1u) << 4u), f32(((h >> 1u) & 1u) << 4u), f32(((h >> 2u) & 1u) << 4u), f32(((h >> 3u) & 1u) << 4u)),
+        vec4<f32>(f32(((h >> 4u) & 1u) << 4u), f32(((h >> 5u) & 1u) << 4u), f32(((h >> 6u) & 1u) << 4u), f32(((h >> 7u) & 1u) << 4u)),
+    );
+}
+
+fn byte_of(w: u32, i: u32) -> u32 {
+    return (w >> (8u * i)) & 255u;
+}
+
+fn sbyte_of(w: u32, i: u32) -> f32 {
+    return f32(bitcast<i32>(w << (24u - 8u * i)) >> 24u);
+}
+
+#ifdef W_F32
+const BLOCK: u32 = 32u;
+const QW: u32 = 32u;
+const SW: u32 = 0u;
+#endif
+#ifdef W_F16
+const BLOCK: u32 = 32u;
+const QW: u32 = 16u;
+const SW: u32 = 0u;
+#endif
+#ifdef W_BF16
+const BLOCK: u32 = 32u;
+const QW: u32 = 16u;
+const SW: u32 = 0u;
+#endif
+#ifdef W_Q4_0
+const BLOCK: u32 = 32u;
+const QW: u32 = 4u;
+const SW: u32 = 1u;
+#endif
+#ifdef W_Q4_1
+const BLOCK: u32 = 32u;
+const QW: u32 = 4u;
+const SW: u32 = 1u;
+#endif
+#ifdef W_Q5_0
+const BLOCK: u32 = 32u;
+const QW: u32 = 5u;
+const SW: u32 = 1u;
+#endif
+#ifdef W_Q5_1
+const BLOCK: u32 = 32u;
+const QW: u32 = 5u;
+const SW: u32 = 1u;
+#endif
+#ifdef W_Q8_0
+const BLOCK: u32 = 32u;
+const QW: u32 = 8u;
+const SW: u32 = 1u;
+#endif
+#ifdef W_Q4_K
+const BLOCK: u32 = 256u;
+const QW: u32 = 32u;
+const SW: u32 = 5u;
+#endif
+#ifdef W_Q5_K
+const BLOCK: u32 = 256u;
+const QW: u32 = 40u;
+const SW: u32 = 5u;
+#endif
+#ifdef W_Q6_K
+const BLOCK: u32 = 256u;
+const QW: u32 = 48u;
+const SW: u32 = 5u;
+#endif
+
+// Groups of eight values per block.
+const GROUPS: u32 = BLOCK / 8u;
+
+// Weights W[row, 8g .. 8g+8], where `blocks_per_row` = cols / BLOCK.
+fn load8(row: u32, g: u32, blocks_per_row: u32) -> W8 {
+    let blk = row * blocks_per_row + g / GROUPS;
+    let j = g % GROUPS;
+    let q0 = blk * QW;
+#ifdef W_F32
+    let o = q0 + 8u * j;
+    return W8(
+        vec4<f32>(bitcast<f32>(wq[o]), bitcast<f32>(wq[o + 1u]), bitcast<f32>(wq[o + 2u]), bitcast<f32>(wq[o + 3u])),
+        vec4<f32>(bitcast<f32>(wq[o + 4u]), bitcast<f32>(wq[o + 5u]), bitcast<f32>(wq[o + 6u]), bitcast<f32>(wq[o + 7u])),
+    );
+#endif
+#ifdef W_F16
+    let o = q0 + 4u * j;
+    return W8(
+        vec4<f32>(unpack2x16float(wq[o]), unpack2x16float(wq[o + 1u])),
+        vec4<f32>(unpack2x16float(wq[o + 2u]), unpack2x16float(wq[o + 3u])),
+    );
+#endif
+#ifdef W_BF16
+    let o = q0 + 4u * j;
+    let w0 = wq[o];
+    let w1 = wq[o + 1u];
+    let w2 = wq[o + 2u];
+    let w3 = wq[o + 3u];
+    return W8(
+        vec4<f32>(bitcast<f32>(w0 << 16u), bitcast<f32>(w0 & 0xffff0000u), bitcast<f32>(w1 << 16u), bitcast<f32>(w1 & 0xffff0000u)),
+        vec4<f32>(bitcast<f32>(w2 << 16u), bitcast<f32>(w2 & 0xffff0000u), bitcast<f32>(w3 << 16u), bitcast<f32>(w3 & 0xffff0000u)),
+    );
+#endif
+#ifdef W_Q4_0
+    let d = unpack2x16float(ws[blk]).x;
+    let q = nibbles(wq[q0 + j]);
+    return W8((q.a - 8.0) * d, (q.b - 8.0) * d);
+#endif
+#ifdef W_Q4_1
+    let dm = unpack2x16float(ws[blk]);
+    let q = nibbles(wq[q0 + j]);
+    return W8(q.a * dm.x + dm.y, q.b * dm.x + dm.y);
+#endif
+#ifdef W_Q5_0
+    let d = unpack2x16float(ws[blk]).x;
+    let q = nibbles(wq[q0 + j]);
+    let h = fifth_bits(wq[q0 + 4u], 8u * j);
+    return W8((q.a + h.a - 16.0) * d, (q.b + h.b - 16.0) * d);
+#endif
+#ifdef W_Q5_1
+    let dm = unpack2x16float(ws[blk]);
+    let q = nibbles(wq[q0 + j]);
+    let h = fifth_bits(wq[q0 + 4u], 8u * j);
+    return W8((q.a + h.a) * dm.x + dm.y, (q.b + h.b) * dm.x + dm.y);
+#endif
+#ifdef W_Q8_0
+    let d = unpack2x16float(ws[blk]).x;
+    let w0 = wq[q0 + 2u * j];
+    let w1 = wq[q0 + 2u * j + 1u];
+    return W8(
+        vec4<f32>(sbyte_of(w0, 0u), sbyte_of(w0, 1u), sbyte_of(w0, 2u), sbyte_of(w0, 3u)) * d,
+        vec4<f32>(sbyte_of(w1, 0u), sbyte_of(w1, 1u), sbyte_of(w1, 2u), sbyte_of(w1, 3u)) * d,
+    );
+#endif
+#ifdef W_Q4_K
+    let s0 = blk * SW;
+    let dd = unpack2x16float(ws[s0]);
+    let sb = j / 4u;  // sub-block of 32 values
+    let sc = dd.x * f32(byte_of(ws[s0 + 1u + sb / 4u], sb % 4u));
+    let mn = dd.y * f32(byte_of(ws[s0 + 3u + sb / 4u], sb % 4u));
+    let q = nibbles(wq[q0 + j]);
+    return W8(sc * q.a - mn, sc * q.b - mn);
+#endif
+#ifdef W_Q5_K
+    let s0 = blk * SW;
+    let dd = unpack2x16float(ws[s0]);
+    let sb = j / 4u;
+    let sc = dd.x * f32(byte_of(ws[s0 + 1u + sb / 4u], sb % 4u));
+    let mn = dd.y * f32(byte_of(ws[s0 + 3u + sb / 4u], sb % 4u));
+    let q = nibbles(wq[q0 + j]);
+    let h = fifth_bits(wq[q0 + 32u + j / 4u], 8u * (j % 4u));
+    return W8(sc * (q.a + h.a) - mn, sc * (q.b + h.b) - mn);
+#endif
+#ifdef W_Q6_K
+    let s0 = blk * SW;
+    let d = unpack2x16float(ws[s0]).x;
+    let sb = j / 2u;  // sub-block of 16 values
+    let sc = d * sbyte_of(ws[s0 + 1u + sb / 4u], sb % 4u);
+    let q = nibbles(wq[q0 + j]);
+    let hw = wq[q0 + 32u + j / 2u] >> (16u * (j % 2u));
+    let ha = vec4<f32>(f32((hw & 3u) << 4u), f32(((hw >> 2u) & 3u) << 4u), f32(((hw >> 4u) & 3u) << 4u), f32(((hw >> 6u) & 3u) << 4u));
+    let hb = vec4<f32>(f32(((hw >> 8u) & 3u) << 4u), f32(((hw >> 10u) & 3u) << 4u), f32(((hw >> 12u) & 3u) << 4u), f32(((hw >> 14u) & 3u) << 4u));
+    return W8(sc * (q.a + ha - 32.0), sc * (q.b + hb - 32.0));
+#endif
+}

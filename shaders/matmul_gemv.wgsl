@@ -1,0 +1,110 @@
+// Quantized matrix-vector product for decode: y[m, :] (+)= x[m, :] · Wᵀ (+ bias), m < M ≤ 8.
+// W is one row-part of a repacked GGUF matrix (common/dequant.wgsl): `n` rows of `k` columns,
+// producing output columns row_offset .. row_offset + n of y (row stride y_stride), so a
+// matrix split across several bindings is one dispatch per part.
+// One workgroup per weight row: invocations stride over the row eight weights at a time
+// (decoded once, used for all M activation rows), then a workgroup reduction per m.
+// MT (1 or 8) is the compile-time bound on M: loops over m have a constant trip count, so
+// the compiler unrolls them and keeps acc[] in registers; MT = 1 is single-sequence decode.
+// Storage T (f32/f16) for x, bias and y; f32 accumulation.
+#include "common/ids"
+#include "common/dequant"
+
+struct Params {
+    m: u32,
+    n: u32,
+    k: u32,
+    row_offset: u32,
+    y_stride: u32,
+    accumulate: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read_write> y: array<T>;
+@group(0) @binding(2) var<storage, read> x: array<T>;
+@group(0) @binding(3) var<storage, read> wq: array<u32>;
+#ifdef HAS_SCALES
+@group(0) @binding(4) var<storage, read> ws: array<u32>;
+#ifdef BIAS
+@group(0) @binding(5) var<storage, read> bias: array<T>;
+#endif
+#else
+#ifdef BIAS
+@group(0) @binding(4) var<storage, read> bias: array<T>;
+#endif
+#endif
+
+var<workgroup> red: array<f32, MT * WG>;
+
+fn x8(m: u32, g: u32) -> W8 {
+    let o = m * p.k + 8u * g;
+    return W8(
+        vec4<f32>(f32(x[o]), f32(x[o + 1u]), f32(x[o + 2u]), f32(x[o + 3u])),
+        vec4<f32>(f32(x[o + 4u]), f32(x[o + 5u]), f32(x[o + 6u]), f32(x[o + 7u])),
+    );
+}
+
+@compute @workgroup_size(WG)
+fn matmul_gemv(ids: Ids, @builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let row = group_id(wg, nwg);
+    if (row >= p.n) {
+        return;
+    }
+    let bpr = p.k / BLOCK;
+    var acc: array<f32, MT>;
+    for (var g = ids.lid; g < p.k / 8u; g += WG) {
+        let w = load8(row, g, bpr);
+        // A constant trip count lets the compiler unroll and keep acc[] in registers.
+        for (var m = 0u; m < MT; m++) {
+            if (m < p.m) {
+                let xv = x8(m, g);
+                acc[m] += dot(w.a, xv.a) + dot(w.b, xv.b);
+            }
+        }
+    }
+#ifdef SUBGROUPS
+    // Subgroup sums, then the first M invocations add up the subgroup partials.
+    let n_sg = (WG + ids.sg_size - 1u) / ids.sg_size;
+    for (var m = 0u; m < MT; m++) {
+        let s = subgroupAdd(acc[m]);
+        if (ids.sg_lane == 0u) {
+            red[m * WG + ids.lid / ids.sg_size] = s;
+        }
+    }
+    workgroupBarrier();
+    if (ids.lid < p.m) {
+        var v = 0.0;
+        for (var i = 0u; i < n_sg; i++) {
+            v += red[ids.lid * WG + i];
+        }
+        red[ids.lid * WG] = v;
+    }
+#else
+    for (var m = 0u; m < MT; m++) {
+        red[m * WG + ids.lid] = acc[m];
+    }
+    workgroupBarrier();
+    for (var s = WG / 2u; s > 0u; s = s / 2u) {
+        if (ids.lid < s) {
+            for (var m = 0u; m < MT; m++) {
+                if (m < p.m) {
+                    red[m * WG + ids.lid] += red[m * WG + ids.lid + s];
+                }
+            }
+        }
+        workgroupBarrier();
+    }
+#endif
+    if (ids.lid < p.m) {
+        let m = ids.lid;
+        var v = red[m * WG];
+#ifdef BIAS
+        v += f32(bias[p.row_offset + row]);
+#endif
+        let o = m * p.y_stride + p.row_offset + row;
+        if (p.accumulate != 0u) {
+            v += f32(y[o]);
+        }
+        y[o] = T(v);
+    }
+}

@@ -1,0 +1,189 @@
+//! Quantized matrix products over a [`QuantWeight`] (any GGUF type):
+//! - `matmul_forward`: `y (+)= x · Wᵀ (+ bias)` — GEMV kernel for M ≤ 8 activation rows
+//!   (decode), tiled GEMM kernel above (prefill, training);
+//! - `matmul_transposed_forward`: `dx (+)= dy · W` through the same frozen W (fine-tuning).
+//!
+//! A weight split into row parts (larger than one storage binding) is one dispatch per part.
+//! `accumulate` adds into `y` instead of overwriting it (e.g. the residual stream).
+//! Kernels: `shaders/matmul_gemv.wgsl`, `shaders/matmul_gemm.wgsl`, `shaders/common/dequant.wgsl`.
+//! Reference: `reference::matmul`.
+
+use bytemuck::{Pod, Zeroable};
+
+use super::qweight::{format_define, has_scales, QuantWeight, WeightPart};
+use super::{expect_len, float_dtype, kernel, rows_and_width, to_u32};
+use crate::error::{PupilError, Result};
+use crate::gpu::{grid_for, Batch, DType, KernelKey, Tensor};
+use crate::quant::QuantType;
+
+/// Up to this many activation rows use the GEMV kernel.
+pub const GEMV_MAX_M: usize = 8;
+const GEMV_WG: u32 = 64;
+const GEMM_TILE: usize = 64;
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct Params {
+    m: u32,
+    n: u32,
+    k: u32,
+    row_offset: u32,
+    y_stride: u32,
+    accumulate: u32,
+    x_stride: u32,
+    _pad: u32,
+}
+
+/// The GEMV's compile-time row bound for `m` rows (see `MT` in the shader).
+fn gemv_rows_bound(m: usize) -> u32 {
+    if m == 1 {
+        1
+    } else {
+        GEMV_MAX_M as u32
+    }
+}
+
+fn gemv_key(b: &Batch, dt: DType, ty: QuantType, bias: bool, m: usize) -> KernelKey {
+    kernel(b.context(), "matmul_gemv", "matmul_gemv", dt, true, GEMV_WG)
+        .define("MT", gemv_rows_bound(m))
+        .flag(format_define(ty), true)
+        .flag("HAS_SCALES", has_scales(ty))
+        .flag("BIAS", bias)
+}
+
+fn gemm_key(b: &Batch, dt: DType, ty: QuantType, bias: bool, transposed: bool) -> KernelKey {
+    kernel(b.context(), "matmul_gemm", "matmul_gemm", dt, false, 256)
+        .flag(format_define(ty), true)
+        .flag("HAS_SCALES", has_scales(ty))
+        .flag("BIAS", bias)
+        .flag("TRANSPOSED", transposed)
+}
+
+fn part_tensors<'a>(y: &'a Tensor, x: &'a Tensor, part: &'a WeightPart, bias: Option<&'a Tensor>) -> Vec<&'a Tensor> {
+    let mut t = vec![y, x, &part.q];
+    t.extend(part.s.as_ref());
+    t.extend(bias);
+    t
+}
+
+/// `y[M, N] (+)= x[M, K] · Wᵀ (+ bias[N])` for `W` `[N, K]`.
+pub fn matmul_forward(
+    b: &mut Batch,
+    x: &Tensor,
+    w: &QuantWeight,
+    bias: Option<&Tensor>,
+    y: &Tensor,
+    accumulate: bool,
+) -> Result<()> {
+    const OP: &str = "matmul_forward";
+    let mut floats = vec![x, y];
+    floats.extend(bias);
+    let dt = float_dtype(b.context(), OP, &floats)?;
+    let (m, k) = rows_and_width(OP, x)?;
+    if k != w.cols {
+        return Err(PupilError::shape(OP, format!("x has {k} columns, W is {}x{}", w.rows, w.cols)));
+    }
+    expect_len(OP, "output", y, m * w.rows)?;
+    if let Some(bias) = bias {
+        expect_len(OP, "bias", bias, w.rows)?;
+    }
+    for part in &w.parts {
+        let mut p = Params {
+            m: to_u32(OP, m)?,
+            n: to_u32(OP, part.rows)?,
+            k: to_u32(OP, k)?,
+            row_offset: to_u32(OP, part.row_start)?,
+            y_stride: to_u32(OP, w.rows)?,
+            accumulate: accumulate as u32,
+            x_stride: to_u32(OP, k)?,
+            _pad: 0,
+        };
+        let tensors = part_tensors(y, x, part, bias);
+        if m <= GEMV_MAX_M {
+            let grid = grid_for(b.context(), p.n);
+            b.dispatch(&gemv_key(b, dt, w.ty, bias.is_some(), m), bytemuck::bytes_of(&p), &tensors, grid)?;
+        } else {
+            let grid = [to_u32(OP, part.rows.div_ceil(GEMM_TILE))?, to_u32(OP, m.div_ceil(GEMM_TILE))?, 1];
+            p.x_stride = p.k;
+            b.dispatch(&gemm_key(b, dt, w.ty, bias.is_some(), false), bytemuck::bytes_of(&p), &tensors, grid)?;
+        }
+    }
+    Ok(())
+}
+
+/// `dx[M, K] (+)= dy[M, N] · W` for `W` `[N, K]`: the input gradient through a frozen
+/// (quantized) weight.
+pub fn matmul_transposed_forward(
+    b: &mut Batch,
+    dy: &Tensor,
+    w: &QuantWeight,
+    dx: &Tensor,
+    accumulate: bool,
+) -> Result<()> {
+    const OP: &str = "matmul_transposed_forward";
+    let dt = float_dtype(b.context(), OP, &[dy, dx])?;
+    let (m, n) = rows_and_width(OP, dy)?;
+    if n != w.rows {
+        return Err(PupilError::shape(OP, format!("dy has {n} columns, W is {}x{}", w.rows, w.cols)));
+    }
+    expect_len(OP, "dx", dx, m * w.cols)?;
+    for (i, part) in w.parts.iter().enumerate() {
+        let p = Params {
+            m: to_u32(OP, m)?,
+            n: to_u32(OP, part.rows)?,
+            k: to_u32(OP, w.cols)?,
+            row_offset: to_u32(OP, part.row_start)?,
+            y_stride: to_u32(OP, w.cols)?,
+            // Later parts add their share of the sum over rows.
+            accumulate: (accumulate || i > 0) as u32,
+            x_stride: to_u32(OP, n)?,
+            _pad: 0,
+        };
+        let grid = [to_u32(OP, w.cols.div_ceil(GEMM_TILE))?, to_u32(OP, m.div_ceil(GEMM_TILE))?, 1];
+        b.dispatch(
+            &gemm_key(b, dt, w.ty, false, true),
+            bytemuck::bytes_of(&p),
+            &part_tensors(dx, dy, part, None),
+            grid,
+        )?;
+    }
+    Ok(())
+}
+
+pub fn variants() -> Vec<KernelKey> {
+    let mut v = Vec::new();
+    for ty in QuantType::ALL {
+        let fmt = format_define(ty);
+        for f16 in [false, true] {
+            for bias in [false, true] {
+                for (sg, mt) in [false, true].into_iter().flat_map(|sg| [(sg, 1), (sg, GEMV_MAX_M as u32)]) {
+                    v.push(
+                        KernelKey::new("matmul_gemv", "matmul_gemv")
+                            .define("WG", GEMV_WG)
+                            .define("MT", mt)
+                            .flag(fmt, true)
+                            .flag("HAS_SCALES", has_scales(ty))
+                            .flag("F16", f16)
+                            .flag("BIAS", bias)
+                            .flag("SUBGROUPS", sg),
+                    );
+                }
+                for transposed in [false, true] {
+                    if bias && transposed {
+                        continue;
+                    }
+                    v.push(
+                        KernelKey::new("matmul_gemm", "matmul_gemm")
+                            .define("WG", 256)
+                            .flag(fmt, true)
+                            .flag("HAS_SCALES", has_scales(ty))
+                            .flag("F16", f16)
+                            .flag("BIAS", bias)
+                            .flag("TRANSPOSED", transposed),
+                    );
+                }
+            }
+        }
+    }
+    v
+}

@@ -1,0 +1,114 @@
+//! Checks of `ops::matmul` (GEMV, GEMM, transposed) for every GGUF format against
+//! `reference::matmul` over `quant::dequantize` of the same blocks.
+
+use super::harness::{canary_intact, check_float, compare, inputs, poisoned, write_keeping_canary, CaseReport};
+use crate::error::Result;
+use crate::gpu::{Batch, DType, GpuContext, Tensor};
+use crate::ops::matmul::{matmul_forward, matmul_transposed_forward};
+use crate::ops::qweight::gpu_layout;
+use crate::ops::QuantWeight;
+use crate::quant::{self, QuantType};
+use crate::reference;
+use crate::rng::SplitMix64;
+
+struct Case {
+    m: usize,
+    n: usize,
+    /// Columns as a multiple of the format's block, or an absolute count (`k_abs`).
+    k_blocks: usize,
+    k_abs: usize,
+    bias: bool,
+    accumulate: bool,
+    /// Force the weight into parts of about this many rows (split-binding path).
+    split_rows: Option<usize>,
+    transposed: bool,
+}
+
+const fn case(m: usize, n: usize, k_blocks: usize) -> Case {
+    Case { m, n, k_blocks, k_abs: 0, bias: false, accumulate: false, split_rows: None, transposed: false }
+}
+
+fn cases() -> Vec<Case> {
+    vec![
+        // GEMV (M ≤ 8): one row, odd N, smallest K, large K, bias, accumulate.
+        case(1, 7, 1),
+        Case { bias: true, k_abs: 4096, ..case(2, 33, 0) },
+        case(3, 65, 3),
+        case(7, 1, 1),
+        Case { accumulate: true, k_abs: 4096, ..case(8, 129, 0) },
+        Case { split_rows: Some(80), bias: true, ..case(1, 300, 2) },
+        // GEMM (M > 8): tile edges ±1.
+        Case { bias: true, ..case(9, 67, 2) },
+        Case { k_abs: 4096, ..case(64, 65, 0) },
+        Case { bias: true, accumulate: true, ..case(65, 31, 1) },
+        Case { split_rows: Some(80), bias: true, ..case(65, 300, 2) },
+        // Transposed (dX = dY · W).
+        Case { transposed: true, ..case(1, 5, 1) },
+        Case { transposed: true, ..case(9, 67, 2) },
+        Case { transposed: true, accumulate: true, k_abs: 4096, ..case(65, 33, 0) },
+        Case { transposed: true, split_rows: Some(80), ..case(17, 300, 2) },
+    ]
+}
+
+pub async fn check(ctx: &GpuContext, dt: DType) -> Result<Vec<CaseReport>> {
+    let mut rng = SplitMix64::new(0x5EED_0009);
+    let mut out = Vec::new();
+    for ty in QuantType::ALL {
+        let (block, qw, _) = gpu_layout(ty);
+        for c in cases() {
+            let k = if c.k_abs > 0 { c.k_abs } else { c.k_blocks * block };
+            let bytes = quant::random_blocks(ty, c.n * k, &mut rng);
+            let w = quant::dequantize(ty, &bytes, c.n * k)?;
+            let weight = match c.split_rows {
+                Some(rows) => {
+                    QuantWeight::upload_with_part_limit(ctx, ty, c.n, k, &bytes, (rows * k / block * qw * 4) as u64)?
+                }
+                None => QuantWeight::upload(ctx, ty, c.n, k, &bytes)?,
+            };
+            let (in_len, out_len) = if c.transposed { (c.n, k) } else { (k, c.n) };
+            let x = inputs(&mut rng, c.m * in_len, -1.0, 1.0, dt);
+            let xt = Tensor::from_f32(ctx, &x, &[c.m, in_len], dt)?;
+            let bias = inputs(&mut rng, c.n, -1.0, 1.0, dt);
+            let bias_t = if c.bias { Some(Tensor::from_f32(ctx, &bias, &[c.n], dt)?) } else { None };
+            let y = poisoned(ctx, &[c.m, out_len], dt)?;
+            let y0 = inputs(&mut rng, c.m * out_len, -1.0, 1.0, dt);
+            if c.accumulate {
+                write_keeping_canary(ctx, &y, &y0)?;
+            }
+            let mut b = Batch::new(ctx);
+            if c.transposed {
+                matmul_transposed_forward(&mut b, &xt, &weight, &y, c.accumulate)?;
+            } else {
+                matmul_forward(&mut b, &xt, &weight, bias_t.as_ref(), &y, c.accumulate)?;
+            }
+            b.submit();
+            let mut want = if c.transposed {
+                reference::matmul_transposed(&x, &w, c.n, k)
+            } else {
+                reference::matmul(&x, &w, c.n, k, c.bias.then_some(&bias[..]))
+            };
+            if c.accumulate {
+                want.iter_mut().zip(&y0).for_each(|(r, &a)| *r += a as f64);
+            }
+            let name = format!(
+                "{:<5} {}M{} N{} K{}{}{}{}",
+                ty.name(),
+                if c.transposed { "dX " } else { "" },
+                c.m,
+                c.n,
+                k,
+                if c.bias { " bias" } else { "" },
+                if c.accumulate { " acc" } else { "" },
+                if weight.parts.len() > 1 { format!(" {} parts", weight.parts.len()) } else { String::new() },
+            );
+            if c.accumulate {
+                let got = y.read_f32(ctx).await?;
+                let canary = canary_intact(ctx, &y).await?;
+                out.push(compare(ctx, "matmul", name, dt, &got, &want, canary));
+            } else {
+                out.push(check_float(ctx, "matmul", name, &y, &want).await?);
+            }
+        }
+    }
+    Ok(out)
+}

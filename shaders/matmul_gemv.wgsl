@@ -7,6 +7,10 @@
 // MT (1 or 8) is the compile-time bound on M: loops over m have a constant trip count, so
 // the compiler unrolls them and keeps acc[] in registers; MT = 1 is single-sequence decode.
 // Storage T (f32/f16) for x, bias and y; f32 accumulation.
+// INT8: x arrives quantized (shaders/quantize_act.wgsl: int8 per 32-block, scales xd) and each
+// group of eight weights is dotted as integers with dot4I8Packed:
+//   Σ w·x = Σ_groups (d_x · s · Σ q_w q_x + o · Σ x)   with w = s·q_w + o per group,
+// where Σ x is the group's exact sum (xs), so only the first term carries int8 error.
 #include "common/ids"
 #include "common/dequant"
 
@@ -21,6 +25,16 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read_write> y: array<T>;
+#ifdef INT8
+@group(0) @binding(2) var<storage, read> xq: array<u32>;
+@group(0) @binding(3) var<storage, read> wq: array<u32>;
+@group(0) @binding(4) var<storage, read> ws: array<u32>;
+@group(0) @binding(5) var<storage, read> xd: array<f32>;
+@group(0) @binding(6) var<storage, read> xs: array<f32>;
+#ifdef BIAS
+@group(0) @binding(7) var<storage, read> bias: array<T>;
+#endif
+#else
 @group(0) @binding(2) var<storage, read> x: array<T>;
 @group(0) @binding(3) var<storage, read> wq: array<u32>;
 #ifdef HAS_SCALES
@@ -33,9 +47,11 @@ struct Params {
 @group(0) @binding(4) var<storage, read> bias: array<T>;
 #endif
 #endif
+#endif
 
 var<workgroup> red: array<f32, MT * WG>;
 
+#ifndef INT8
 fn x8(m: u32, g: u32) -> W8 {
     let o = m * p.k + 8u * g;
     return W8(
@@ -43,6 +59,7 @@ fn x8(m: u32, g: u32) -> W8 {
         vec4<f32>(f32(x[o + 4u]), f32(x[o + 5u]), f32(x[o + 6u]), f32(x[o + 7u])),
     );
 }
+#endif
 
 @compute @workgroup_size(WG)
 fn matmul_gemv(ids: Ids, @builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
@@ -53,6 +70,18 @@ fn matmul_gemv(ids: Ids, @builtin(workgroup_id) wg: vec3<u32>, @builtin(num_work
     let bpr = p.k / BLOCK;
     var acc: array<f32, MT>;
     for (var g = ids.lid; g < p.k / 8u; g += WG) {
+#ifdef INT8
+        let w = load8_i8(row, g, bpr);
+        for (var m = 0u; m < MT; m++) {
+            if (m < p.m) {
+                let o = (m * p.k / 8u + g) * 2u;
+                let xa = xq[o];
+                let xb = xq[o + 1u];
+                let isum = dot4I8Packed(w.lo, xa) + dot4I8Packed(w.hi, xb);
+                acc[m] += xd[(m * p.k + 8u * g) / 32u] * w.s * f32(isum) + w.o * xs[m * p.k / 8u + g];
+            }
+        }
+#else
         let w = load8(row, g, bpr);
         // A constant trip count lets the compiler unroll and keep acc[] in registers.
         for (var m = 0u; m < MT; m++) {
@@ -61,6 +90,7 @@ fn matmul_gemv(ids: Ids, @builtin(workgroup_id) wg: vec3<u32>, @builtin(num_work
                 acc[m] += dot(w.a, xv.a) + dot(w.b, xv.b);
             }
         }
+#endif
     }
 #ifdef SUBGROUPS
     // Subgroup sums, then the first M invocations add up the subgroup partials.

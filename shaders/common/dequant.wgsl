@@ -201,3 +201,97 @@ fn load8(row: u32, g: u32, blocks_per_row: u32) -> W8 {
     return W8(sc * (q.a + ha - 32.0), sc * (q.b + hb - 32.0));
 #endif
 }
+
+#ifdef INT8
+// The same eight weights as integers for the int8-activation path: w_t = s * q_t + o with
+// signed q_t packed one per byte, values 0,2,4,6 in `lo` and 1,3,5,7 in `hi` — the order a
+// 4-bit word unpacks into with two masks. Activations are packed in the same order
+// (shaders/quantize_act.wgsl), so dot4I8Packed pairs them up. Quants are centred (q - 8,
+// q - 16, q - 32) so the integer term, the only one carrying activation rounding error, is as
+// small as the weights allow; the constant moves into the offset o.
+struct I8x8 {
+    lo: u32,
+    hi: u32,
+    s: f32,
+    o: f32,
+}
+
+// The 8 one-bit flags of `h` moved to bit `at` of bytes: even flags into `lo`, odd into `hi`.
+fn spread_bits(h: u32, at: u32) -> vec2<u32> {
+    var lo = 0u;
+    var hi = 0u;
+    for (var b = 0u; b < 4u; b++) {
+        lo |= ((h >> (2u * b)) & 1u) << (8u * b + at);
+        hi |= ((h >> (2u * b + 1u)) & 1u) << (8u * b + at);
+    }
+    return vec2<u32>(lo, hi);
+}
+
+// Bytes v (each < 2c, c ≤ 64) to the signed bytes v - c, without borrows between bytes.
+fn centred(v: u32, c: u32) -> u32 {
+    return ((v | 0x80808080u) - c * 0x01010101u) ^ 0x80808080u;
+}
+
+fn load8_i8(row: u32, g: u32, blocks_per_row: u32) -> I8x8 {
+    let blk = row * blocks_per_row + g / GROUPS;
+    let j = g % GROUPS;
+    let q0 = blk * QW;
+#ifdef W_Q8_0
+    let w0 = wq[q0 + 2u * j];
+    let w1 = wq[q0 + 2u * j + 1u];
+    let lo = (w0 & 0xffu) | ((w0 >> 8u) & 0xff00u) | ((w1 & 0xffu) << 16u) | ((w1 << 8u) & 0xff000000u);
+    let hi = ((w0 >> 8u) & 0xffu) | ((w0 >> 16u) & 0xff00u) | ((w1 << 8u) & 0xff0000u) | (w1 & 0xff000000u);
+    return I8x8(lo, hi, unpack2x16float(ws[blk]).x, 0.0);
+#else
+    let w = wq[q0 + j];
+    var lo = w & 0x0f0f0f0fu;
+    var hi = (w >> 4u) & 0x0f0f0f0fu;
+#ifdef W_Q4_0
+    let d = unpack2x16float(ws[blk]).x;
+    return I8x8(centred(lo, 8u), centred(hi, 8u), d, 0.0);
+#endif
+#ifdef W_Q4_1
+    let dm = unpack2x16float(ws[blk]);
+    return I8x8(centred(lo, 8u), centred(hi, 8u), dm.x, dm.y + 8.0 * dm.x);
+#endif
+#ifdef W_Q5_0
+    let h = spread_bits((wq[q0 + 4u] >> (8u * j)) & 0xffu, 4u);
+    let d = unpack2x16float(ws[blk]).x;
+    return I8x8(centred(lo | h.x, 16u), centred(hi | h.y, 16u), d, 0.0);
+#endif
+#ifdef W_Q5_1
+    let h = spread_bits((wq[q0 + 4u] >> (8u * j)) & 0xffu, 4u);
+    let dm = unpack2x16float(ws[blk]);
+    return I8x8(centred(lo | h.x, 16u), centred(hi | h.y, 16u), dm.x, dm.y + 16.0 * dm.x);
+#endif
+#ifdef W_Q4_K
+    let s0 = blk * SW;
+    let dd = unpack2x16float(ws[s0]);
+    let sb = j / 4u;
+    let sc = dd.x * f32(byte_of(ws[s0 + 1u + sb / 4u], sb % 4u));
+    let mn = dd.y * f32(byte_of(ws[s0 + 3u + sb / 4u], sb % 4u));
+    return I8x8(centred(lo, 8u), centred(hi, 8u), sc, 8.0 * sc - mn);
+#endif
+#ifdef W_Q5_K
+    let s0 = blk * SW;
+    let dd = unpack2x16float(ws[s0]);
+    let sb = j / 4u;
+    let sc = dd.x * f32(byte_of(ws[s0 + 1u + sb / 4u], sb % 4u));
+    let mn = dd.y * f32(byte_of(ws[s0 + 3u + sb / 4u], sb % 4u));
+    let h = spread_bits((wq[q0 + 32u + j / 4u] >> (8u * (j % 4u))) & 0xffu, 4u);
+    return I8x8(centred(lo | h.x, 16u), centred(hi | h.y, 16u), sc, 16.0 * sc - mn);
+#endif
+#ifdef W_Q6_K
+    let s0 = blk * SW;
+    let sb = j / 2u;
+    let sc = unpack2x16float(ws[s0]).x * sbyte_of(ws[s0 + 1u + sb / 4u], sb % 4u);
+    let hw = wq[q0 + 32u + j / 2u] >> (16u * (j % 2u));
+    for (var b = 0u; b < 4u; b++) {
+        lo |= ((hw >> (4u * b)) & 3u) << (8u * b + 4u);
+        hi |= ((hw >> (4u * b + 2u)) & 3u) << (8u * b + 4u);
+    }
+    return I8x8(centred(lo, 32u), centred(hi, 32u), sc, 0.0);
+#endif
+#endif
+}
+#endif

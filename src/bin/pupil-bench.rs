@@ -4,6 +4,7 @@
 //!
 //!   pupil-bench matmul [--formats Q4_0,Q4_K] [--shapes smollm2-up,...] [--m 1,4,16,128,512]
 //!
+//! Rows named `<format>i8` are the int8-activation path (activation quantization included).
 //! Times are wall-clock over a batch of `reps` identical dispatches (one submit, then a wait),
 //! divided by `reps`: per-dispatch overhead is included, as it is in decoding.
 
@@ -12,7 +13,9 @@ use std::time::Instant;
 use clap::{Parser, Subcommand};
 use pupil::gpu::{Batch, DType, Tensor};
 use pupil::ops::bench::{copy_forward, fma_forward};
-use pupil::ops::matmul::matmul_forward;
+use pupil::ops::matmul::{
+    matmul_forward, matmul_int8_forward, quantize_activations_forward, QuantizedActivations, GEMV_MAX_M,
+};
 use pupil::ops::QuantWeight;
 use pupil::quant::{random_blocks, QuantType};
 use pupil::rng::SplitMix64;
@@ -101,6 +104,25 @@ fn ceilings(ctx: &GpuContext, seconds: f64) -> Result<Ceilings> {
     Ok(Ceilings { copy_gbs, fma_gflops })
 }
 
+#[allow(clippy::too_many_arguments)]
+fn report(format: &str, shape: &str, n: usize, k: usize, m: usize, t: f64, bytes_read: f64, c: &Ceilings) {
+    let gbs = bytes_read / t / 1e9;
+    let gflops = 2.0 * (m * n * k) as f64 / t / 1e9;
+    println!(
+        "{:<6} {:<16} {:>7} {:>6} {:>4} {:>11.1} {:>9.1} {:>9.1} {:>6.1}% {:>6.1}%",
+        format,
+        shape,
+        n,
+        k,
+        m,
+        t * 1e6,
+        gbs,
+        gflops,
+        100.0 * gbs / c.copy_gbs,
+        100.0 * gflops / c.fma_gflops
+    );
+}
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let mut options = ContextOptions::from_env();
@@ -156,22 +178,17 @@ fn run(cli: Cli, options: ContextOptions) -> Result<()> {
                 let x = Tensor::from_f32(&ctx, &rng.vec_nonzero(mm * k, -1.0, 1.0), &[mm, k], act)?;
                 let y = Tensor::empty(&ctx, &[mm, n], act)?;
                 let t = time_it(&ctx, cli.seconds, |b| matmul_forward(b, &x, &w, None, &y, false))?;
-                let bytes_read = w.gpu_bytes() as f64 + (mm * k) as f64 * act.size_bytes() as f64;
-                let gbs = bytes_read / t / 1e9;
-                let gflops = 2.0 * (mm * n * k) as f64 / t / 1e9;
-                println!(
-                    "{:<6} {:<16} {:>7} {:>6} {:>4} {:>11.1} {:>9.1} {:>9.1} {:>6.1}% {:>6.1}%",
-                    ty.name(),
-                    name,
-                    n,
-                    k,
-                    mm,
-                    t * 1e6,
-                    gbs,
-                    gflops,
-                    100.0 * gbs / c.copy_gbs,
-                    100.0 * gflops / c.fma_gflops
-                );
+                let act_bytes = (mm * k) as f64 * act.size_bytes() as f64;
+                report(ty.name(), name, n, k, mm, t, w.gpu_bytes() as f64 + act_bytes, &c);
+                if mm <= GEMV_MAX_M && ty.block_size() > 1 {
+                    // The int8-activation path, its activation quantization included.
+                    let xq = QuantizedActivations::new(&ctx, mm, k)?;
+                    let t = time_it(&ctx, cli.seconds, |b| {
+                        quantize_activations_forward(b, &x, &xq)?;
+                        matmul_int8_forward(b, &xq, &w, None, &y, false)
+                    })?;
+                    report(&format!("{}i8", ty.name()), name, n, k, mm, t, w.gpu_bytes() as f64 + act_bytes, &c);
+                }
             }
         }
     }

@@ -33,6 +33,7 @@ pub const SHADER_FILES: &[(&str, &str)] = &[
     ("embedding_quant", include_str!("../../shaders/embedding_quant.wgsl")),
     ("matmul_gemv", include_str!("../../shaders/matmul_gemv.wgsl")),
     ("matmul_gemm", include_str!("../../shaders/matmul_gemm.wgsl")),
+    ("quantize_act", include_str!("../../shaders/quantize_act.wgsl")),
     ("argmax", include_str!("../../shaders/argmax.wgsl")),
     ("topk", include_str!("../../shaders/topk.wgsl")),
     ("bench", include_str!("../../shaders/bench.wgsl")),

@@ -5,7 +5,13 @@
 //!
 //! A weight split into row parts (larger than one storage binding) is one dispatch per part.
 //! `accumulate` adds into `y` instead of overwriting it (e.g. the residual stream).
-//! Kernels: `shaders/matmul_gemv.wgsl`, `shaders/matmul_gemm.wgsl`, `shaders/common/dequant.wgsl`.
+//! - `quantize_activations_forward` + `matmul_int8_forward`: the int8-activation path for
+//!   decode (M ≤ 8, block-quantized W): activations quantized per 32-block on the fly, integer
+//!   dot products with `dot4I8Packed`. Less exact (≈1e-2 relative), faster where integer dot
+//!   products beat unpacking to floats; `pupil-bench` reports both.
+//!
+//! Kernels: `shaders/matmul_gemv.wgsl`, `shaders/matmul_gemm.wgsl`, `shaders/quantize_act.wgsl`,
+//! `shaders/common/dequant.wgsl`.
 //! Reference: `reference::matmul`.
 
 use bytemuck::{Pod, Zeroable};
@@ -150,6 +156,104 @@ pub fn matmul_transposed_forward(
     Ok(())
 }
 
+/// Activations `[m, k]` quantized to int8 per block of 32 (see `shaders/quantize_act.wgsl`).
+pub struct QuantizedActivations {
+    pub m: usize,
+    pub k: usize,
+    /// `[m, k/4]` packed signed bytes.
+    pub q: Tensor,
+    /// `[m, k/32]` f32 block scales.
+    pub d: Tensor,
+    /// `[m, k/8]` f32 exact sums of each group of eight values.
+    pub sums: Tensor,
+}
+
+impl QuantizedActivations {
+    pub fn new(ctx: &crate::gpu::GpuContext, m: usize, k: usize) -> Result<Self> {
+        if m == 0 || k == 0 || k % 32 != 0 {
+            return Err(PupilError::shape(
+                "QuantizedActivations",
+                format!("[{m}, {k}]: k must be a positive multiple of 32"),
+            ));
+        }
+        Ok(QuantizedActivations {
+            m,
+            k,
+            q: Tensor::empty(ctx, &[m, k / 4], DType::U32)?,
+            d: Tensor::empty(ctx, &[m, k / 32], DType::F32)?,
+            sums: Tensor::empty(ctx, &[m, k / 8], DType::F32)?,
+        })
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct QuantizeParams {
+    blocks: u32,
+}
+
+/// Quantize `x [m, k]` into `out`.
+pub fn quantize_activations_forward(b: &mut Batch, x: &Tensor, out: &QuantizedActivations) -> Result<()> {
+    const OP: &str = "quantize_activations_forward";
+    let dt = float_dtype(b.context(), OP, &[x])?;
+    let (m, k) = rows_and_width(OP, x)?;
+    if (m, k) != (out.m, out.k) {
+        return Err(PupilError::shape(OP, format!("x is [{m}, {k}], the output holds [{}, {}]", out.m, out.k)));
+    }
+    let blocks = to_u32(OP, m * k / 32)?;
+    let key = kernel(b.context(), "quantize_act", "quantize_act_forward", dt, false, 64);
+    let grid = grid_for(b.context(), blocks.div_ceil(64));
+    b.dispatch(&key, bytemuck::bytes_of(&QuantizeParams { blocks }), &[&out.q, &out.d, &out.sums, x], grid)
+}
+
+/// `y[M, N] (+)= x · Wᵀ (+ bias)` from int8-quantized activations (M ≤ 8; W block-quantized).
+pub fn matmul_int8_forward(
+    b: &mut Batch,
+    x: &QuantizedActivations,
+    w: &QuantWeight,
+    bias: Option<&Tensor>,
+    y: &Tensor,
+    accumulate: bool,
+) -> Result<()> {
+    const OP: &str = "matmul_int8_forward";
+    let mut floats = vec![y];
+    floats.extend(bias);
+    let dt = float_dtype(b.context(), OP, &floats)?;
+    if !has_scales(w.ty) {
+        return Err(PupilError::arg(OP, format!("the int8 path needs a block-quantized weight, not {}", w.ty.name())));
+    }
+    if x.m > GEMV_MAX_M || x.k != w.cols {
+        return Err(PupilError::shape(
+            OP,
+            format!("x [{}, {}] for W {}x{} (at most {GEMV_MAX_M} rows)", x.m, x.k, w.rows, w.cols),
+        ));
+    }
+    expect_len(OP, "output", y, x.m * w.rows)?;
+    if let Some(bias) = bias {
+        expect_len(OP, "bias", bias, w.rows)?;
+    }
+    let key = gemv_key(b, dt, w.ty, bias.is_some(), x.m).flag("INT8", true);
+    for part in &w.parts {
+        let p = Params {
+            m: to_u32(OP, x.m)?,
+            n: to_u32(OP, part.rows)?,
+            k: to_u32(OP, x.k)?,
+            row_offset: to_u32(OP, part.row_start)?,
+            y_stride: to_u32(OP, w.rows)?,
+            accumulate: accumulate as u32,
+            x_stride: to_u32(OP, x.k)?,
+            _pad: 0,
+        };
+        let mut tensors: Vec<&Tensor> = vec![y, &x.q, &part.q];
+        tensors.extend(part.s.as_ref());
+        tensors.push(&x.d);
+        tensors.push(&x.sums);
+        tensors.extend(bias);
+        b.dispatch(&key, bytemuck::bytes_of(&p), &tensors, grid_for(b.context(), p.n))?;
+    }
+    Ok(())
+}
+
 pub fn variants() -> Vec<KernelKey> {
     let mut v = Vec::new();
     for ty in QuantType::ALL {
@@ -157,16 +261,18 @@ pub fn variants() -> Vec<KernelKey> {
         for f16 in [false, true] {
             for bias in [false, true] {
                 for (sg, mt) in [false, true].into_iter().flat_map(|sg| [(sg, 1), (sg, GEMV_MAX_M as u32)]) {
-                    v.push(
-                        KernelKey::new("matmul_gemv", "matmul_gemv")
-                            .define("WG", GEMV_WG)
-                            .define("MT", mt)
-                            .flag(fmt, true)
-                            .flag("HAS_SCALES", has_scales(ty))
-                            .flag("F16", f16)
-                            .flag("BIAS", bias)
-                            .flag("SUBGROUPS", sg),
-                    );
+                    let gemv = KernelKey::new("matmul_gemv", "matmul_gemv")
+                        .define("WG", GEMV_WG)
+                        .define("MT", mt)
+                        .flag(fmt, true)
+                        .flag("HAS_SCALES", has_scales(ty))
+                        .flag("F16", f16)
+                        .flag("BIAS", bias)
+                        .flag("SUBGROUPS", sg);
+                    if has_scales(ty) {
+                        v.push(gemv.clone().flag("INT8", true));
+                    }
+                    v.push(gemv);
                 }
                 for transposed in [false, true] {
                     if bias && transposed {
@@ -184,6 +290,9 @@ pub fn variants() -> Vec<KernelKey> {
                 }
             }
         }
+    }
+    for f16 in [false, true] {
+        v.push(KernelKey::new("quantize_act", "quantize_act_forward").define("WG", 64).flag("F16", f16));
     }
     v
 }

@@ -125,7 +125,21 @@ pub fn compare(
     reference: &[f64],
     canary_ok: bool,
 ) -> CaseReport {
-    let tol = Tolerance::of(dtype);
+    compare_within(ctx, op, case, dtype, got, reference, canary_ok, Tolerance::of(dtype))
+}
+
+/// As [`compare`], with a tolerance other than the dtype's (approximate paths state their own).
+#[allow(clippy::too_many_arguments)]
+pub fn compare_within(
+    ctx: &GpuContext,
+    op: &'static str,
+    case: String,
+    dtype: DType,
+    got: &[f32],
+    reference: &[f64],
+    canary_ok: bool,
+    tol: Tolerance,
+) -> CaseReport {
     // An f16 output can at best hold the reference rounded to f16 (values below f16's
     // smallest subnormal become 0): measure the kernel's error against that.
     let ideal = |r: f64| {

@@ -1,11 +1,16 @@
 //! Checks of `ops::matmul` (GEMV, GEMM, transposed) for every GGUF format against
 //! `reference::matmul` over `quant::dequantize` of the same blocks.
 
-use super::harness::{canary_intact, check_float, compare, inputs, poisoned, write_keeping_canary, CaseReport};
+use super::harness::{
+    canary_intact, check_float, compare, compare_within, inputs, poisoned, write_keeping_canary, CaseReport, Tolerance,
+};
 use crate::error::Result;
 use crate::gpu::{Batch, DType, GpuContext, Tensor};
-use crate::ops::matmul::{matmul_forward, matmul_transposed_forward};
+use crate::ops::matmul::{
+    matmul_forward, matmul_int8_forward, matmul_transposed_forward, quantize_activations_forward, QuantizedActivations,
+};
 use crate::ops::qweight::gpu_layout;
+use crate::ops::qweight::has_scales;
 use crate::ops::QuantWeight;
 use crate::quant::{self, QuantType};
 use crate::reference;
@@ -108,6 +113,61 @@ pub async fn check(ctx: &GpuContext, dt: DType) -> Result<Vec<CaseReport>> {
             } else {
                 out.push(check_float(ctx, "matmul", name, &y, &want).await?);
             }
+        }
+    }
+    out.extend(check_int8(ctx, dt, &mut rng).await?);
+    Ok(out)
+}
+
+/// The int8-activation path, against the exact (unquantized-activation) reference.
+/// Tolerance: ‖out−ref‖/‖ref‖ ≤ 1e-2 and max error ≤ 3e-2·max|ref| (activations carry 8 bits).
+pub const INT8_TOLERANCE: Tolerance = Tolerance { rel: 1e-2, max_abs_frac: 3e-2 };
+
+async fn check_int8(ctx: &GpuContext, dt: DType, rng: &mut SplitMix64) -> Result<Vec<CaseReport>> {
+    let mut out = Vec::new();
+    for ty in QuantType::ALL.into_iter().filter(|&t| has_scales(t)) {
+        let (block, qw, _) = gpu_layout(ty);
+        // (M, N, K, bias, accumulate, split rows)
+        for (m, n, k, bias, accumulate, split) in [
+            (1, 7, block, false, false, None),
+            (3, 65, 4096, true, true, None),
+            (8, 300, 2 * block, true, false, Some(80)),
+        ] {
+            let bytes = quant::random_blocks(ty, n * k, rng);
+            let w = quant::dequantize(ty, &bytes, n * k)?;
+            let weight = match split {
+                Some(rows) => {
+                    QuantWeight::upload_with_part_limit(ctx, ty, n, k, &bytes, (rows * k / block * qw * 4) as u64)?
+                }
+                None => QuantWeight::upload(ctx, ty, n, k, &bytes)?,
+            };
+            let x = inputs(rng, m * k, -1.0, 1.0, dt);
+            let xt = Tensor::from_f32(ctx, &x, &[m, k], dt)?;
+            let bias_v = inputs(rng, n, -1.0, 1.0, dt);
+            let bias_t = if bias { Some(Tensor::from_f32(ctx, &bias_v, &[n], dt)?) } else { None };
+            let y0 = inputs(rng, m * n, -1.0, 1.0, dt);
+            let y = poisoned(ctx, &[m, n], dt)?;
+            if accumulate {
+                write_keeping_canary(ctx, &y, &y0)?;
+            }
+            let xq = QuantizedActivations::new(ctx, m, k)?;
+            let mut b = Batch::new(ctx);
+            quantize_activations_forward(&mut b, &xt, &xq)?;
+            matmul_int8_forward(&mut b, &xq, &weight, bias_t.as_ref(), &y, accumulate)?;
+            b.submit();
+            let mut want = reference::matmul(&x, &w, n, k, bias.then_some(&bias_v[..]));
+            if accumulate {
+                want.iter_mut().zip(&y0).for_each(|(r, &a)| *r += a as f64);
+            }
+            let got = y.read_f32(ctx).await?;
+            let canary = canary_intact(ctx, &y).await?;
+            let name = format!(
+                "{:<5} int8 M{m} N{n} K{k}{} parts {}",
+                ty.name(),
+                if bias { " bias" } else { "" },
+                weight.parts.len()
+            );
+            out.push(compare_within(ctx, "matmul", name, dt, &got, &want, canary, INT8_TOLERANCE));
         }
     }
     Ok(out)

@@ -11,8 +11,14 @@
 // group of eight weights is dotted as integers with dot4I8Packed:
 //   Σ w·x = Σ_groups (d_x · s · Σ q_w q_x + o · Σ x)   with w = s·q_w + o per group,
 // where Σ x is the group's exact sum (xs), so only the first term carries int8 error.
+// GLU: W is a gate|up pair stacked by rows ([2F, K]); workgroup `row` < F dots x with gate row
+// `row` and up row F + row and writes act(gate) * up (ACT as in common/act.wgsl) into y [M, F]:
+// the MLP's two projections and its activation in one dispatch.
 #include "common/ids"
 #include "common/dequant"
+#ifdef GLU
+#include "common/act"
+#endif
 
 struct Params {
     m: u32,
@@ -49,7 +55,14 @@ struct Params {
 #endif
 #endif
 
-var<workgroup> red: array<f32, MT * WG>;
+// Accumulators per invocation: MT sums, or MT gate sums then MT up sums.
+#ifdef GLU
+const NACC: u32 = 2u * MT;
+#else
+const NACC: u32 = MT;
+#endif
+
+var<workgroup> red: array<f32, NACC * WG>;
 
 #ifndef INT8
 fn x8(m: u32, g: u32) -> W8 {
@@ -68,7 +81,7 @@ fn matmul_gemv(ids: Ids, @builtin(workgroup_id) wg: vec3<u32>, @builtin(num_work
         return;
     }
     let bpr = p.k / BLOCK;
-    var acc: array<f32, MT>;
+    var acc: array<f32, NACC>;
     for (var g = ids.lid; g < p.k / 8u; g += WG) {
 #ifdef INT8
         let w = load8_i8(row, g, bpr);
@@ -83,43 +96,48 @@ fn matmul_gemv(ids: Ids, @builtin(workgroup_id) wg: vec3<u32>, @builtin(num_work
         }
 #else
         let w = load8(row, g, bpr);
+#ifdef GLU
+        let wu = load8(row + p.n, g, bpr);
+#endif
         // A constant trip count lets the compiler unroll and keep acc[] in registers.
         for (var m = 0u; m < MT; m++) {
             if (m < p.m) {
                 let xv = x8(m, g);
                 acc[m] += dot(w.a, xv.a) + dot(w.b, xv.b);
+#ifdef GLU
+                acc[MT + m] += dot(wu.a, xv.a) + dot(wu.b, xv.b);
+#endif
             }
         }
 #endif
     }
 #ifdef SUBGROUPS
-    // Subgroup sums, then the first M invocations add up the subgroup partials.
+    // Subgroup sums, then invocation a < NACC adds up the subgroup partials of sum a.
     let n_sg = (WG + ids.sg_size - 1u) / ids.sg_size;
-    for (var m = 0u; m < MT; m++) {
-        let s = subgroupAdd(acc[m]);
+    for (var a = 0u; a < NACC; a++) {
+        let s = subgroupAdd(acc[a]);
         if (ids.sg_lane == 0u) {
-            red[m * WG + ids.lid / ids.sg_size] = s;
+            red[a * WG + ids.lid / ids.sg_size] = s;
         }
     }
     workgroupBarrier();
-    if (ids.lid < p.m) {
+    if (ids.lid < NACC) {
         var v = 0.0;
         for (var i = 0u; i < n_sg; i++) {
             v += red[ids.lid * WG + i];
         }
         red[ids.lid * WG] = v;
     }
+    workgroupBarrier();
 #else
-    for (var m = 0u; m < MT; m++) {
-        red[m * WG + ids.lid] = acc[m];
+    for (var a = 0u; a < NACC; a++) {
+        red[a * WG + ids.lid] = acc[a];
     }
     workgroupBarrier();
     for (var s = WG / 2u; s > 0u; s = s / 2u) {
         if (ids.lid < s) {
-            for (var m = 0u; m < MT; m++) {
-                if (m < p.m) {
-                    red[m * WG + ids.lid] += red[m * WG + ids.lid + s];
-                }
+            for (var a = 0u; a < NACC; a++) {
+                red[a * WG + ids.lid] += red[a * WG + ids.lid + s];
             }
         }
         workgroupBarrier();
@@ -128,6 +146,9 @@ fn matmul_gemv(ids: Ids, @builtin(workgroup_id) wg: vec3<u32>, @builtin(num_work
     if (ids.lid < p.m) {
         let m = ids.lid;
         var v = red[m * WG];
+#ifdef GLU
+        v = act(v) * red[(MT + m) * WG];
+#endif
 #ifdef BIAS
         v += f32(bias[p.row_offset + row]);
 #endif

@@ -24,6 +24,7 @@ pub const SHADER_FILES: &[(&str, &str)] = &[
     ("common/ids", include_str!("../../shaders/common/ids.wgsl")),
     ("common/reduce", include_str!("../../shaders/common/reduce.wgsl")),
     ("common/dequant", include_str!("../../shaders/common/dequant.wgsl")),
+    ("common/act", include_str!("../../shaders/common/act.wgsl")),
     ("rms_norm", include_str!("../../shaders/rms_norm.wgsl")),
     ("rope", include_str!("../../shaders/rope.wgsl")),
     ("activation", include_str!("../../shaders/activation.wgsl")),

@@ -16,7 +16,7 @@ pub enum Activation {
 }
 
 impl Activation {
-    fn code(self) -> u32 {
+    pub(crate) fn code(self) -> u32 {
         match self {
             Activation::Silu => 0,
             Activation::GeluErf => 1,

@@ -5,6 +5,8 @@
 //!
 //! A weight split into row parts (larger than one storage binding) is one dispatch per part.
 //! `accumulate` adds into `y` instead of overwriting it (e.g. the residual stream).
+//! - `matmul_glu_forward`: `y = act(x · W_gateᵀ) ⊙ (x · W_upᵀ)` from one stacked gate|up
+//!   weight, the MLP's two projections and activation in one GEMV dispatch (M ≤ 8);
 //! - `quantize_activations_forward` + `matmul_int8_forward`: the int8-activation path for
 //!   decode (M ≤ 8, block-quantized W): activations quantized per 32-block on the fly, integer
 //!   dot products with `dot4I8Packed`. Less exact (≈1e-2 relative), faster where integer dot
@@ -17,7 +19,7 @@
 use bytemuck::{Pod, Zeroable};
 
 use super::qweight::{format_define, has_scales, QuantWeight, WeightPart};
-use super::{expect_len, float_dtype, kernel, rows_and_width, to_u32};
+use super::{expect_len, float_dtype, kernel, rows_and_width, to_u32, Activation};
 use crate::error::{PupilError, Result};
 use crate::gpu::{grid_for, Batch, DType, KernelKey, Tensor};
 use crate::quant::QuantType;
@@ -115,6 +117,51 @@ pub fn matmul_forward(
         }
     }
     Ok(())
+}
+
+/// Activations the fused gate·up epilogue is built for (SwiGLU; Gemma's tanh GeGLU).
+pub const GLU_ACTIVATIONS: [Activation; 2] = [Activation::Silu, Activation::GeluTanh];
+
+/// `y[M, F] = act(x · W[0..F]ᵀ) ⊙ (x · W[F..2F]ᵀ)` for a stacked gate|up weight `W` `[2F, K]`
+/// (see [`QuantWeight::upload_concat`]), M ≤ 8. The weight must be in one part (both rows of a
+/// pair in the same binding): larger ones use `matmul_forward` + `gated_activation_fused_forward`.
+pub fn matmul_glu_forward(b: &mut Batch, x: &Tensor, w: &QuantWeight, act: Activation, y: &Tensor) -> Result<()> {
+    const OP: &str = "matmul_glu_forward";
+    let dt = float_dtype(b.context(), OP, &[x, y])?;
+    let (m, k) = rows_and_width(OP, x)?;
+    if k != w.cols || w.rows % 2 != 0 || m > GEMV_MAX_M {
+        return Err(PupilError::shape(
+            OP,
+            format!("x [{m}, {k}] for a gate|up W {}x{} (even rows, at most {GEMV_MAX_M} x rows)", w.rows, w.cols),
+        ));
+    }
+    if w.parts.len() != 1 {
+        return Err(PupilError::arg(
+            OP,
+            format!(
+                "the gate|up weight spans {} bindings; use matmul_forward + gated_activation_fused_forward",
+                w.parts.len()
+            ),
+        ));
+    }
+    if !GLU_ACTIVATIONS.contains(&act) {
+        return Err(PupilError::arg(OP, format!("{act:?} has no fused gate·up kernel")));
+    }
+    let f = w.rows / 2;
+    expect_len(OP, "output", y, m * f)?;
+    let part = &w.parts[0];
+    let p = Params {
+        m: to_u32(OP, m)?,
+        n: to_u32(OP, f)?,
+        k: to_u32(OP, k)?,
+        row_offset: 0,
+        y_stride: to_u32(OP, f)?,
+        accumulate: 0,
+        x_stride: to_u32(OP, k)?,
+        _pad: 0,
+    };
+    let key = gemv_key(b, dt, w.ty, false, m).flag("GLU", true).define("ACT", act.code());
+    b.dispatch(&key, bytemuck::bytes_of(&p), &part_tensors(y, x, part, None), grid_for(b.context(), p.n))
 }
 
 /// `dx[M, K] (+)= dy[M, N] · W` for `W` `[N, K]`: the input gradient through a frozen
@@ -271,6 +318,11 @@ pub fn variants() -> Vec<KernelKey> {
                         .flag("SUBGROUPS", sg);
                     if has_scales(ty) {
                         v.push(gemv.clone().flag("INT8", true));
+                    }
+                    if !bias {
+                        for act in GLU_ACTIVATIONS {
+                            v.push(gemv.clone().flag("GLU", true).define("ACT", act.code()));
+                        }
                     }
                     v.push(gemv);
                 }

@@ -130,6 +130,25 @@ impl QuantWeight {
         Ok(QuantWeight { ty, rows, cols, parts })
     }
 
+    /// Stack several GGUF tensors of one type and width by rows into one weight, e.g. Q|K|V
+    /// (one matmul instead of three) or gate|up (for `matmul_glu_forward`). Each entry is
+    /// (rows, GGUF bytes).
+    pub fn upload_concat(ctx: &GpuContext, ty: QuantType, cols: usize, tensors: &[(usize, &[u8])]) -> Result<Self> {
+        let rows = tensors.iter().map(|t| t.0).sum();
+        let row_bytes = ty.row_bytes(cols)?;
+        let mut bytes = Vec::with_capacity(rows * row_bytes);
+        for &(r, b) in tensors {
+            if b.len() != r * row_bytes {
+                return Err(PupilError::shape(
+                    "QuantWeight::upload_concat",
+                    format!("{} bytes for {r} rows of {cols} {}", b.len(), ty.name()),
+                ));
+            }
+            bytes.extend_from_slice(b);
+        }
+        Self::upload(ctx, ty, rows, cols, &bytes)
+    }
+
     /// GPU bytes held by this weight.
     pub fn gpu_bytes(&self) -> u64 {
         self.parts.iter().map(|p| p.q.buffer_size() + p.s.as_ref().map_or(0, |s| s.buffer_size())).sum()

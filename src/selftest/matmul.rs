@@ -7,7 +7,8 @@ use super::harness::{
 use crate::error::Result;
 use crate::gpu::{Batch, DType, GpuContext, Tensor};
 use crate::ops::matmul::{
-    matmul_forward, matmul_int8_forward, matmul_transposed_forward, quantize_activations_forward, QuantizedActivations,
+    matmul_forward, matmul_glu_forward, matmul_int8_forward, matmul_transposed_forward, quantize_activations_forward,
+    QuantizedActivations, GLU_ACTIVATIONS,
 };
 use crate::ops::qweight::gpu_layout;
 use crate::ops::qweight::has_scales;
@@ -116,6 +117,7 @@ pub async fn check(ctx: &GpuContext, dt: DType) -> Result<Vec<CaseReport>> {
         }
     }
     out.extend(check_int8(ctx, dt, &mut rng).await?);
+    out.extend(check_fused(ctx, dt, &mut rng).await?);
     Ok(out)
 }
 
@@ -168,6 +170,60 @@ async fn check_int8(ctx: &GpuContext, dt: DType, rng: &mut SplitMix64) -> Result
                 weight.parts.len()
             );
             out.push(compare_within(ctx, "matmul", name, dt, &got, &want, canary, INT8_TOLERANCE));
+        }
+    }
+    Ok(out)
+}
+
+/// Fused variants: Q|K|V stacked into one weight (one matmul), and gate|up with the activation
+/// in the GEMV epilogue.
+async fn check_fused(ctx: &GpuContext, dt: DType, rng: &mut SplitMix64) -> Result<Vec<CaseReport>> {
+    let mut out = Vec::new();
+    for ty in QuantType::ALL {
+        let (block, _, _) = gpu_layout(ty);
+        let k = 2 * block;
+        // Q|K|V with GQA-like unequal row counts.
+        let rows = [7usize, 3, 5];
+        let parts: Vec<Vec<u8>> = rows.iter().map(|&r| quant::random_blocks(ty, r * k, rng)).collect();
+        let tensors: Vec<(usize, &[u8])> = rows.iter().zip(&parts).map(|(&r, b)| (r, &b[..])).collect();
+        let qkv = QuantWeight::upload_concat(ctx, ty, k, &tensors)?;
+        let mut w = Vec::new();
+        for (r, b) in rows.iter().zip(&parts) {
+            w.extend(quant::dequantize(ty, b, r * k)?);
+        }
+        let n: usize = rows.iter().sum();
+        for m in [1, 9] {
+            let x = inputs(rng, m * k, -1.0, 1.0, dt);
+            let xt = Tensor::from_f32(ctx, &x, &[m, k], dt)?;
+            let y = poisoned(ctx, &[m, n], dt)?;
+            let mut b = Batch::new(ctx);
+            matmul_forward(&mut b, &xt, &qkv, None, &y, false)?;
+            b.submit();
+            let want = reference::matmul(&x, &w, n, k, None);
+            out.push(
+                check_float(ctx, "matmul", format!("{:<5} fused QKV M{m} N{n} K{k}", ty.name()), &y, &want).await?,
+            );
+        }
+        // gate|up → act(gate) * up.
+        let f = 33;
+        let gate = quant::random_blocks(ty, f * k, rng);
+        let up = quant::random_blocks(ty, f * k, rng);
+        let gu = QuantWeight::upload_concat(ctx, ty, k, &[(f, &gate[..]), (f, &up[..])])?;
+        let (wg, wu) = (quant::dequantize(ty, &gate, f * k)?, quant::dequantize(ty, &up, f * k)?);
+        for (m, act) in [(1, GLU_ACTIVATIONS[0]), (3, GLU_ACTIVATIONS[1])] {
+            let x = inputs(rng, m * k, -1.0, 1.0, dt);
+            let xt = Tensor::from_f32(ctx, &x, &[m, k], dt)?;
+            let y = poisoned(ctx, &[m, f], dt)?;
+            let mut b = Batch::new(ctx);
+            matmul_glu_forward(&mut b, &xt, &gu, act, &y)?;
+            b.submit();
+            let g = reference::matmul(&x, &wg, f, k, None);
+            let u = reference::matmul(&x, &wu, f, k, None);
+            let want: Vec<f64> = g.iter().zip(&u).map(|(&g, &u)| reference::activation::act(act, g) * u).collect();
+            out.push(
+                check_float(ctx, "matmul", format!("{:<5} gate·up {act:?} M{m} F{f} K{k}", ty.name()), &y, &want)
+                    .await?,
+            );
         }
     }
     Ok(out)

@@ -91,3 +91,35 @@ fn dispatches_in_one_batch_see_each_others_writes() {
     let err = got.iter().zip(&want).map(|(g, w)| (*g as f64 - w).abs()).fold(0.0, f64::max);
     assert!(err < 1e-6, "max error {err}");
 }
+
+#[test]
+fn several_passes_and_copies_in_one_submit() {
+    // pass 1: s = a + c; copy s -> t; pass 2: y = softmax(t). One submit, two passes.
+    let ctx = common::full_context();
+    let (rows, width) = (2, 300);
+    let mut rng = pupil::rng::SplitMix64::new(8);
+    let a = rng.vec_nonzero(rows * width, -3.0, 3.0);
+    let c = rng.vec_nonzero(rows * width, -3.0, 3.0);
+    let at = Tensor::from_f32(&ctx, &a, &[rows, width], DType::F32).unwrap();
+    let ct = Tensor::from_f32(&ctx, &c, &[rows, width], DType::F32).unwrap();
+    let s = Tensor::empty(&ctx, &[rows, width], DType::F32).unwrap();
+    let t = Tensor::empty(&ctx, &[rows, width], DType::F32).unwrap();
+    let y = Tensor::empty(&ctx, &[rows, width], DType::F32).unwrap();
+    let before = ctx.stats();
+    let mut b = Batch::new(&ctx);
+    add_forward(&mut b, &at, &ct, &s).unwrap();
+    b.copy(&s, &t).unwrap();
+    softmax_forward(&mut b, &t, &y, 1.0).unwrap();
+    b.next_pass();
+    assert_eq!(b.len(), 2);
+    b.submit();
+    let after = ctx.stats();
+    assert_eq!((after.submits - before.submits, after.compute_passes - before.compute_passes), (1, 2));
+    let got = pollster::block_on(y.read_f32(&ctx)).unwrap();
+    let sum: Vec<f32> = a.iter().zip(&c).map(|(x, y)| x + y).collect();
+    let want = reference::softmax(&sum, width, 1.0);
+    let err = got.iter().zip(&want).map(|(g, w)| (*g as f64 - w).abs()).fold(0.0, f64::max);
+    assert!(err < 1e-6, "max error {err}");
+    let mut b = Batch::new(&ctx);
+    assert!(matches!(b.copy(&s, &Tensor::empty(&ctx, &[3], DType::F32).unwrap()), Err(PupilError::Shape { .. })));
+}

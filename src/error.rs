@@ -24,6 +24,12 @@ pub enum PupilError {
     Readback(String),
     #[error("GPU error: {0}")]
     Gpu(String),
+    #[error("malformed file: {0}")]
+    Format(String),
+    #[error("{what} is truncated: needs {needed} bytes, has {have}")]
+    Truncated { what: String, needed: u64, have: u64 },
+    #[error("unsupported: {0}")]
+    Unsupported(String),
 }
 
 pub type Result<T, E = PupilError> = std::result::Result<T, E>;

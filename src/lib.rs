@@ -12,6 +12,7 @@
 
 pub mod error;
 pub mod gpu;
+pub mod model;
 pub mod ops;
 pub mod quant;
 pub mod reference;

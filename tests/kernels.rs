@@ -35,11 +35,12 @@ macro_rules! kernel_tests {
     )*};
 }
 
-kernel_tests!(rms_norm, rope, activation, add, softmax, embedding, argmax, topk, matmul);
+kernel_tests!(rms_norm, rope, activation, add, softmax, embedding, argmax, topk, matmul, attention);
 
 #[test]
 fn every_family_has_tests_here() {
     // Keep the macro list above in step with the library's list.
-    let here = ["rms_norm", "rope", "activation", "add", "softmax", "embedding", "argmax", "topk", "matmul"];
+    let here =
+        ["rms_norm", "rope", "activation", "add", "softmax", "embedding", "argmax", "topk", "matmul", "attention"];
     assert_eq!(selftest::FAMILIES, here);
 }

@@ -38,6 +38,9 @@ pub const SHADER_FILES: &[(&str, &str)] = &[
     ("argmax", include_str!("../../shaders/argmax.wgsl")),
     ("topk", include_str!("../../shaders/topk.wgsl")),
     ("bench", include_str!("../../shaders/bench.wgsl")),
+    ("attention_prefill", include_str!("../../shaders/attention_prefill.wgsl")),
+    ("attention_decode", include_str!("../../shaders/attention_decode.wgsl")),
+    ("attention_kv_write", include_str!("../../shaders/attention_kv_write.wgsl")),
 ];
 
 /// Which WGSL compiler will read the source.

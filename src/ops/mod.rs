@@ -9,6 +9,7 @@
 pub mod activation;
 pub mod add;
 pub mod argmax;
+pub mod attention;
 pub mod bench;
 pub mod embedding;
 pub mod matmul;
@@ -118,6 +119,7 @@ pub fn all_variants() -> Vec<KernelKey> {
     v.extend(bench::variants());
     v.extend(argmax::variants());
     v.extend(topk::variants());
+    v.extend(attention::variants());
     v
 }
 

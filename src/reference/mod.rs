@@ -5,6 +5,7 @@
 pub mod activation;
 pub mod add;
 pub mod argmax;
+pub mod attention;
 pub mod embedding;
 pub mod matmul;
 pub mod rms_norm;
@@ -15,6 +16,7 @@ pub mod topk;
 pub use activation::{activation, gated_activation};
 pub use add::add;
 pub use argmax::argmax;
+pub use attention::{attention, AttentionSpec};
 pub use embedding::embedding;
 pub use matmul::{matmul, matmul_transposed};
 pub use rms_norm::rms_norm;

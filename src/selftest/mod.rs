@@ -13,6 +13,7 @@
 mod activation;
 mod add;
 mod argmax;
+mod attention;
 mod embedding;
 mod harness;
 mod matmul;
@@ -28,7 +29,7 @@ use crate::gpu::{DType, GpuContext};
 
 /// The kernel families, in the order they are checked.
 pub const FAMILIES: &[&str] =
-    &["rms_norm", "rope", "activation", "add", "softmax", "embedding", "argmax", "topk", "matmul"];
+    &["rms_norm", "rope", "activation", "add", "softmax", "embedding", "argmax", "topk", "matmul", "attention"];
 
 /// Run one family's cases with `dtype` storage (F32, or F16 if the device has it).
 pub async fn run_family(ctx: &GpuContext, family: &str, dtype: DType) -> Result<Vec<CaseReport>> {
@@ -42,6 +43,7 @@ pub async fn run_family(ctx: &GpuContext, family: &str, dtype: DType) -> Result<
         "argmax" => argmax::check(ctx, dtype).await,
         "topk" => topk::check(ctx, dtype).await,
         "matmul" => matmul::check(ctx, dtype).await,
+        "attention" => attention::check(ctx, dtype).await,
         other => Err(crate::PupilError::arg("selftest", format!("unknown kernel family {other}"))),
     }
 }

@@ -24,19 +24,7 @@ const TN: u32 = 64u;
 const TK: u32 = 32u;
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read_write> y: array<T>;
-@group(0) @binding(2) var<storage, read> x: array<T>;
-@group(0) @binding(3) var<storage, read> wq: array<u32>;
-#ifdef HAS_SCALES
-@group(0) @binding(4) var<storage, read> ws: array<u32>;
-#ifdef BIAS
-@group(0) @binding(5) var<storage, read> bias: array<T>;
-#endif
-#else
-#ifdef BIAS
-@group(0) @binding(4) var<storage, read> bias: array<T>;
-#endif
-#endif
+#include "common/matmul_io"
 
 // Tiles stored reduction-index-major as vec4s: xs[kk * 16 + i] holds rows 4i..4i+3 of the
 // x tile at reduction index kk, wt[kk * 16 + j] output columns 4j..4j+3 of the W tile. In the

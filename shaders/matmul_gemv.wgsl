@@ -30,8 +30,8 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read_write> y: array<T>;
 #ifdef INT8
+@group(0) @binding(1) var<storage, read_write> y: array<T>;
 @group(0) @binding(2) var<storage, read> xq: array<u32>;
 @group(0) @binding(3) var<storage, read> wq: array<u32>;
 @group(0) @binding(4) var<storage, read> ws: array<u32>;
@@ -41,18 +41,7 @@ struct Params {
 @group(0) @binding(7) var<storage, read> bias: array<T>;
 #endif
 #else
-@group(0) @binding(2) var<storage, read> x: array<T>;
-@group(0) @binding(3) var<storage, read> wq: array<u32>;
-#ifdef HAS_SCALES
-@group(0) @binding(4) var<storage, read> ws: array<u32>;
-#ifdef BIAS
-@group(0) @binding(5) var<storage, read> bias: array<T>;
-#endif
-#else
-#ifdef BIAS
-@group(0) @binding(4) var<storage, read> bias: array<T>;
-#endif
-#endif
+#include "common/matmul_io"
 #endif
 
 // Accumulators per invocation: MT sums, or MT gate sums then MT up sums.

@@ -109,6 +109,14 @@ const SW: u32 = 5u;
 // Groups of eight values per block.
 const GROUPS: u32 = BLOCK / 8u;
 
+#ifdef HAS_SCALES
+// Q4_K / Q5_K: (d·sc, dmin·m) of 32-value sub-block `sb` of the block whose scales start at s0.
+fn kquant_scale_min(s0: u32, sb: u32) -> vec2<f32> {
+    let dd = unpack2x16float(ws[s0]);
+    return vec2<f32>(dd.x * f32(byte_of(ws[s0 + 1u + sb / 4u], sb % 4u)), dd.y * f32(byte_of(ws[s0 + 3u + sb / 4u], sb % 4u)));
+}
+#endif
+
 // Weights W[row, 8g .. 8g+8], where `blocks_per_row` = cols / BLOCK.
 fn load8(row: u32, g: u32, blocks_per_row: u32) -> W8 {
     let blk = row * blocks_per_row + g / GROUPS;
@@ -171,23 +179,15 @@ fn load8(row: u32, g: u32, blocks_per_row: u32) -> W8 {
     );
 #endif
 #ifdef W_Q4_K
-    let s0 = blk * SW;
-    let dd = unpack2x16float(ws[s0]);
-    let sb = j / 4u;  // sub-block of 32 values
-    let sc = dd.x * f32(byte_of(ws[s0 + 1u + sb / 4u], sb % 4u));
-    let mn = dd.y * f32(byte_of(ws[s0 + 3u + sb / 4u], sb % 4u));
+    let sm = kquant_scale_min(blk * SW, j / 4u);  // sub-blocks of 32 values
     let q = nibbles(wq[q0 + j]);
-    return W8(sc * q.a - mn, sc * q.b - mn);
+    return W8(sm.x * q.a - sm.y, sm.x * q.b - sm.y);
 #endif
 #ifdef W_Q5_K
-    let s0 = blk * SW;
-    let dd = unpack2x16float(ws[s0]);
-    let sb = j / 4u;
-    let sc = dd.x * f32(byte_of(ws[s0 + 1u + sb / 4u], sb % 4u));
-    let mn = dd.y * f32(byte_of(ws[s0 + 3u + sb / 4u], sb % 4u));
+    let sm = kquant_scale_min(blk * SW, j / 4u);
     let q = nibbles(wq[q0 + j]);
     let h = fifth_bits(wq[q0 + 32u + j / 4u], 8u * (j % 4u));
-    return W8(sc * (q.a + h.a) - mn, sc * (q.b + h.b) - mn);
+    return W8(sm.x * (q.a + h.a) - sm.y, sm.x * (q.b + h.b) - sm.y);
 #endif
 #ifdef W_Q6_K
     let s0 = blk * SW;
@@ -265,21 +265,13 @@ fn load8_i8(row: u32, g: u32, blocks_per_row: u32) -> I8x8 {
     return I8x8(centred(lo | h.x, 16u), centred(hi | h.y, 16u), dm.x, dm.y + 16.0 * dm.x);
 #endif
 #ifdef W_Q4_K
-    let s0 = blk * SW;
-    let dd = unpack2x16float(ws[s0]);
-    let sb = j / 4u;
-    let sc = dd.x * f32(byte_of(ws[s0 + 1u + sb / 4u], sb % 4u));
-    let mn = dd.y * f32(byte_of(ws[s0 + 3u + sb / 4u], sb % 4u));
-    return I8x8(centred(lo, 8u), centred(hi, 8u), sc, 8.0 * sc - mn);
+    let sm = kquant_scale_min(blk * SW, j / 4u);
+    return I8x8(centred(lo, 8u), centred(hi, 8u), sm.x, 8.0 * sm.x - sm.y);
 #endif
 #ifdef W_Q5_K
-    let s0 = blk * SW;
-    let dd = unpack2x16float(ws[s0]);
-    let sb = j / 4u;
-    let sc = dd.x * f32(byte_of(ws[s0 + 1u + sb / 4u], sb % 4u));
-    let mn = dd.y * f32(byte_of(ws[s0 + 3u + sb / 4u], sb % 4u));
+    let sm = kquant_scale_min(blk * SW, j / 4u);
     let h = spread_bits((wq[q0 + 32u + j / 4u] >> (8u * (j % 4u))) & 0xffu, 4u);
-    return I8x8(centred(lo | h.x, 16u), centred(hi | h.y, 16u), sc, 16.0 * sc - mn);
+    return I8x8(centred(lo | h.x, 16u), centred(hi | h.y, 16u), sm.x, 16.0 * sm.x - sm.y);
 #endif
 #ifdef W_Q6_K
     let s0 = blk * SW;

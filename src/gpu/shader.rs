@@ -25,6 +25,7 @@ pub const SHADER_FILES: &[(&str, &str)] = &[
     ("common/reduce", include_str!("../../shaders/common/reduce.wgsl")),
     ("common/dequant", include_str!("../../shaders/common/dequant.wgsl")),
     ("common/act", include_str!("../../shaders/common/act.wgsl")),
+    ("common/matmul_io", include_str!("../../shaders/common/matmul_io.wgsl")),
     ("rms_norm", include_str!("../../shaders/rms_norm.wgsl")),
     ("rope", include_str!("../../shaders/rope.wgsl")),
     ("activation", include_str!("../../shaders/activation.wgsl")),

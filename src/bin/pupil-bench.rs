@@ -84,6 +84,23 @@ fn time_it(ctx: &GpuContext, seconds: f64, mut record: impl FnMut(&mut Batch) ->
     Ok(run(reps, &mut record)? / reps as f64)
 }
 
+/// Datasheet memory bandwidth (GB/s) and dense f32 (non-tensor-core) peak (GFLOP/s) of GPUs the
+/// project benchmarks on, matched by adapter-name substring.
+const DATASHEETS: &[(&str, f64, f64)] = &[
+    ("H200", 4800.0, 67_000.0),
+    ("H100 PCIe", 2000.0, 51_000.0),
+    ("H100", 3350.0, 67_000.0),
+    ("A100", 2039.0, 19_500.0),
+    ("RTX 4090", 1008.0, 82_600.0),
+];
+
+fn datasheet(adapter: &str) -> String {
+    match DATASHEETS.iter().find(|d| adapter.contains(d.0)) {
+        Some(&(name, bw, flops)) => format!("datasheet ({name}): {bw:.0} GB/s, {flops:.0} GFLOP/s f32"),
+        None => "datasheet: none on file for this adapter".to_string(),
+    }
+}
+
 struct Ceilings {
     copy_gbs: f64,
     fma_gflops: f64,

@@ -162,6 +162,7 @@ fn run(cli: Cli, options: ContextOptions) -> Result<()> {
         "ceiling: copy {:.1} GB/s (read+write), FMA {:.1} GFLOP/s (f32), measured in this run",
         c.copy_gbs, c.fma_gflops
     );
+    println!("{}", datasheet(&ctx.adapter_info.name));
     let Command::Matmul { formats, shapes, m } = cli.command else { return Ok(()) };
     let formats: Vec<QuantType> = if formats.is_empty() {
         QuantType::ALL.to_vec()

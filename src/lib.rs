@@ -10,6 +10,9 @@
 //!   `pupil selftest` and the browser test page.
 //! - `web`: wasm-bindgen exports (feature `web`).
 
+// `!(x > 0.0)` is used on purpose: unlike `x <= 0.0` it also rejects NaN.
+#![allow(clippy::neg_cmp_op_on_partial_ord)]
+
 pub mod error;
 pub mod gpu;
 pub mod model;

@@ -29,7 +29,7 @@ impl SplitMix64 {
 
     /// Uniform in [0, n).
     pub fn below(&mut self, n: u32) -> u32 {
-        ((self.next_u64() >> 32) * n as u64 >> 32) as u32
+        (((self.next_u64() >> 32) * n as u64) >> 32) as u32
     }
 
     /// `n` values uniform in [lo, hi), none exactly zero (a zero input can hide a kernel

@@ -79,7 +79,7 @@ impl<'c> Batch<'c> {
     /// Copy `src` into `dst` (same byte size) between passes, in submission order.
     pub fn copy(&mut self, src: &Tensor, dst: &Tensor) -> Result<()> {
         let size = src.len() as u64 * src.dtype().size_bytes();
-        if size != dst.len() as u64 * dst.dtype().size_bytes() || size % 4 != 0 {
+        if size != dst.len() as u64 * dst.dtype().size_bytes() || !size.is_multiple_of(4) {
             return Err(PupilError::shape(
                 "Batch::copy",
                 format!("{size}-byte source, {:?} destination (sizes must match, multiple of 4)", dst.shape()),

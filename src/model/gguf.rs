@@ -422,7 +422,7 @@ impl GgufWriter {
     pub fn add_tensor(&mut self, name: &str, dims: &[u64], ty: QuantType, data: Vec<u8>) -> Result<&mut Self> {
         let n: u64 = dims.iter().product();
         let want = ty.row_bytes(n as usize)?;
-        if data.len() != want || dims[0] % ty.block_size() as u64 != 0 {
+        if data.len() != want || !dims[0].is_multiple_of(ty.block_size() as u64) {
             return Err(PupilError::shape(
                 "GgufWriter::add_tensor",
                 format!("{name}: {} bytes for {dims:?} {}", data.len(), ty.name()),

@@ -20,7 +20,7 @@ struct Params {
 pub fn copy_forward(b: &mut Batch, x: &Tensor, y: &Tensor) -> Result<()> {
     const OP: &str = "copy_forward";
     expect_len(OP, "output", y, x.len())?;
-    if x.dtype() != DType::U32 || y.dtype() != DType::U32 || x.len() % 4 != 0 {
+    if x.dtype() != DType::U32 || y.dtype() != DType::U32 || !x.len().is_multiple_of(4) {
         return Err(PupilError::arg(OP, "u32 tensors with a multiple of 4 elements"));
     }
     let n = to_u32(OP, x.len() / 4)?;
@@ -37,7 +37,7 @@ pub fn copy_forward(b: &mut Batch, x: &Tensor, y: &Tensor) -> Result<()> {
 /// Flops = 2 x 16 x iters x invocations.
 pub fn fma_forward(b: &mut Batch, y: &Tensor, iters: u32) -> Result<()> {
     const OP: &str = "fma_forward";
-    if y.dtype() != DType::U32 || y.len() % 4 != 0 {
+    if y.dtype() != DType::U32 || !y.len().is_multiple_of(4) {
         return Err(PupilError::arg(OP, "a u32 output with a multiple of 4 elements"));
     }
     let n = to_u32(OP, y.len() / 4)?;

@@ -129,7 +129,7 @@ pub fn matmul_glu_forward(b: &mut Batch, x: &Tensor, w: &QuantWeight, act: Activ
     const OP: &str = "matmul_glu_forward";
     let dt = float_dtype(b.context(), OP, &[x, y])?;
     let (m, k) = rows_and_width(OP, x)?;
-    if k != w.cols || w.rows % 2 != 0 || m > GEMV_MAX_M {
+    if k != w.cols || !w.rows.is_multiple_of(2) || m > GEMV_MAX_M {
         return Err(PupilError::shape(
             OP,
             format!("x [{m}, {k}] for a gate|up W {}x{} (even rows, at most {GEMV_MAX_M} x rows)", w.rows, w.cols),
@@ -217,7 +217,7 @@ pub struct QuantizedActivations {
 
 impl QuantizedActivations {
     pub fn new(ctx: &crate::gpu::GpuContext, m: usize, k: usize) -> Result<Self> {
-        if m == 0 || k == 0 || k % 32 != 0 {
+        if m == 0 || k == 0 || !k.is_multiple_of(32) {
             return Err(PupilError::shape(
                 "QuantizedActivations",
                 format!("[{m}, {k}]: k must be a positive multiple of 32"),

@@ -91,7 +91,7 @@ impl QuantWeight {
     ) -> Result<Self> {
         const OP: &str = "QuantWeight::upload";
         let (block, qw, sw) = gpu_layout(ty);
-        if rows == 0 || cols == 0 || cols % block != 0 {
+        if rows == 0 || cols == 0 || !cols.is_multiple_of(block) {
             return Err(PupilError::shape(
                 OP,
                 format!("{} matrix {rows}x{cols}: columns must be a positive multiple of {block}", ty.name()),

@@ -42,7 +42,7 @@ impl RopeConfig {
 
     fn validate(&self) -> Result<()> {
         const OP: &str = "rope";
-        if self.n_rot == 0 || self.n_rot % 2 != 0 {
+        if self.n_rot == 0 || !self.n_rot.is_multiple_of(2) {
             return Err(PupilError::arg(OP, format!("n_rot must be even and positive, got {}", self.n_rot)));
         }
         if !(self.base > 1.0) || !self.base.is_finite() || !(self.freq_scale > 0.0) {

@@ -106,18 +106,7 @@ const ACC: u32 = MAXH * HD / WG;
 var<workgroup> qs: array<f32, MAXH * HD>;
 var<workgroup> probs: array<f32, MAXH * WG>;
 
-fn tanh_f32(x: f32) -> f32 {
-    let e = exp(-2.0 * abs(x));
-    return sign(x) * (1.0 - e) / (1.0 + e);
-}
-
-fn logit(dot: f32) -> f32 {
-    let s = dot * p.scale;
-    if (p.softcap > 0.0) {
-        return p.softcap * tanh_f32(s / p.softcap);
-    }
-    return s;
-}
+#include "common/attention_logit"
 
 @compute @workgroup_size(WG)
 fn attention_decode(ids: Ids, @builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {

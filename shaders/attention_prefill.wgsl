@@ -84,19 +84,7 @@ fn v_cache4(at: u32) -> vec4<f32> {
     return vec4<f32>(f32(v_cache[at]), f32(v_cache[at + 1u]), f32(v_cache[at + 2u]), f32(v_cache[at + 3u]));
 }
 
-// tanh without cancellation trouble at large |x| (WGSL's tanh has no stated accuracy).
-fn tanh_f32(x: f32) -> f32 {
-    let e = exp(-2.0 * abs(x));
-    return sign(x) * (1.0 - e) / (1.0 + e);
-}
-
-fn logit(dot: f32) -> f32 {
-    let s = dot * p.scale;
-    if (p.softcap > 0.0) {
-        return p.softcap * tanh_f32(s / p.softcap);
-    }
-    return s;
-}
+#include "common/attention_logit"
 
 // May a row at query position qpos see key position kp?
 fn allowed(row_ok: bool, qpos: u32, kp: u32) -> bool {

@@ -26,6 +26,7 @@ pub const SHADER_FILES: &[(&str, &str)] = &[
     ("common/dequant", include_str!("../../shaders/common/dequant.wgsl")),
     ("common/act", include_str!("../../shaders/common/act.wgsl")),
     ("common/matmul_io", include_str!("../../shaders/common/matmul_io.wgsl")),
+    ("common/attention_logit", include_str!("../../shaders/common/attention_logit.wgsl")),
     ("rms_norm", include_str!("../../shaders/rms_norm.wgsl")),
     ("rope", include_str!("../../shaders/rope.wgsl")),
     ("activation", include_str!("../../shaders/activation.wgsl")),

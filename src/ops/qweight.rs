@@ -18,7 +18,7 @@
 
 use crate::error::{PupilError, Result};
 use crate::gpu::{GpuContext, Tensor};
-use crate::quant::QuantType;
+use crate::quant::{get_scale_min_k4, QuantType};
 
 /// Values per block, `q` words and `s` words per block in the GPU layout. Dense types use
 /// 32-value pseudo-blocks (so their rows must be a multiple of 32 long).
@@ -177,15 +177,6 @@ fn words(bytes: &[u8]) -> impl Iterator<Item = u32> + '_ {
     bytes.chunks(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
 }
 
-/// ggml's `get_scale_min_k4`: sub-block j's 6-bit scale and min from the 12 packed bytes.
-fn scale_min_k4(j: usize, s: &[u8]) -> (u8, u8) {
-    if j < 4 {
-        (s[j] & 63, s[j + 4] & 63)
-    } else {
-        ((s[j + 4] & 0xF) | ((s[j - 4] >> 6) << 4), (s[j + 4] >> 4) | ((s[j] >> 6) << 4))
-    }
-}
-
 /// GGUF bytes of whole rows → (q words, s words).
 fn repack(ty: QuantType, bytes: &[u8]) -> (Vec<u32>, Vec<u32>) {
     let mut q = Vec::new();
@@ -246,7 +237,7 @@ fn repack(ty: QuantType, bytes: &[u8]) -> (Vec<u32>, Vec<u32>) {
                 }
                 let (mut sc, mut mn) = ([0u8; 8], [0u8; 8]);
                 for j in 0..8 {
-                    (sc[j], mn[j]) = scale_min_k4(j, scales);
+                    (sc[j], mn[j]) = get_scale_min_k4(j, scales);
                 }
                 s.push(f16_bits(blk, 0) | (f16_bits(blk, 2) << 16));
                 s.extend(words(&sc));

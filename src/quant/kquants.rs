@@ -8,7 +8,7 @@ use super::{read_f16, QK_K};
 
 /// The 6-bit (scale, min) of sub-block `j` (0..8) in a Q4_K/Q5_K `scales[12]` array (ggml's
 /// `get_scale_min_k4`).
-pub(super) fn get_scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
+pub(crate) fn get_scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
     if j < 4 {
         (q[j] & 63, q[j + 4] & 63)
     } else {

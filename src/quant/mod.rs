@@ -55,6 +55,7 @@ mod legacy;
 mod random;
 
 pub use float::{bf16_bits_to_f32, f16_bits_to_f32, f32_to_bf16_bits, f32_to_f16_bits};
+pub(crate) use kquants::get_scale_min_k4;
 pub use random::random_blocks;
 
 use crate::error::{PupilError, Result};

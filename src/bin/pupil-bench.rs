@@ -3,6 +3,7 @@
 //! format × shape × M with their ratio to those ceilings.
 //!
 //!   pupil-bench matmul [--formats Q4_0,Q4_K] [--shapes smollm2-up,...] [--m 1,4,16,128,512]
+//!   pupil-bench attention [--contexts 128,1024,8192] [--window 512]
 //!
 //! Rows named `<format>i8` are the int8-activation path (activation quantization included).
 //! Times are wall-clock over a batch of `reps` identical dispatches (one submit, then a wait),
@@ -12,6 +13,9 @@ use std::time::Instant;
 
 use clap::{Parser, Subcommand};
 use pupil::gpu::{Batch, DType, Tensor};
+use pupil::ops::attention::{
+    attention_decode_forward, attention_prefill_forward, AttentionConfig, KvCache, KvCacheKind,
+};
 use pupil::ops::bench::{copy_forward, fma_forward};
 use pupil::ops::matmul::{
     matmul_forward, matmul_int8_forward, quantize_activations_forward, QuantizedActivations, GEMV_MAX_M,
@@ -51,6 +55,62 @@ enum Command {
         #[arg(long, value_delimiter = ',', default_values_t = vec![1, 4, 16, 128, 512])]
         m: Vec<usize>,
     },
+    /// Attention: decode time against context length (full cache vs a rolling window) and
+    /// prefill throughput, for SmolLM2's and Gemma 3's head layouts.
+    Attention {
+        /// Context lengths for decode.
+        #[arg(long, value_delimiter = ',', default_values_t = vec![128, 512, 1024, 2048, 4096, 8192])]
+        contexts: Vec<usize>,
+        /// Window of the rolling-cache rows.
+        #[arg(long, default_value_t = 512)]
+        window: usize,
+        /// Prompt lengths for prefill.
+        #[arg(long, value_delimiter = ',', default_values_t = vec![128, 512])]
+        prompts: Vec<usize>,
+    },
+}
+
+/// (name, query heads, KV heads, head_dim).
+const ATTENTION_SHAPES: &[(&str, usize, usize, usize)] = &[("smollm2", 9, 3, 64), ("gemma3", 4, 1, 256)];
+
+fn bench_attention(ctx: &GpuContext, seconds: f64, contexts: &[usize], window: usize, prompts: &[usize]) -> Result<()> {
+    let dt = if ctx.caps.f16 { DType::F16 } else { DType::F32 };
+    let mut rng = SplitMix64::new(2);
+    println!("attention, storage {}; decode = one query token per step (attention only, KV write excluded)", dt.name());
+    println!("{:<8} {:<22} {:>8} {:>11}", "heads", "cache", "context", "time (us)");
+    let max_ctx = contexts.iter().copied().max().unwrap_or(1);
+    for &(name, nh, nkv, hd) in ATTENTION_SHAPES {
+        let q = Tensor::from_f32(ctx, &rng.vec_nonzero(nh * hd, -1.0, 1.0), &[1, nh, hd], dt)?;
+        let out = Tensor::empty(ctx, &[1, nh, hd], dt)?;
+        let full = KvCache::new(ctx, KvCacheKind::Full, 1, 1, max_ctx, nkv, hd, dt)?;
+        let rolling = KvCache::new(ctx, KvCacheKind::Rolling, 1, 1, window, nkv, hd, dt)?;
+        for &len in contexts {
+            let seqs = Tensor::from_u32(ctx, &[0, len as u32 - 1], &[1, 2])?;
+            let cfg = AttentionConfig::new(nh, nkv, hd);
+            let t = time_it(ctx, seconds, |b| attention_decode_forward(b, &cfg, &q, &seqs, &full, 0, &out))?;
+            println!("{:<8} {:<22} {:>8} {:>11.1}", name, format!("full ({max_ctx} slots)"), len, t * 1e6);
+            let mut wcfg = AttentionConfig::new(nh, nkv, hd);
+            wcfg.window = Some(window);
+            let t = time_it(ctx, seconds, |b| attention_decode_forward(b, &wcfg, &q, &seqs, &rolling, 0, &out))?;
+            println!("{:<8} {:<22} {:>8} {:>11.1}", name, format!("rolling (window {window})"), len, t * 1e6);
+        }
+    }
+    println!("prefill (causal, no cache): tokens/s and GFLOP/s counting 2·T²·heads·head_dim (QKᵀ and PV, causal half)");
+    println!("{:<8} {:>8} {:>11} {:>11} {:>9}", "heads", "tokens", "time (us)", "tokens/s", "GFLOP/s");
+    for &(name, nh, nkv, hd) in ATTENTION_SHAPES {
+        for &t_len in prompts {
+            let q = Tensor::from_f32(ctx, &rng.vec_nonzero(t_len * nh * hd, -1.0, 1.0), &[t_len, nh, hd], dt)?;
+            let k = Tensor::from_f32(ctx, &rng.vec_nonzero(t_len * nkv * hd, -1.0, 1.0), &[t_len, nkv, hd], dt)?;
+            let v = Tensor::from_f32(ctx, &rng.vec_nonzero(t_len * nkv * hd, -1.0, 1.0), &[t_len, nkv, hd], dt)?;
+            let out = Tensor::empty(ctx, &[t_len, nh, hd], dt)?;
+            let lse = Tensor::empty(ctx, &[t_len, nh], DType::F32)?;
+            let cfg = AttentionConfig::new(nh, nkv, hd);
+            let t = time_it(ctx, seconds, |b| attention_prefill_forward(b, &cfg, &q, &k, &v, None, 0, &out, &lse))?;
+            let flops = 2.0 * (t_len * t_len * nh * hd) as f64;
+            println!("{:<8} {:>8} {:>11.1} {:>11.0} {:>9.2}", name, t_len, t * 1e6, t_len as f64 / t, flops / t / 1e9);
+        }
+    }
+    Ok(())
 }
 
 /// (name, N = weight rows / outputs, K = columns / inputs).
@@ -163,7 +223,13 @@ fn run(cli: Cli, options: ContextOptions) -> Result<()> {
         c.copy_gbs, c.fma_gflops
     );
     println!("{}", datasheet(&ctx.adapter_info.name));
-    let Command::Matmul { formats, shapes, m } = cli.command else { return Ok(()) };
+    let (formats, shapes, m) = match cli.command {
+        Command::Ceilings => return Ok(()),
+        Command::Attention { contexts, window, prompts } => {
+            return bench_attention(&ctx, cli.seconds, &contexts, window, &prompts)
+        }
+        Command::Matmul { formats, shapes, m } => (formats, shapes, m),
+    };
     let formats: Vec<QuantType> = if formats.is_empty() {
         QuantType::ALL.to_vec()
     } else {

@@ -3,7 +3,6 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use pupil::gpu::DType;
 use pupil::{selftest, ContextOptions, GpuContext};
 
 #[derive(Parser)]
@@ -63,25 +62,12 @@ async fn run(command: Command, options: ContextOptions) -> pupil::Result<ExitCod
             } else {
                 families.iter().map(String::as_str).collect()
             };
-            let mut dtypes = vec![DType::F32];
-            if ctx.caps.f16 {
-                dtypes.push(DType::F16);
+            let reports = selftest::run_families(&ctx, &families).await?;
+            for r in reports.iter().filter(|r| verbose || !r.passed) {
+                println!("{r}");
             }
-            let (mut passed, mut failed) = (0, 0);
-            for dt in dtypes {
-                for fam in &families {
-                    for r in selftest::run_family(&ctx, fam, dt).await? {
-                        if verbose || !r.passed {
-                            println!("{r}");
-                        }
-                        if r.passed {
-                            passed += 1
-                        } else {
-                            failed += 1
-                        }
-                    }
-                }
-            }
+            let failed = reports.iter().filter(|r| !r.passed).count();
+            let passed = reports.len() - failed;
             println!("kernel selftest: {passed} passed, {failed} failed");
             Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }

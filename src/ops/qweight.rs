@@ -35,6 +35,13 @@ pub fn gpu_layout(ty: QuantType) -> (usize, usize, usize) {
     }
 }
 
+/// Bytes one row of `cols` values takes in the larger of its two GPU streams: what a part's
+/// binding must hold per row (tests size forced small parts with it).
+pub fn gpu_row_bytes(ty: QuantType, cols: usize) -> u64 {
+    let (block, qw, sw) = gpu_layout(ty);
+    (cols / block * qw.max(sw) * 4) as u64
+}
+
 /// Whether the GPU layout has a scale stream (every block-quantized type).
 pub fn has_scales(ty: QuantType) -> bool {
     gpu_layout(ty).2 > 0
@@ -90,7 +97,7 @@ impl QuantWeight {
         max_part_bytes: u64,
     ) -> Result<Self> {
         const OP: &str = "QuantWeight::upload";
-        let (block, qw, sw) = gpu_layout(ty);
+        let (block, _, sw) = gpu_layout(ty);
         if rows == 0 || cols == 0 || !cols.is_multiple_of(block) {
             return Err(PupilError::shape(
                 OP,
@@ -104,15 +111,13 @@ impl QuantWeight {
                 format!("{} bytes for a {rows}x{cols} {} matrix of {} bytes", gguf.len(), ty.name(), rows * row_bytes),
             ));
         }
-        let blocks_per_row = cols / block;
-        let q_row_bytes = (blocks_per_row * qw * 4) as u64;
-        let s_row_bytes = (blocks_per_row * sw * 4) as u64;
+        let row_bytes_gpu = gpu_row_bytes(ty, cols);
         let limit = max_part_bytes.min(ctx.caps.max_storage_binding);
-        let rows_per_part = (limit / q_row_bytes.max(s_row_bytes)) as usize;
+        let rows_per_part = (limit / row_bytes_gpu) as usize;
         if rows_per_part == 0 {
             return Err(PupilError::TooLarge {
                 what: format!("one row of a {} matrix with {cols} columns", ty.name()),
-                bytes: q_row_bytes,
+                bytes: row_bytes_gpu,
                 limit,
             });
         }

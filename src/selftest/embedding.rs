@@ -4,7 +4,7 @@ use super::harness::{check_float, inputs, poisoned, CaseReport};
 use crate::error::Result;
 use crate::gpu::{Batch, DType, GpuContext, Tensor};
 use crate::ops::embedding::{embedding_forward, embedding_quant_forward};
-use crate::ops::qweight::gpu_layout;
+use crate::ops::qweight::{gpu_layout, gpu_row_bytes};
 use crate::ops::QuantWeight;
 use crate::quant::{self, QuantType};
 use crate::reference;
@@ -33,12 +33,11 @@ pub async fn check(ctx: &GpuContext, dt: DType) -> Result<Vec<CaseReport>> {
     }
     // Quantized tables (every format), one of them split into parts.
     for ty in QuantType::ALL {
-        let (block, qw, _) = gpu_layout(ty);
+        let (block, _, _) = gpu_layout(ty);
         let (vocab, dim) = (300, 2 * block);
         let bytes = quant::random_blocks(ty, vocab * dim, &mut rng);
         let table = quant::dequantize(ty, &bytes, vocab * dim)?;
-        let weight =
-            QuantWeight::upload_with_part_limit(ctx, ty, vocab, dim, &bytes, (70 * dim / block * qw * 4) as u64)?;
+        let weight = QuantWeight::upload_with_part_limit(ctx, ty, vocab, dim, &bytes, 70 * gpu_row_bytes(ty, dim))?;
         let ids: Vec<u32> = vec![0, 299, 69, 70, 71, 140, 150, 299, 300 + 7, 5];
         let it = Tensor::from_u32(ctx, &ids, &[ids.len()])?;
         let y = poisoned(ctx, &[ids.len(), dim], dt)?;

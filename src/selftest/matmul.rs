@@ -10,8 +10,8 @@ use crate::ops::matmul::{
     matmul_forward, matmul_glu_forward, matmul_int8_forward, matmul_transposed_forward, quantize_activations_forward,
     QuantizedActivations, GLU_ACTIVATIONS,
 };
-use crate::ops::qweight::gpu_layout;
 use crate::ops::qweight::has_scales;
+use crate::ops::qweight::{gpu_layout, gpu_row_bytes};
 use crate::ops::QuantWeight;
 use crate::quant::{self, QuantType};
 use crate::reference;
@@ -60,14 +60,14 @@ pub async fn check(ctx: &GpuContext, dt: DType) -> Result<Vec<CaseReport>> {
     let mut rng = SplitMix64::new(0x5EED_0009);
     let mut out = Vec::new();
     for ty in QuantType::ALL {
-        let (block, qw, _) = gpu_layout(ty);
+        let (block, _, _) = gpu_layout(ty);
         for c in cases() {
             let k = if c.k_abs > 0 { c.k_abs } else { c.k_blocks * block };
             let bytes = quant::random_blocks(ty, c.n * k, &mut rng);
             let w = quant::dequantize(ty, &bytes, c.n * k)?;
             let weight = match c.split_rows {
                 Some(rows) => {
-                    QuantWeight::upload_with_part_limit(ctx, ty, c.n, k, &bytes, (rows * k / block * qw * 4) as u64)?
+                    QuantWeight::upload_with_part_limit(ctx, ty, c.n, k, &bytes, rows as u64 * gpu_row_bytes(ty, k))?
                 }
                 None => QuantWeight::upload(ctx, ty, c.n, k, &bytes)?,
             };
@@ -128,7 +128,7 @@ pub const INT8_TOLERANCE: Tolerance = Tolerance { rel: 1e-2, max_abs_frac: 3e-2 
 async fn check_int8(ctx: &GpuContext, dt: DType, rng: &mut SplitMix64) -> Result<Vec<CaseReport>> {
     let mut out = Vec::new();
     for ty in QuantType::ALL.into_iter().filter(|&t| has_scales(t)) {
-        let (block, qw, _) = gpu_layout(ty);
+        let (block, _, _) = gpu_layout(ty);
         // (M, N, K, bias, accumulate, split rows)
         for (m, n, k, bias, accumulate, split) in [
             (1, 7, block, false, false, None),
@@ -139,7 +139,7 @@ async fn check_int8(ctx: &GpuContext, dt: DType, rng: &mut SplitMix64) -> Result
             let w = quant::dequantize(ty, &bytes, n * k)?;
             let weight = match split {
                 Some(rows) => {
-                    QuantWeight::upload_with_part_limit(ctx, ty, n, k, &bytes, (rows * k / block * qw * 4) as u64)?
+                    QuantWeight::upload_with_part_limit(ctx, ty, n, k, &bytes, rows as u64 * gpu_row_bytes(ty, k))?
                 }
                 None => QuantWeight::upload(ctx, ty, n, k, &bytes)?,
             };

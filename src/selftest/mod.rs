@@ -48,17 +48,23 @@ pub async fn run_family(ctx: &GpuContext, family: &str, dtype: DType) -> Result<
     }
 }
 
-/// Every family on the f32 path, and on the f16 path when the device has it.
-pub async fn run_all(ctx: &GpuContext) -> Result<Vec<CaseReport>> {
+/// `families` on the f32 path, then on the f16 path when the device has it (the CLI, the
+/// browser page and `run_all` all go through here).
+pub async fn run_families(ctx: &GpuContext, families: &[&str]) -> Result<Vec<CaseReport>> {
     let mut dtypes = vec![DType::F32];
     if ctx.caps.f16 {
         dtypes.push(DType::F16);
     }
     let mut out = Vec::new();
     for dt in dtypes {
-        for fam in FAMILIES {
+        for fam in families {
             out.extend(run_family(ctx, fam, dt).await?);
         }
     }
     Ok(out)
+}
+
+/// Every family (see [`run_families`]).
+pub async fn run_all(ctx: &GpuContext) -> Result<Vec<CaseReport>> {
+    run_families(ctx, FAMILIES).await
 }

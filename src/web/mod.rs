@@ -34,19 +34,10 @@ pub async fn gpu_info() -> Result<String, JsValue> {
 #[wasm_bindgen]
 pub async fn run_selftest(families: String) -> Result<String, JsValue> {
     let ctx = GpuContext::new(ContextOptions::default()).await.map_err(js_err)?;
-    let mut dtypes = vec![crate::DType::F32];
-    if ctx.caps.f16 {
-        dtypes.push(crate::DType::F16);
-    }
     let wanted: Vec<&str> = families.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
-    let mut reports = Vec::new();
-    for dt in dtypes {
-        for fam in crate::selftest::FAMILIES {
-            if wanted.is_empty() || wanted.contains(fam) {
-                reports.extend(crate::selftest::run_family(&ctx, fam, dt).await.map_err(js_err)?);
-            }
-        }
-    }
+    let chosen: Vec<&str> =
+        crate::selftest::FAMILIES.iter().copied().filter(|f| wanted.is_empty() || wanted.contains(f)).collect();
+    let reports = crate::selftest::run_families(&ctx, &chosen).await.map_err(js_err)?;
     Ok(serde_json::json!({ "caps": ctx.caps, "reports": reports }).to_string())
 }
 

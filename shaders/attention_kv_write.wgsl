@@ -1,10 +1,12 @@
 // KV cache write: copy new K and V rows [tokens, n_kv_heads * head_dim] into their cache slots.
-// A cache layer is [n_seqs, slots, n_kv_heads, head_dim]; a position goes to slot
-// `pos % slots` (rolling window caches wrap; full caches have slots = capacity and refuse
+// A cache layer is [n_seqs, slots, n_kv_heads, head_dim]; position pos goes to slot
+// cache_slot(pos): positions below `sinks` (a StreamingLLM cache's S fixed slots, else 0)
+// keep their own slot, the rest roll through the other slots, `sinks + (pos - sinks) %
+// (slots - sinks)` (rolling window caches wrap; full caches have slots = capacity and refuse
 // positions past it: WRAP = 0 drops them instead of wrapping).
-//   default: token t of the call is sequence `seq`, position pos0 + t; tokens before
-//            `first_token` are skipped (a chunk longer than a rolling cache keeps its last
-//            `slots` tokens, so no two invocations write one slot);
+//   default: token t of the call is sequence `seq`, position pos0 + t; rolling tokens before
+//            `first_token` are skipped (a chunk longer than the rolling slots keeps its last
+//            ones, so no two invocations write one slot; sink positions are always written);
 //   INDEXED: token t's (sequence, position) is dest[2t], dest[2t + 1] (one decode step for a
 //            batch of sequences).
 // One invocation per element.
@@ -19,6 +21,7 @@ struct Params {
     pos0: u32,
     first_token: u32,
     wrap: u32,
+    sinks: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -38,7 +41,7 @@ fn attention_kv_write(ids: Ids, @builtin(workgroup_id) wg: vec3<u32>, @builtin(n
     let i = group_id(wg, nwg) * WG + ids.lid;
     let t = i / p.row;
     let c = i % p.row;
-    if (t >= p.tokens || t < p.first_token) {
+    if (t >= p.tokens) {
         return;
     }
 #ifdef INDEXED
@@ -47,11 +50,18 @@ fn attention_kv_write(ids: Ids, @builtin(workgroup_id) wg: vec3<u32>, @builtin(n
 #else
     let seq = p.seq;
     let pos = p.pos0 + t;
+    if (t < p.first_token && pos >= p.sinks) {
+        return;
+    }
 #endif
     if (seq >= p.n_seqs || (p.wrap == 0u && pos >= p.slots)) {
         return;
     }
-    let at = (seq * p.slots + pos % p.slots) * p.row + c;
+    var slot = pos;
+    if (pos >= p.sinks) {
+        slot = p.sinks + (pos - p.sinks) % (p.slots - p.sinks);
+    }
+    let at = (seq * p.slots + slot) * p.row + c;
     k_cache[at] = k_new[i];
     v_cache[at] = v_new[i];
 }

@@ -30,6 +30,8 @@ pub enum PupilError {
     Truncated { what: String, needed: u64, have: u64 },
     #[error("unsupported: {0}")]
     Unsupported(String),
+    #[error("context overflow: {needed} positions needed, the context holds {context}")]
+    ContextOverflow { needed: usize, context: usize },
 }
 
 pub type Result<T, E = PupilError> = std::result::Result<T, E>;

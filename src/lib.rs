@@ -8,11 +8,17 @@
 //! - [`reference`]: plain-Rust CPU references (f64 accumulation) for every op.
 //! - [`selftest`]: the kernel checks (GPU op vs CPU reference), shared by the native tests,
 //!   `pupil selftest` and the browser test page.
+//! - [`model`]: GGUF files, architecture configs, the llama forward pass.
+//! - [`engine`]: sessions over a KV cache and the generation loop.
+//! - [`tokenizer`]: tokenizers and chat templates from GGUF metadata (byte-level BPE, minijinja).
+//! - [`sampling`]: token sampling (penalty, temperature, top-k/top-p/min-p, seeded draws) over
+//!   GPU candidates, identical natively and in the browser.
 //! - `web`: wasm-bindgen exports (feature `web`).
 
 // `!(x > 0.0)` is used on purpose: unlike `x <= 0.0` it also rejects NaN.
 #![allow(clippy::neg_cmp_op_on_partial_ord)]
 
+pub mod engine;
 pub mod error;
 pub mod gpu;
 pub mod model;
@@ -20,7 +26,9 @@ pub mod ops;
 pub mod quant;
 pub mod reference;
 pub mod rng;
+pub mod sampling;
 pub mod selftest;
+pub mod tokenizer;
 
 #[cfg(all(feature = "web", target_arch = "wasm32"))]
 pub mod web;

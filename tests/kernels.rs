@@ -35,12 +35,24 @@ macro_rules! kernel_tests {
     )*};
 }
 
-kernel_tests!(rms_norm, rope, activation, add, softmax, embedding, argmax, topk, matmul, attention);
+kernel_tests!(rms_norm, rope, activation, add, softmax, embedding, argmax, topk, matmul, attention, gate, sampling);
 
 #[test]
 fn every_family_has_tests_here() {
     // Keep the macro list above in step with the library's list.
-    let here =
-        ["rms_norm", "rope", "activation", "add", "softmax", "embedding", "argmax", "topk", "matmul", "attention"];
+    let here = [
+        "rms_norm",
+        "rope",
+        "activation",
+        "add",
+        "softmax",
+        "embedding",
+        "argmax",
+        "topk",
+        "matmul",
+        "attention",
+        "gate",
+        "sampling",
+    ];
     assert_eq!(selftest::FAMILIES, here);
 }

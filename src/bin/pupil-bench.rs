@@ -4,6 +4,7 @@
 //!
 //!   pupil-bench matmul [--formats Q4_0,Q4_K] [--shapes smollm2-up,...] [--m 1,4,16,128,512]
 //!   pupil-bench attention [--contexts 128,1024,8192] [--window 512]
+//!   pupil-bench model [--model F.gguf | --synth qwen2-1.5b] [--prompts 128,512] [--batch 1,2,4,8]
 //!
 //! Rows named `<format>i8` are the int8-activation path (activation quantization included).
 //! Times are wall-clock over a batch of `reps` identical dispatches (one submit, then a wait),
@@ -68,6 +69,138 @@ enum Command {
         #[arg(long, value_delimiter = ',', default_values_t = vec![128, 512])]
         prompts: Vec<usize>,
     },
+    /// A whole model: prefill throughput, decode tokens/s per batch size (sequences decoded
+    /// together), per-token latency, dispatches and submits per token, GPU memory.
+    Model {
+        /// GGUF file (default: the cached SmolLM2-135M-Instruct Q4_1).
+        #[arg(long)]
+        model: Option<std::path::PathBuf>,
+        /// Instead of a file: a random-weight model of this shape (`pupil synth` presets).
+        #[arg(long)]
+        synth: Option<String>,
+        /// Activations and KV cache in f32 (default: f16 where the adapter has it).
+        #[arg(long)]
+        f32: bool,
+        #[arg(long, value_delimiter = ',', default_values_t = vec![128, 512])]
+        prompts: Vec<usize>,
+        #[arg(long, value_delimiter = ',', default_values_t = vec![1, 2, 4, 8])]
+        batch: Vec<usize>,
+        /// Decode steps timed per batch size.
+        #[arg(long, default_value_t = 32)]
+        steps: usize,
+        /// Context position decoding starts at.
+        #[arg(long, default_value_t = 128)]
+        at: usize,
+    },
+}
+
+#[allow(clippy::too_many_arguments)]
+fn bench_model(
+    ctx: &GpuContext,
+    c: &Ceilings,
+    path: Option<std::path::PathBuf>,
+    synth_shape: Option<String>,
+    f32_path: bool,
+    prompts: &[usize],
+    batches: &[usize],
+    steps: usize,
+    at: usize,
+) -> Result<()> {
+    use pupil::model::{synth, LlamaModel, Logits, ModelOptions};
+    let file = match (&path, &synth_shape) {
+        (_, Some(shape)) => synth::synthesize(&synth::preset(shape)?, 1, &mut |_, _| {})?,
+        (Some(p), None) => std::fs::read(p).map_err(|e| pupil::PupilError::Format(format!("{}: {e}", p.display())))?,
+        (None, None) => {
+            let home = std::env::var_os("HOME").unwrap_or_default();
+            let p = std::path::PathBuf::from(home).join(".cache/pupil/SmolLM2-135M-Instruct.Q4_1.gguf");
+            std::fs::read(&p).map_err(|e| {
+                pupil::PupilError::Format(format!("{}: {e} (run `pupil fetch` or pass --model)", p.display()))
+            })?
+        }
+    };
+    let name = synth_shape.unwrap_or_else(|| path.map_or("smollm2-135m".into(), |p| p.display().to_string()));
+    let dt = if f32_path || !ctx.caps.f16 { DType::F32 } else { DType::F16 };
+    let max_batch = batches.iter().copied().max().unwrap_or(1).min(GEMV_MAX_M);
+    let chunk = prompts.iter().copied().max().unwrap_or(128);
+    let context = (chunk + 1).max(at + steps + 1).next_multiple_of(64);
+    let opts = ModelOptions { dtype: Some(dt), context: Some(context), max_batch, chunk, ..ModelOptions::default() };
+    let model = LlamaModel::load(ctx, &file, &opts, &mut |_, _| {})?;
+    drop(file);
+    let vocab = model.config.vocab_size as u32;
+    println!(
+        "model {name}: {} {} layers, hidden {}, {:.0}M parameters, weights {:.1} MiB on the GPU, {} path, context {context}",
+        model.config.architecture,
+        model.config.n_layers,
+        model.config.hidden,
+        model.config.parameter_count() as f64 / 1e6,
+        model.weight_bytes as f64 / (1 << 20) as f64,
+        dt.name()
+    );
+    let cache = model.new_cache(ctx, max_batch)?;
+    let token = |i: usize| (i as u32 * 7919 + 13) % vocab;
+    println!("prefill (one sequence, one chunk, logits of the last token)");
+    println!("{:>8} {:>11} {:>11}", "tokens", "time (ms)", "tokens/s");
+    for &t_len in prompts {
+        let ids: Vec<u32> = (0..t_len).map(token).collect();
+        let run = || -> Result<()> {
+            model.forward(ctx, &cache, 0, 0, &ids, Logits::Last)?;
+            pollster::block_on(ctx.sync())
+        };
+        run()?;
+        let reps = 3;
+        let start = Instant::now();
+        for _ in 0..reps {
+            run()?;
+        }
+        let t = start.elapsed().as_secs_f64() / reps as f64;
+        println!("{:>8} {:>11.2} {:>11.1}", t_len, t * 1e3, t_len as f64 / t);
+    }
+    // Fill every sequence's cache up to `at`, then time `steps` decode steps per batch size;
+    // each step waits for the GPU (as generation does when it reads the sampled token back).
+    let ids: Vec<u32> = (0..at).map(token).collect();
+    for seq in 0..max_batch {
+        for (i, chunk) in ids.chunks(model.chunk).enumerate() {
+            model.forward(ctx, &cache, seq, i * model.chunk, chunk, Logits::Last)?;
+        }
+    }
+    pollster::block_on(ctx.sync())?;
+    println!("decode from position {at}: one token per sequence per step, waiting for each step");
+    println!(
+        "{:>6} {:>10} {:>10} {:>9} {:>9} {:>11} {:>10} {:>9} {:>9}",
+        "batch", "step (ms)", "tokens/s", "p50 (ms)", "p99 (ms)", "dispatches", "submits", "GB/s", "of copy"
+    );
+    for &batch in batches.iter().filter(|&&b| b <= max_batch) {
+        let mut lat = Vec::with_capacity(steps);
+        let before = ctx.stats();
+        for s in 0..steps {
+            let step: Vec<(usize, usize, u32)> = (0..batch).map(|q| (q, at + s, token(s + q))).collect();
+            let t0 = Instant::now();
+            model.decode(ctx, &cache, &step)?;
+            pollster::block_on(ctx.sync())?;
+            lat.push(t0.elapsed().as_secs_f64());
+        }
+        let after = ctx.stats();
+        let total: f64 = lat.iter().sum();
+        lat.sort_by(f64::total_cmp);
+        let p = |q: f64| lat[((lat.len() - 1) as f64 * q).round() as usize] * 1e3;
+        let step_s = total / steps as f64;
+        // Each step reads every weight once (the batch shares them).
+        let gbs = model.weight_bytes as f64 / step_s / 1e9;
+        println!(
+            "{:>6} {:>10.2} {:>10.1} {:>9.2} {:>9.2} {:>11.0} {:>10.1} {:>9.1} {:>8.1}%",
+            batch,
+            step_s * 1e3,
+            batch as f64 / step_s,
+            p(0.5),
+            p(0.99),
+            (after.dispatches - before.dispatches) as f64 / steps as f64,
+            (after.submits - before.submits) as f64 / steps as f64,
+            gbs,
+            100.0 * gbs / (c.copy_gbs / 2.0)
+        );
+    }
+    println!("peak GPU memory {:.1} MiB", ctx.memory.peak_bytes() as f64 / (1 << 20) as f64);
+    Ok(())
 }
 
 /// (name, query heads, KV heads, head_dim).
@@ -227,6 +360,9 @@ fn run(cli: Cli, options: ContextOptions) -> Result<()> {
         Command::Ceilings => return Ok(()),
         Command::Attention { contexts, window, prompts } => {
             return bench_attention(&ctx, cli.seconds, &contexts, window, &prompts)
+        }
+        Command::Model { model, synth, f32, prompts, batch, steps, at } => {
+            return bench_model(&ctx, &c, model, synth, f32, &prompts, &batch, steps, at)
         }
         Command::Matmul { formats, shapes, m } => (formats, shapes, m),
     };

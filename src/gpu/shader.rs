@@ -39,10 +39,14 @@ pub const SHADER_FILES: &[(&str, &str)] = &[
     ("quantize_act", include_str!("../../shaders/quantize_act.wgsl")),
     ("argmax", include_str!("../../shaders/argmax.wgsl")),
     ("topk", include_str!("../../shaders/topk.wgsl")),
+    ("sample_logits", include_str!("../../shaders/sample_logits.wgsl")),
+    ("sample_candidates", include_str!("../../shaders/sample_candidates.wgsl")),
     ("bench", include_str!("../../shaders/bench.wgsl")),
     ("attention_prefill", include_str!("../../shaders/attention_prefill.wgsl")),
     ("attention_decode", include_str!("../../shaders/attention_decode.wgsl")),
     ("attention_kv_write", include_str!("../../shaders/attention_kv_write.wgsl")),
+    ("attention_gate", include_str!("../../shaders/attention_gate.wgsl")),
+    ("running_mean", include_str!("../../shaders/running_mean.wgsl")),
 ];
 
 /// Which WGSL compiler will read the source.

@@ -5,19 +5,58 @@
 //!
 //! The KV cache ([`KvCache`]) holds per layer one K and one V tensor
 //! `[n_seqs, slots, n_kv_heads, head_dim]` (the path's dtype). Sequences share each tensor, one
-//! block of `slots` rows each; position `pos` of sequence `s` lives at row `s * slots + pos %
-//! slots`. A [`KvCacheKind::Full`] cache has one slot per position (`slots` = capacity); a
-//! [`KvCacheKind::Rolling`] cache of `slots` = W keeps only the last W positions (memory O(W)),
-//! for sliding-window layers (the window must be at most `slots`).
+//! block of `slots` rows each. A [`KvCacheKind::Full`] cache has one slot per position (`slots`
+//! = capacity); a [`KvCacheKind::Rolling`] cache of `slots` = W keeps only the last W positions
+//! (memory O(W), slot = position mod W), for sliding-window layers (the window must be at most
+//! `slots`); a [`KvCacheKind::Streaming`] cache keeps positions `0..S` in slots `0..S` forever
+//! and rolls the rest through the other `slots − S` (StreamingLLM, below).
 //!
 //! Order within a step: prefill reads keys before `pos0` from the cache and the chunk's own K/V
 //! from its inputs, so record [`attention_prefill_forward`] and then [`kv_write_chunk`] (a
 //! rolling cache may overwrite slots the chunk's first queries still need). Decode reads every
 //! key from the cache: record [`kv_write`] first, then [`attention_decode_forward`]. Both in one
 //! batch are ordered by the compute pass.
+//!
+//! **StreamingLLM** ([`Streaming`], Xiao et al. 2023): a query at position n sees the first S
+//! positions ("attention sinks") and the last W (the window) — `[0, min(S, n+1)) ∪
+//! [max(S, n+1−W), n]` — and positions are *cache-relative*: the kept keys get positions
+//! 0, 1, … in order and the query the last one, so no position ever exceeds S + W − 1 however
+//! long the generation runs. Keys are therefore cached **unrotated** and the kernels rotate q
+//! and k themselves (the `ROPE` variants, from a [`RopeTable`] of at least S + W positions):
+//! re-rotating stored keys instead would rewrite all W cached keys every step (each moves one
+//! cache-relative position down once the cache is full) and round them again each time in f16,
+//! while rotating at read time costs a table row per key (decode rotates each key once for all
+//! query heads of its block; prefill scores from the unrotated q, k and the table row at their
+//! distance, since a RoPE score depends only on the distance). The model must skip its RoPE for
+//! such layers and pass raw q and k (and write raw k into the cache). The semantics are per
+//! query, so a chunked prefill equals token-by-token decode and any chunking; the window must
+//! fit the cache's rolling slots (W ≤ slots − S). Learned gpt-oss `sinks` are a different answer
+//! to the same problem and are refused together with StreamingLLM.
+//!
+//! **Output gate** (gated attention, Qwen3-Next): `Y' = Y ⊙ σ(gate)` with gate logits per
+//! element or per head ([`GateInput`], from a matmul the model runs), fused into the epilogue of
+//! prefill and of the decode reduction ([`AttentionInputs::gate`]). The log-sum-exp stays that of
+//! the ungated softmax. Where a prefill variant has no storage binding left (learned sinks or
+//! StreamingLLM RoPE, with a cache: 8 already), the gate runs as a separate in-place pass
+//! (`ops::gate::gate_apply_forward`) right after — the same result.
+//!
+//! **Packed documents** ([`AttentionInputs::doc_start`], prefill without a cache, pos0 = 0):
+//! several sequences in one row; `doc_start[t]` (u32) is the index of the first token of token
+//! t's document, and t sees only keys in `[doc_start[t], t]` (plus window). RoPE positions
+//! restarting per document are the caller's rope positions. Key tiles below every row's document
+//! start are skipped, not masked. [`doc_starts`] builds the tensor from document lengths.
+//!
+//! Storage bindings stay ≤ 8 per kernel (the WebGPU default): prefill binds q, k, v, out, lse and
+//! then either the cache K, V and one of {sinks, RoPE table, gate}, or (packed documents, no
+//! cache) doc_start and any of {sinks, gate}.
 
 use bytemuck::{Pod, Zeroable};
 
+use std::sync::Arc;
+
+use super::gate::gate_apply_forward;
+pub use super::gate::{GateInput, GateMode};
+use super::rope::{RopeLayout, RopeTable};
 use super::{dtype_and_reduction_variants, elem_grid, expect_dtype, expect_len, float_dtype, kernel, to_u32, WG};
 use crate::error::{PupilError, Result};
 use crate::gpu::{grid_for, Batch, DType, GpuContext, KernelKey, Tensor};
@@ -44,6 +83,19 @@ pub enum KvCacheKind {
     Full,
     /// slot = position mod `slots`: the last `slots` positions (sliding-window layers).
     Rolling,
+    /// StreamingLLM: positions `0..sinks` keep slots `0..sinks`; later positions roll through
+    /// the other `slots − sinks` slots. Keys are stored unrotated (see the module doc).
+    Streaming { sinks: usize },
+}
+
+impl KvCacheKind {
+    /// Slots that never roll (the StreamingLLM sinks).
+    pub fn fixed_slots(self) -> usize {
+        match self {
+            KvCacheKind::Streaming { sinks } => sinks,
+            _ => 0,
+        }
+    }
 }
 
 /// Per-layer K and V on the GPU, `[n_seqs, slots, n_kv_heads, head_dim]` each.
@@ -79,6 +131,12 @@ impl KvCache {
         }
         if dtype == DType::F16 && !ctx.caps.f16 {
             return Err(PupilError::MissingFeature("shader-f16"));
+        }
+        if kind.fixed_slots() >= slots {
+            return Err(PupilError::shape(
+                OP,
+                format!("{slots} slots leave none to roll after {} sinks", kind.fixed_slots()),
+            ));
         }
         let shape = [n_seqs, slots, n_kv_heads, head_dim];
         to_u32(OP, shape.iter().product())?;
@@ -120,11 +178,64 @@ pub struct AttentionConfig {
     /// Attention sinks (gpt-oss): f32 `[n_heads]`, one learned logit per query head that joins
     /// every softmax without contributing a value. `None` = off.
     pub sinks: Option<Tensor>,
+    /// StreamingLLM sink tokens and in-kernel RoPE (needs `window`); `None` = off.
+    pub streaming: Option<Streaming>,
+}
+
+/// StreamingLLM (see the module doc): the first `sink_tokens` positions stay visible to every
+/// query besides the window, at cache-relative positions.
+#[derive(Clone)]
+pub struct Streaming {
+    /// S, the attention-sink tokens kept forever.
+    pub sink_tokens: usize,
+    /// The layer's RoPE, applied by the attention kernels at cache-relative positions to raw q
+    /// and k (its `n_rot` must be a multiple of 8, its table at least S + W positions long).
+    /// `None`: a model without rotary embeddings.
+    pub rope: Option<Arc<RopeTable>>,
+}
+
+impl std::fmt::Debug for Streaming {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Streaming")
+            .field("sink_tokens", &self.sink_tokens)
+            .field("rope", &self.rope.as_ref().map(|r| (&r.config, r.max_positions)))
+            .finish()
+    }
+}
+
+/// Per-call tensors beyond q, k, v (all optional): see [`attention_prefill_forward_with`] and
+/// [`attention_decode_forward_with`].
+#[derive(Clone, Copy, Default)]
+pub struct AttentionInputs<'a> {
+    /// Output gate: `out ⊙ σ(gate)` over `[tokens, n_heads, head_dim]`.
+    pub gate: Option<GateInput<'a>>,
+    /// Packed documents (prefill without a cache): u32 `[tokens]`, each token's document start.
+    pub doc_start: Option<&'a Tensor>,
+}
+
+/// The `doc_start` tensor's contents for documents of these lengths packed in order.
+pub fn doc_starts(lengths: &[usize]) -> Vec<u32> {
+    let mut out = Vec::with_capacity(lengths.iter().sum());
+    let mut start = 0;
+    for &n in lengths {
+        out.extend(std::iter::repeat_n(start as u32, n));
+        start += n;
+    }
+    out
 }
 
 impl AttentionConfig {
     pub fn new(n_heads: usize, n_kv_heads: usize, head_dim: usize) -> Self {
-        AttentionConfig { n_heads, n_kv_heads, head_dim, scale: None, window: None, softcap: None, sinks: None }
+        AttentionConfig {
+            n_heads,
+            n_kv_heads,
+            head_dim,
+            scale: None,
+            window: None,
+            softcap: None,
+            sinks: None,
+            streaming: None,
+        }
     }
 
     pub fn scale_value(&self) -> f32 {
@@ -160,7 +271,48 @@ impl AttentionConfig {
                 return Err(PupilError::arg(op, format!("softcap must be positive and finite, got {c}")));
             }
         }
+        if let Some(st) = &self.streaming {
+            let Some(w) = self.window else {
+                return Err(PupilError::arg(op, "StreamingLLM needs a window (the recent keys kept)"));
+            };
+            if self.sinks.is_some() {
+                return Err(PupilError::arg(op, "learned sinks and StreamingLLM sink tokens do not combine"));
+            }
+            to_u32(op, st.sink_tokens + w)?;
+            if let Some(r) = &st.rope {
+                let n_rot = r.config.n_rot;
+                if n_rot > self.head_dim || !n_rot.is_multiple_of(8) {
+                    return Err(PupilError::arg(
+                        op,
+                        format!("in-kernel RoPE needs n_rot a multiple of 8 and ≤ head_dim, got {n_rot}"),
+                    ));
+                }
+                if r.max_positions < st.sink_tokens + w {
+                    return Err(PupilError::arg(
+                        op,
+                        format!(
+                            "RoPE table of {} positions, StreamingLLM needs S + W = {}",
+                            r.max_positions,
+                            st.sink_tokens + w
+                        ),
+                    ));
+                }
+            }
+        }
         Ok(())
+    }
+
+    fn sink_tokens(&self) -> usize {
+        self.streaming.as_ref().map_or(0, |s| s.sink_tokens)
+    }
+
+    fn rope(&self) -> Option<&RopeTable> {
+        self.streaming.as_ref().and_then(|s| s.rope.as_deref())
+    }
+
+    /// (n_rot, neox) for kernel parameters (zeros without in-kernel RoPE).
+    fn rope_params(&self) -> (u32, u32) {
+        self.rope().map_or((0, 0), |r| (r.config.n_rot as u32, (r.config.layout == RopeLayout::NeoX) as u32))
     }
 
     fn window_param(&self) -> u32 {
@@ -190,7 +342,28 @@ impl AttentionConfig {
                 ),
             ));
         }
-        Ok(())
+        let rolling = cache.slots - cache.kind.fixed_slots();
+        match (cache.kind, &self.streaming) {
+            (KvCacheKind::Streaming { sinks }, Some(st))
+                if sinks != st.sink_tokens || self.window.is_none_or(|w| w > rolling) =>
+            {
+                Err(PupilError::arg(
+                    op,
+                    format!(
+                        "a streaming cache of {sinks} sinks + {rolling} slots needs S = {sinks} and W ≤ {rolling} \
+                         (got S = {}, W = {:?})",
+                        st.sink_tokens, self.window
+                    ),
+                ))
+            }
+            (KvCacheKind::Streaming { .. }, None) => {
+                Err(PupilError::arg(op, "a streaming cache needs a StreamingLLM layer"))
+            }
+            (KvCacheKind::Rolling, Some(_)) => {
+                Err(PupilError::arg(op, "StreamingLLM needs a streaming (or full) cache, not a rolling one"))
+            }
+            _ => Ok(()),
+        }
     }
 }
 
@@ -225,6 +398,10 @@ struct PrefillParams {
     scale: f32,
     softcap: f32,
     row_tiles: u32,
+    sink_tokens: u32,
+    n_rot: u32,
+    neox: u32,
+    gate: [u32; 4],
 }
 
 /// Causal attention of `tokens` new queries at positions `pos0..` of one sequence.
@@ -245,6 +422,41 @@ pub fn attention_prefill_forward(
     out: &Tensor,
     lse: &Tensor,
 ) -> Result<()> {
+    attention_prefill_forward_with(b, cfg, q, k, v, cache, pos0, out, lse, AttentionInputs::default())
+}
+
+/// Packed documents (see the module doc): prefill without a cache of `tokens` tokens of several
+/// documents, `doc_start` u32 `[tokens]`; `gate` optional.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_packed_forward(
+    b: &mut Batch,
+    cfg: &AttentionConfig,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    doc_start: &Tensor,
+    out: &Tensor,
+    lse: &Tensor,
+    gate: Option<GateInput>,
+) -> Result<()> {
+    let inputs = AttentionInputs { gate, doc_start: Some(doc_start) };
+    attention_prefill_forward_with(b, cfg, q, k, v, None, 0, out, lse, inputs)
+}
+
+/// [`attention_prefill_forward`] with an output gate and/or packed documents.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_prefill_forward_with(
+    b: &mut Batch,
+    cfg: &AttentionConfig,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    cache: Option<CacheSeq>,
+    pos0: usize,
+    out: &Tensor,
+    lse: &Tensor,
+    inputs: AttentionInputs,
+) -> Result<()> {
     const OP: &str = "attention_prefill_forward";
     cfg.validate(OP)?;
     let dt = float_dtype(b.context(), OP, &[q, k, v, out])?;
@@ -261,6 +473,7 @@ pub fn attention_prefill_forward(
     expect_len(OP, "v", v, tokens * cfg.n_kv_heads * hd)?;
     expect_len(OP, "out", out, q.len())?;
     expect_len(OP, "lse", lse, tokens * cfg.n_heads)?;
+    let s_tok = cfg.sink_tokens();
     let (kc, vc, cache_base, slots) = match cache {
         Some(c) => {
             cfg.check_cache(OP, c.cache, dt)?;
@@ -271,18 +484,38 @@ pub fn attention_prefill_forward(
             if c.cache.kind == KvCacheKind::Full && pos0 > c.cache.slots {
                 return Err(PupilError::arg(OP, format!("pos0 {pos0} past a full cache of {} slots", c.cache.slots)));
             }
+            if c.cache.slots <= s_tok {
+                return Err(PupilError::arg(OP, format!("{} cache slots for {s_tok} sink tokens", c.cache.slots)));
+            }
             (kc, vc, c.seq * c.cache.slots, c.cache.slots)
         }
-        None if pos0 == 0 => (k, v, 0, 1),
+        None if pos0 == 0 => (k, v, 0, s_tok + 1),
         None => return Err(PupilError::arg(OP, format!("pos0 = {pos0} needs a KV cache for the earlier keys"))),
     };
-    let mut inputs = vec![q, k, v, kc, vc];
-    inputs.extend(cfg.sinks.as_ref());
-    distinct_outputs(OP, &[out, lse], &inputs)?;
+    if let Some(ds) = inputs.doc_start {
+        expect_dtype(OP, "doc_start", ds, DType::U32)?;
+        expect_len(OP, "doc_start", ds, tokens)?;
+        if cache.is_some() || cfg.streaming.is_some() {
+            return Err(PupilError::arg(OP, "packed documents take no cache and no StreamingLLM"));
+        }
+    }
+    if let Some(g) = &inputs.gate {
+        g.check(OP, dt, tokens, cfg.n_heads, hd)?;
+    }
+    let mut ins = vec![q, k, v, kc, vc];
+    ins.extend(cfg.sinks.as_ref());
+    ins.extend(cfg.rope().map(|r| &r.table));
+    ins.extend(inputs.gate.as_ref().map(|g| g.logits));
+    ins.extend(inputs.doc_start);
+    distinct_outputs(OP, &[out, lse], &ins)?;
     to_u32(OP, pos0 + tokens)?;
     let group = cfg.n_heads / cfg.n_kv_heads;
     let rows_per_tile = 1024 / hd;
     let row_tiles = (tokens * group).div_ceil(rows_per_tile);
+    let docs = inputs.doc_start.is_some();
+    // The gate is fused unless the variant's 8 bindings are taken (cache + sinks or RoPE).
+    let fused_gate = inputs.gate.filter(|_| docs || (cfg.sinks.is_none() && cfg.rope().is_none()));
+    let (n_rot, neox) = cfg.rope_params();
     let p = PrefillParams {
         tokens: to_u32(OP, tokens)?,
         n_heads: cfg.n_heads as u32,
@@ -295,18 +528,64 @@ pub fn attention_prefill_forward(
         scale: cfg.scale_value(),
         softcap: cfg.softcap.unwrap_or(0.0),
         row_tiles: to_u32(OP, row_tiles)?,
+        sink_tokens: s_tok as u32,
+        n_rot,
+        neox,
+        gate: fused_gate.map_or([0; 4], |g| g.params()),
     };
-    let key = prefill_key(dt, hd, cfg.sinks.is_some());
+    let feat =
+        PrefillFeatures { sinks: cfg.sinks.is_some(), rope: cfg.rope().is_some(), gate: fused_gate.is_some(), docs };
+    let key = prefill_key(dt, hd, feat);
     let grid = grid_for(b.context(), to_u32(OP, row_tiles * cfg.n_kv_heads)?);
-    let mut bindings = vec![q, k, v, kc, vc, out, lse];
+    let mut bindings = vec![q, k, v, out, lse];
+    match inputs.doc_start {
+        Some(ds) => bindings.push(ds),
+        None => bindings.extend([kc, vc]),
+    }
     bindings.extend(cfg.sinks.as_ref());
-    b.dispatch(&key, bytemuck::bytes_of(&p), &bindings, grid)
+    bindings.extend(cfg.rope().map(|r| &r.table));
+    bindings.extend(fused_gate.as_ref().map(|g| g.logits));
+    b.dispatch(&key, bytemuck::bytes_of(&p), &bindings, grid)?;
+    match (&inputs.gate, &fused_gate) {
+        (Some(g), None) => gate_apply_forward(b, out, g),
+        _ => Ok(()),
+    }
 }
 
-fn prefill_key(dt: DType, hd: usize, sinks: bool) -> KernelKey {
+/// Which optional parts a prefill variant has.
+#[derive(Clone, Copy, Default)]
+struct PrefillFeatures {
+    sinks: bool,
+    rope: bool,
+    gate: bool,
+    docs: bool,
+}
+
+/// Every prefill variant that fits 8 storage bindings: with a cache, at most one of sinks,
+/// RoPE, gate; packed documents (no cache), sinks and gate in any combination.
+const PREFILL_VARIANTS: [PrefillFeatures; 8] = {
+    const fn f(sinks: bool, rope: bool, gate: bool, docs: bool) -> PrefillFeatures {
+        PrefillFeatures { sinks, rope, gate, docs }
+    }
+    [
+        f(false, false, false, false),
+        f(true, false, false, false),
+        f(false, true, false, false),
+        f(false, false, true, false),
+        f(false, false, false, true),
+        f(true, false, false, true),
+        f(false, false, true, true),
+        f(true, false, true, true),
+    ]
+};
+
+fn prefill_key(dt: DType, hd: usize, f: PrefillFeatures) -> KernelKey {
     KernelKey::new("attention_prefill", "attention_prefill")
         .flag("F16", dt == DType::F16)
-        .flag("SINKS", sinks)
+        .flag("SINKS", f.sinks)
+        .flag("ROPE", f.rope)
+        .flag("GATE", f.gate)
+        .flag("DOCS", f.docs)
         .define("HD", hd as u32)
         .define("WG", WG_PREFILL)
 }
@@ -327,6 +606,9 @@ struct DecodeParams {
     chunk_len: u32,
     scale: f32,
     softcap: f32,
+    sink_tokens: u32,
+    n_rot: u32,
+    neox: u32,
 }
 
 #[repr(C)]
@@ -336,6 +618,7 @@ struct ReduceParams {
     chunks: u32,
     head_dim: u32,
     n_heads: u32,
+    gate: [u32; 4],
 }
 
 /// How decode splits the at most `span` valid keys of a sequence: (chunk length, chunks).
@@ -362,6 +645,21 @@ pub fn attention_decode_forward(
     layer: usize,
     out: &Tensor,
 ) -> Result<()> {
+    attention_decode_forward_with(b, cfg, q, seqs, cache, layer, out, None)
+}
+
+/// [`attention_decode_forward`] with an output gate over `[batch, n_heads, head_dim]`.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_decode_forward_with(
+    b: &mut Batch,
+    cfg: &AttentionConfig,
+    q: &Tensor,
+    seqs: &Tensor,
+    cache: &KvCache,
+    layer: usize,
+    out: &Tensor,
+    gate: Option<GateInput>,
+) -> Result<()> {
     const OP: &str = "attention_decode_forward";
     cfg.validate(OP)?;
     let dt = float_dtype(b.context(), OP, &[q, out])?;
@@ -377,18 +675,33 @@ pub fn attention_decode_forward(
     }
     expect_len(OP, "seqs", seqs, 2 * batch)?;
     expect_len(OP, "out", out, q.len())?;
+    let s_tok = cfg.sink_tokens();
+    if cache.slots <= s_tok {
+        return Err(PupilError::arg(OP, format!("{} cache slots for {s_tok} sink tokens", cache.slots)));
+    }
+    if let Some(g) = &gate {
+        g.check(OP, dt, batch, cfg.n_heads, hd)?;
+    }
     let (kc, vc) = cache.layer(OP, layer)?;
-    let mut inputs = vec![q, seqs, kc, vc];
-    inputs.extend(cfg.sinks.as_ref());
-    distinct_outputs(OP, &[out], &inputs)?;
+    let mut ins = vec![q, seqs, kc, vc];
+    ins.extend(cfg.sinks.as_ref());
+    ins.extend(cfg.rope().map(|r| &r.table));
+    ins.extend(gate.as_ref().map(|g| g.logits));
+    distinct_outputs(OP, &[out], &ins)?;
     let group = cfg.n_heads / cfg.n_kv_heads;
     let hb = group.min(DECODE_HEADS);
     let blocks = group.div_ceil(hb);
-    let span = cfg.window.map_or(cache.slots, |w| w.min(cache.slots));
+    // The most keys a sequence keeps: the sinks and the window, or the window, or the cache.
+    let span = match cfg.window {
+        Some(w) if cfg.streaming.is_some() => (s_tok + w).min(cache.slots),
+        Some(w) => w.min(cache.slots),
+        None => cache.slots,
+    };
     let (chunk_len, chunks) = decode_split(span);
     let ctx = b.context();
     let part = Tensor::empty(ctx, &[batch, cfg.n_heads, chunks, hd], DType::F32)?;
     let stats = Tensor::empty(ctx, &[batch, cfg.n_heads, chunks, 2], DType::F32)?;
+    let (n_rot, neox) = cfg.rope_params();
     let p = DecodeParams {
         batch: to_u32(OP, batch)?,
         n_heads: cfg.n_heads as u32,
@@ -403,28 +716,38 @@ pub fn attention_decode_forward(
         chunk_len: to_u32(OP, chunk_len)?,
         scale: cfg.scale_value(),
         softcap: cfg.softcap.unwrap_or(0.0),
+        sink_tokens: s_tok as u32,
+        n_rot,
+        neox,
     };
-    let key = kernel(ctx, "attention_decode", "attention_decode", dt, true, WG_DECODE).define("HD", hd as u32);
+    let key = kernel(ctx, "attention_decode", "attention_decode", dt, true, WG_DECODE)
+        .define("HD", hd as u32)
+        .flag("ROPE", cfg.rope().is_some());
     let grid = grid_for(ctx, to_u32(OP, batch * cfg.n_kv_heads * blocks * chunks)?);
-    b.dispatch(&key, bytemuck::bytes_of(&p), &[q, seqs, kc, vc, &part, &stats], grid)?;
+    let mut bindings = vec![q, seqs, kc, vc, &part, &stats];
+    bindings.extend(cfg.rope().map(|r| &r.table));
+    b.dispatch(&key, bytemuck::bytes_of(&p), &bindings, grid)?;
     let rows = batch * cfg.n_heads;
     let rp = ReduceParams {
         rows: to_u32(OP, rows)?,
         chunks: chunks as u32,
         head_dim: hd as u32,
         n_heads: cfg.n_heads as u32,
+        gate: gate.map_or([0; 4], |g| g.params()),
     };
-    let key = reduce_key(dt, cfg.sinks.is_some());
+    let key = reduce_key(dt, cfg.sinks.is_some(), gate.is_some());
     let grid = grid_for(ctx, to_u32(OP, rows)?);
     let mut bindings = vec![&part, &stats, out];
     bindings.extend(cfg.sinks.as_ref());
+    bindings.extend(gate.as_ref().map(|g| g.logits));
     b.dispatch(&key, bytemuck::bytes_of(&rp), &bindings, grid)
 }
 
-fn reduce_key(dt: DType, sinks: bool) -> KernelKey {
+fn reduce_key(dt: DType, sinks: bool, gate: bool) -> KernelKey {
     KernelKey::new("attention_decode", "attention_decode_reduce")
         .flag("F16", dt == DType::F16)
         .flag("SINKS", sinks)
+        .flag("GATE", gate)
         .flag("REDUCE", true)
         .define("WG", WG_REDUCE)
 }
@@ -440,6 +763,7 @@ struct KvWriteParams {
     pos0: u32,
     first_token: u32,
     wrap: u32,
+    sinks: u32,
 }
 
 fn kv_write_checks<'c>(
@@ -465,7 +789,8 @@ fn kv_write_checks<'c>(
 }
 
 /// Write a chunk's K and V rows (`[tokens, n_kv_heads·head_dim]`) at positions
-/// `pos0..pos0+tokens` of sequence `seq`. A rolling cache keeps the chunk's last `slots` rows.
+/// `pos0..pos0+tokens` of sequence `seq`. A rolling cache keeps the chunk's last `slots` rows;
+/// a streaming cache its rows at sink positions and its last `slots − S` rows.
 pub fn kv_write_chunk(
     b: &mut Batch,
     cache: &KvCache,
@@ -494,8 +819,9 @@ pub fn kv_write_chunk(
         n_seqs: cache.n_seqs as u32,
         seq: seq as u32,
         pos0: pos0 as u32,
-        first_token: tokens.saturating_sub(cache.slots) as u32,
-        wrap: (cache.kind == KvCacheKind::Rolling) as u32,
+        first_token: tokens.saturating_sub(cache.slots - cache.kind.fixed_slots()) as u32,
+        wrap: (cache.kind != KvCacheKind::Full) as u32,
+        sinks: cache.kind.fixed_slots() as u32,
     };
     let key = kernel(b.context(), "attention_kv_write", "attention_kv_write", dt, false, WG);
     let grid = elem_grid(b, k.len())?;
@@ -519,7 +845,8 @@ pub fn kv_write(b: &mut Batch, cache: &KvCache, layer: usize, k: &Tensor, v: &Te
         seq: 0,
         pos0: 0,
         first_token: 0,
-        wrap: (cache.kind == KvCacheKind::Rolling) as u32,
+        wrap: (cache.kind != KvCacheKind::Full) as u32,
+        sinks: cache.kind.fixed_slots() as u32,
     };
     let key = kernel(b.context(), "attention_kv_write", "attention_kv_write", dt, false, WG).flag("INDEXED", true);
     let grid = elem_grid(b, k.len())?;
@@ -530,18 +857,25 @@ pub fn variants() -> Vec<KernelKey> {
     let mut v = Vec::new();
     for hd in HEAD_DIMS {
         for dt in [DType::F32, DType::F16] {
-            for sinks in [false, true] {
-                v.push(prefill_key(dt, hd, sinks));
+            for f in PREFILL_VARIANTS {
+                v.push(prefill_key(dt, hd, f));
             }
         }
-        v.extend(dtype_and_reduction_variants(
-            KernelKey::new("attention_decode", "attention_decode").define("HD", hd as u32).define("WG", WG_DECODE),
-            true,
-        ));
+        for rope in [false, true] {
+            v.extend(dtype_and_reduction_variants(
+                KernelKey::new("attention_decode", "attention_decode")
+                    .define("HD", hd as u32)
+                    .define("WG", WG_DECODE)
+                    .flag("ROPE", rope),
+                true,
+            ));
+        }
     }
     for dt in [DType::F32, DType::F16] {
         for sinks in [false, true] {
-            v.push(reduce_key(dt, sinks));
+            for gate in [false, true] {
+                v.push(reduce_key(dt, sinks, gate));
+            }
         }
     }
     for indexed in [false, true] {

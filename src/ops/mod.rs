@@ -12,10 +12,12 @@ pub mod argmax;
 pub mod attention;
 pub mod bench;
 pub mod embedding;
+pub mod gate;
 pub mod matmul;
 pub mod qweight;
 pub mod rms_norm;
 pub mod rope;
+pub mod sampling;
 pub mod softmax;
 pub mod topk;
 
@@ -120,6 +122,8 @@ pub fn all_variants() -> Vec<KernelKey> {
     v.extend(argmax::variants());
     v.extend(topk::variants());
     v.extend(attention::variants());
+    v.extend(gate::variants());
+    v.extend(sampling::variants());
     v
 }
 

@@ -1,5 +1,7 @@
 //! Reference for `ops::attention`: causal softmax attention straight from the definition.
 
+use crate::ops::RopeConfig;
+
 /// Head layout and masking, as in `ops::AttentionConfig` (scale already resolved).
 #[derive(Clone, Debug)]
 pub struct AttentionSpec {
@@ -12,6 +14,54 @@ pub struct AttentionSpec {
     pub softcap: Option<f64>,
     /// Per query head, a logit that joins every softmax without a value (gpt-oss sinks).
     pub sinks: Option<Vec<f64>>,
+    /// StreamingLLM: sink tokens kept besides the window, RoPE at cache-relative positions.
+    pub streaming: Option<StreamingSpec>,
+    /// Packed documents: for every position, the position its document starts at; a query
+    /// sees no key before it.
+    pub doc_start: Option<Vec<usize>>,
+}
+
+impl AttentionSpec {
+    pub fn new(n_heads: usize, n_kv_heads: usize, head_dim: usize, scale: f64) -> Self {
+        AttentionSpec {
+            n_heads,
+            n_kv_heads,
+            head_dim,
+            scale,
+            window: None,
+            softcap: None,
+            sinks: None,
+            streaming: None,
+            doc_start: None,
+        }
+    }
+}
+
+/// StreamingLLM (Xiao et al. 2023) as the paper defines it for generation: the query at
+/// position n keeps the first `sink_tokens` positions and the last W (the spec's window), and
+/// positions are those inside that kept list — q and k are given unrotated and rotated here.
+#[derive(Clone, Debug)]
+pub struct StreamingSpec {
+    pub sink_tokens: usize,
+    pub rope: Option<RopeConfig>,
+}
+
+/// Rotate one head vector `x` at position `pos` (f64, from the RoPE definition).
+fn rotate(x: &[f32], pos: usize, cfg: &RopeConfig) -> Vec<f64> {
+    let half = cfg.n_rot / 2;
+    let mut y: Vec<f64> = x.iter().map(|&v| v as f64).collect();
+    for j in 0..half {
+        let factor = cfg.freq_factors.as_ref().map_or(1.0, |f| f[j] as f64);
+        let theta = pos as f64 * cfg.freq_scale * cfg.base.powf(-((2 * j) as f64) / cfg.n_rot as f64) / factor;
+        let (i0, i1) = match cfg.layout {
+            crate::ops::RopeLayout::Normal => (2 * j, 2 * j + 1),
+            crate::ops::RopeLayout::NeoX => (j, j + half),
+        };
+        let (a, b) = (x[i0] as f64, x[i1] as f64);
+        y[i0] = a * theta.cos() - b * theta.sin();
+        y[i1] = a * theta.sin() + b * theta.cos();
+    }
+    y
 }
 
 /// Queries `q` `[tokens, n_heads, head_dim]` at positions `q_pos` against the keys and values
@@ -24,14 +74,32 @@ pub fn attention(q: &[f32], q_pos: &[usize], k: &[f32], v: &[f32], s: &Attention
     let mut out = Vec::with_capacity(q.len());
     let mut lse = Vec::with_capacity(q_pos.len() * s.n_heads);
     for (t, &pos) in q_pos.iter().enumerate() {
+        // The keys this query sees, in order.
+        let first = s.window.map_or(0, |w| (pos + 1).saturating_sub(w));
+        let first = s.doc_start.as_ref().map_or(first, |d| first.max(d[pos]));
+        let mut kept: Vec<usize> = (first..=pos).collect();
+        if let Some(st) = &s.streaming {
+            let sinks: Vec<usize> = (0..st.sink_tokens.min(first)).collect();
+            kept = sinks.into_iter().chain(kept).collect();
+        }
         for h in 0..s.n_heads {
             let kvh = h / group;
             let qr = &q[(t * s.n_heads + h) * hd..][..hd];
-            let first = s.window.map_or(0, |w| (pos + 1).saturating_sub(w));
-            let logits: Vec<(usize, f64)> = (first..=pos)
-                .map(|kp| {
+            let rope = s.streaming.as_ref().and_then(|st| st.rope.as_ref());
+            // StreamingLLM: the query at the last cache-relative position, key i at i.
+            let qv: Vec<f64> = match rope {
+                Some(r) => rotate(qr, kept.len() - 1, r),
+                None => qr.iter().map(|&x| x as f64).collect(),
+            };
+            let logits: Vec<(usize, f64)> = kept
+                .iter()
+                .enumerate()
+                .map(|(i, &kp)| {
                     let kr = &k[kv_row(kp, kvh)..][..hd];
-                    let dot: f64 = qr.iter().zip(kr).map(|(&a, &b)| a as f64 * b as f64).sum();
+                    let dot: f64 = match rope {
+                        Some(r) => qv.iter().zip(rotate(kr, i, r)).map(|(a, b)| a * b).sum(),
+                        None => qv.iter().zip(kr).map(|(&a, &b)| a * b as f64).sum(),
+                    };
                     let x = dot * s.scale;
                     (kp, s.softcap.map_or(x, |c| c * (x / c).tanh()))
                 })

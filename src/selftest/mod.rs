@@ -15,21 +15,36 @@ mod add;
 mod argmax;
 mod attention;
 mod embedding;
+mod gate;
 mod harness;
 mod matmul;
 mod rms_norm;
 mod rope;
+mod sampling;
 mod softmax;
 mod topk;
 
 pub use harness::{CaseReport, Tolerance};
+pub use sampling::{chi_square, dense, draw_counts, Chi2, CHI2_ALPHA, CHI2_DRAWS};
 
 use crate::error::Result;
 use crate::gpu::{DType, GpuContext};
 
 /// The kernel families, in the order they are checked.
-pub const FAMILIES: &[&str] =
-    &["rms_norm", "rope", "activation", "add", "softmax", "embedding", "argmax", "topk", "matmul", "attention"];
+pub const FAMILIES: &[&str] = &[
+    "rms_norm",
+    "rope",
+    "activation",
+    "add",
+    "softmax",
+    "embedding",
+    "argmax",
+    "topk",
+    "matmul",
+    "attention",
+    "gate",
+    "sampling",
+];
 
 /// Run one family's cases with `dtype` storage (F32, or F16 if the device has it).
 pub async fn run_family(ctx: &GpuContext, family: &str, dtype: DType) -> Result<Vec<CaseReport>> {
@@ -44,6 +59,8 @@ pub async fn run_family(ctx: &GpuContext, family: &str, dtype: DType) -> Result<
         "topk" => topk::check(ctx, dtype).await,
         "matmul" => matmul::check(ctx, dtype).await,
         "attention" => attention::check(ctx, dtype).await,
+        "gate" => gate::check(ctx, dtype).await,
+        "sampling" => sampling::check(ctx, dtype).await,
         other => Err(crate::PupilError::arg("selftest", format!("unknown kernel family {other}"))),
     }
 }

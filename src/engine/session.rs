@@ -1,0 +1,122 @@
+//! A conversation's KV cache: which tokens it holds, feeding new ones in prefill chunks,
+//! rolling back to an earlier position, and reusing the longest common prefix when the next
+//! prompt (a chat's next turn) starts with what is already cached.
+
+use crate::error::{PupilError, Result};
+use crate::gpu::{GpuContext, Tensor};
+use crate::model::{LlamaModel, Logits, Overflow};
+use crate::ops::attention::KvCache;
+
+pub struct Session<'m> {
+    pub model: &'m LlamaModel,
+    cache: KvCache,
+    /// Tokens whose keys and values are in the cache, in order (position = index).
+    tokens: Vec<u32>,
+    /// Whether the model's logits are those of `tokens.last()` (no other forward since).
+    fresh_logits: bool,
+}
+
+impl<'m> Session<'m> {
+    pub fn new(ctx: &GpuContext, model: &'m LlamaModel) -> Result<Session<'m>> {
+        Ok(Session { model, cache: model.new_cache(ctx, 1)?, tokens: Vec::new(), fresh_logits: false })
+    }
+
+    /// Tokens held (the next position).
+    pub fn len(&self) -> usize {
+        self.tokens.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.tokens.is_empty()
+    }
+    pub fn tokens(&self) -> &[u32] {
+        &self.tokens
+    }
+    /// Positions left before the context is full (unbounded with a streaming cache).
+    pub fn remaining(&self) -> usize {
+        match self.model.overflow {
+            Overflow::Error => self.model.context - self.tokens.len(),
+            Overflow::Streaming { .. } => usize::MAX - self.tokens.len(),
+        }
+    }
+
+    /// Whether the cache can return to `len` tokens: always with a full cache (it keeps every
+    /// key); with a streaming cache only before it wrapped, or to within the sink tokens
+    /// (once recent slots are overwritten, the keys an earlier position needs are gone).
+    pub fn can_rollback(&self, len: usize) -> bool {
+        let held = self.tokens.len();
+        match self.model.overflow {
+            Overflow::Error => len <= held,
+            Overflow::Streaming { sink_tokens } => len == held || (len < held && (held <= self.model.context || len <= sink_tokens)),
+        }
+    }
+
+    /// Forget every position from `len` on (a full cache keeps the earlier keys, so this is
+    /// free). The next call must feed at least one token before logits are read.
+    pub fn rollback(&mut self, len: usize) -> Result<()> {
+        if !self.can_rollback(len) {
+            return Err(PupilError::arg(
+                "Session::rollback",
+                format!("cannot return to position {len} of {} tokens held (past the end, or a wrapped streaming cache)", self.tokens.len()),
+            ));
+        }
+        if len < self.tokens.len() {
+            self.tokens.truncate(len);
+            self.fresh_logits = false;
+        }
+        Ok(())
+    }
+
+    /// Run `ids` after the tokens held, in chunks; afterwards [`logits`](Self::logits) are the
+    /// last token's. Checked against the context before anything runs.
+    pub fn feed(&mut self, ctx: &GpuContext, ids: &[u32]) -> Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let needed = self.tokens.len() + ids.len();
+        if needed > self.model.context && self.model.overflow == Overflow::Error {
+            return Err(PupilError::ContextOverflow { needed, context: self.model.context });
+        }
+        if ids.len() == 1 && !self.tokens.is_empty() {
+            // One token: the decode path (GEMV, split-K attention).
+            self.model.decode(ctx, &self.cache, &[(0, self.tokens.len(), ids[0])])?;
+        } else {
+            for chunk in ids.chunks(self.model.chunk) {
+                self.model.forward(ctx, &self.cache, 0, self.tokens.len(), chunk, Logits::Last)?;
+                self.tokens.extend_from_slice(chunk);
+            }
+            self.fresh_logits = true;
+            return Ok(());
+        }
+        self.tokens.extend_from_slice(ids);
+        self.fresh_logits = true;
+        Ok(())
+    }
+
+    /// Make the cache hold exactly `prompt`, keeping the longest prefix already cached and
+    /// recomputing at least its last token (so fresh logits exist). Returns the number of
+    /// cached tokens reused.
+    pub fn set_prompt(&mut self, ctx: &GpuContext, prompt: &[u32]) -> Result<usize> {
+        if prompt.is_empty() {
+            return Err(PupilError::arg("Session::set_prompt", "the prompt is empty"));
+        }
+        if prompt.len() > self.model.context && self.model.overflow == Overflow::Error {
+            return Err(PupilError::ContextOverflow { needed: prompt.len(), context: self.model.context });
+        }
+        let common = self.tokens.iter().zip(prompt).take_while(|(a, b)| a == b).count();
+        let mut reuse = common.min(prompt.len() - 1);
+        if !self.can_rollback(reuse) {
+            reuse = 0; // a wrapped streaming cache: start over
+        }
+        self.rollback(reuse)?;
+        self.feed(ctx, &prompt[reuse..])?;
+        Ok(reuse)
+    }
+
+    /// Logits `[1, vocab]` of the last token fed.
+    pub fn logits(&self) -> Result<Tensor> {
+        if !self.fresh_logits {
+            return Err(PupilError::arg("Session::logits", "no token has been fed since the last rollback"));
+        }
+        self.model.logits(1)
+    }
+}

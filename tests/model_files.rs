@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::path::PathBuf;
 
 use pupil::gpu::{Batch, DType, Tensor};
 use pupil::model::gguf::parse_header;
@@ -15,30 +14,9 @@ use pupil::ops::QuantWeight;
 use pupil::quant::{dequantize, QuantType};
 use pupil::{reference, ContextOptions};
 
-fn smollm2() -> Option<Vec<u8>> {
-    let path = std::env::var_os("PUPIL_SMOLLM2").map(PathBuf::from).unwrap_or_else(|| {
-        let cache = std::env::var_os("PUPIL_CACHE")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/pupil"));
-        cache.join("SmolLM2-135M-Instruct.Q4_1.gguf")
-    });
-    match std::fs::read(&path) {
-        Ok(b) => Some(b),
-        Err(e) => {
-            assert!(
-                std::env::var("PUPIL_REQUIRE_MODELS").is_err(),
-                "{}: {e} (run scripts/fetch-model.sh)",
-                path.display()
-            );
-            eprintln!("skipped: {} not found (scripts/fetch-model.sh fetches it)", path.display());
-            None
-        }
-    }
-}
-
 #[test]
 fn smollm2_header_matches_the_model_card() {
-    let Some(file) = smollm2() else { return };
+    let Some(file) = common::smollm2() else { return };
     let h = parse_header(&file).unwrap();
     let u = |k: &str| h.get(k).and_then(|v| v.as_u64()).unwrap_or_else(|| panic!("{k}"));
     assert_eq!(h.get("general.architecture").unwrap().as_str(), Some("llama"));
@@ -68,7 +46,7 @@ fn smollm2_header_matches_the_model_card() {
 
 #[test]
 fn smollm2_weights_on_the_gpu() {
-    let Some(file) = smollm2() else { return };
+    let Some(file) = common::smollm2() else { return };
     let h = parse_header(&file).unwrap();
     let ctx = common::context_with(ContextOptions { allow_f16: false, ..ContextOptions::default() });
     let before = ctx.memory.current_bytes();

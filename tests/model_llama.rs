@@ -35,23 +35,6 @@ fn floats(v: &Json) -> Vec<f32> {
     v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()
 }
 
-fn smollm2() -> Option<Vec<u8>> {
-    let path = std::env::var_os("PUPIL_SMOLLM2").map(PathBuf::from).unwrap_or_else(|| {
-        let cache = std::env::var_os("PUPIL_CACHE")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/pupil"));
-        cache.join("SmolLM2-135M-Instruct.Q4_1.gguf")
-    });
-    match std::fs::read(&path) {
-        Ok(b) => Some(b),
-        Err(e) => {
-            assert!(std::env::var("PUPIL_REQUIRE_MODELS").is_err(), "{}: {e} (run scripts/fetch-model.sh)", path.display());
-            eprintln!("skipped: {} not found (scripts/fetch-model.sh fetches it)", path.display());
-            None
-        }
-    }
-}
-
 /// ‖a − b‖ / ‖b‖ in f64.
 fn rel_err(a: &[f32], b: &[f32]) -> f64 {
     assert_eq!(a.len(), b.len());
@@ -88,7 +71,7 @@ fn greedy(ctx: &GpuContext, model: &LlamaModel, prompt: &[u32], n: usize) -> Vec
 /// continuation identical (f32). The f16 path: the same tokens up to the first step where the
 /// reference's top-2 gap is below 1e-2 — checked against a stated logit error.
 fn smollm2_against_reference(dtype: DType) {
-    let Some(file) = smollm2() else { return };
+    let Some(file) = common::smollm2() else { return };
     let ctx = common::full_context();
     if dtype == DType::F16 && !ctx.caps.f16 {
         eprintln!("skipped: no shader-f16");
@@ -142,7 +125,7 @@ fn smollm2_f16_matches_transformers_within_stated_error() {
 
 #[test]
 fn smollm2_perplexity_matches_transformers() {
-    let Some(file) = smollm2() else { return };
+    let Some(file) = common::smollm2() else { return };
     let ctx = common::full_context();
     let model = load(&ctx, &file, DType::F32, 64, 1);
     let fixture = json("smollm2_perplexity.json");
@@ -196,7 +179,7 @@ fn tiny_llama3_matches_transformers_every_position() {
 /// one-shot, cache reuse and rollback, batched decode = single-sequence decode.
 #[test]
 fn smollm2_engine_paths_agree() {
-    let Some(file) = smollm2() else { return };
+    let Some(file) = common::smollm2() else { return };
     let ctx = common::full_context();
     let prompt = ids(&json("smollm2_logits.json")["prompts"][2]["input_ids"]);
     let prompt = &prompt[..40];

@@ -11,6 +11,8 @@
 //!
 //! Encoding speed (not a test): `cargo test --release --test tokenizer -- --ignored --nocapture`.
 
+mod common;
+
 use std::collections::HashMap;
 use std::io::Read;
 use std::path::PathBuf;
@@ -26,15 +28,6 @@ const CHAT_FIXTURE: &str = include_str!("fixtures/tokenizer/smollm2_chat.json");
 
 // ---------------------------------------------------------------------------------------------
 // The real model
-
-fn model_path() -> PathBuf {
-    std::env::var_os("PUPIL_SMOLLM2").map(PathBuf::from).unwrap_or_else(|| {
-        let cache = std::env::var_os("PUPIL_CACHE")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/pupil"));
-        cache.join("SmolLM2-135M-Instruct.Q4_1.gguf")
-    })
-}
 
 /// The header of the real model, read from a prefix of the file (the weights are not needed).
 fn read_header(path: &PathBuf) -> std::io::Result<GgufHeader> {
@@ -56,7 +49,7 @@ fn smollm2() -> Option<&'static (GgufHeader, Tokenizer)> {
     static MODEL: OnceLock<Option<(GgufHeader, Tokenizer)>> = OnceLock::new();
     MODEL
         .get_or_init(|| {
-            let path = model_path();
+            let path = common::smollm2_path();
             match read_header(&path) {
                 Ok(h) => {
                     let t = Tokenizer::from_gguf(&h).expect("SmolLM2's tokenizer loads");

@@ -202,7 +202,7 @@ pub fn synthesize(spec: &SynthSpec, seed: u64, progress: &mut dyn FnMut(u64, u64
         types.push(Value::I32(5));
     }
     w.add("tokenizer.ggml.model", Value::String("gpt2".into()));
-    w.add("tokenizer.ggml.pre", Value::String("default".into()));
+    w.add("tokenizer.ggml.pre", Value::String("gpt2".into()));
     w.add("tokenizer.ggml.tokens", Value::Array(tokens));
     w.add("tokenizer.ggml.token_type", Value::Array(types));
     w.add("tokenizer.ggml.merges", Value::Array(Vec::new()));

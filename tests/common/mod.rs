@@ -36,3 +36,29 @@ pub fn context(f16: bool, subgroups: bool) -> Option<GpuContext> {
 pub fn full_context() -> GpuContext {
     context_with(ContextOptions::default())
 }
+
+/// Where the real default model is cached (`PUPIL_SMOLLM2`, else `$PUPIL_CACHE` or
+/// `~/.cache/pupil`), as scripts/fetch-model.sh puts it.
+pub fn smollm2_path() -> std::path::PathBuf {
+    use std::path::PathBuf;
+    std::env::var_os("PUPIL_SMOLLM2").map(PathBuf::from).unwrap_or_else(|| {
+        let cache = std::env::var_os("PUPIL_CACHE")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/pupil"));
+        cache.join("SmolLM2-135M-Instruct.Q4_1.gguf")
+    })
+}
+
+/// The real model's bytes, or None (skip) when it is absent — a failure instead when
+/// `PUPIL_REQUIRE_MODELS` is set, as CI does.
+pub fn smollm2() -> Option<Vec<u8>> {
+    let path = smollm2_path();
+    match std::fs::read(&path) {
+        Ok(b) => Some(b),
+        Err(e) => {
+            assert!(std::env::var("PUPIL_REQUIRE_MODELS").is_err(), "{}: {e} (run scripts/fetch-model.sh)", path.display());
+            eprintln!("skipped: {} not found (scripts/fetch-model.sh fetches it)", path.display());
+            None
+        }
+    }
+}

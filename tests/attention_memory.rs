@@ -4,8 +4,8 @@
 
 mod common;
 
-use pupil::gpu::{Batch, DType, Tensor};
-use pupil::ops::attention::{attention_decode_forward, kv_write, AttentionConfig, KvCache, KvCacheKind};
+use pupil::gpu::DType;
+use pupil::ops::attention::{AttentionConfig, KvCache, KvCacheKind};
 use pupil::rng::SplitMix64;
 
 #[test]
@@ -22,22 +22,13 @@ fn windowed_decode_keeps_memory_flat_and_exact() {
     let mut keys: Vec<Vec<f32>> = Vec::new();
     let mut values: Vec<Vec<f32>> = Vec::new();
     let mut last = (Vec::new(), Vec::new());
-    let mut flat_at = None;
-    let mut peak_after_first = 0;
+    let mut memory = common::FlatMemory::default();
     for t in 0..steps {
         let q = rng.vec_nonzero(n_heads * hd, -1.0, 1.0);
         let k = rng.vec_nonzero(n_kv * hd, -1.0, 1.0);
         let v = rng.vec_nonzero(n_kv * hd, -1.0, 1.0);
         {
-            let qt = Tensor::from_f32(&ctx, &q, &[1, n_heads, hd], DType::F32).unwrap();
-            let kt = Tensor::from_f32(&ctx, &k, &[1, n_kv, hd], DType::F32).unwrap();
-            let vt = Tensor::from_f32(&ctx, &v, &[1, n_kv, hd], DType::F32).unwrap();
-            let seqs = Tensor::from_u32(&ctx, &[0, t as u32], &[1, 2]).unwrap();
-            let out = Tensor::empty(&ctx, &[1, n_heads, hd], DType::F32).unwrap();
-            let mut b = Batch::new(&ctx);
-            kv_write(&mut b, &cache, 0, &kt, &vt, &seqs).unwrap();
-            attention_decode_forward(&mut b, &cfg, &qt, &seqs, &cache, 0, &out).unwrap();
-            b.submit();
+            let out = common::decode_step(&ctx, &cfg, &cache, t, (&q, &k, &v));
             if t == steps - 1 {
                 last = (q.clone(), pollster::block_on(out.read_f32(&ctx)).unwrap());
             }
@@ -45,16 +36,9 @@ fn windowed_decode_keeps_memory_flat_and_exact() {
         keys.push(k);
         values.push(v);
         // Everything of this step has been dropped: what is left is the cache alone.
-        let now = ctx.memory.current_bytes();
-        match flat_at {
-            None => flat_at = Some(now),
-            Some(first) => assert_eq!(now, first, "GPU memory grew at step {t}"),
-        }
-        if t == 1 {
-            peak_after_first = ctx.memory.peak_bytes();
-        }
+        memory.after_step(&ctx, t);
     }
-    assert_eq!(ctx.memory.peak_bytes(), peak_after_first, "the peak grew after the first steps");
+    memory.finish(&ctx);
 
     // Reference: the last query over the last W positions, GQA head h → kv head h / (n_heads / n_kv).
     let (q, got) = last;
@@ -79,7 +63,7 @@ fn windowed_decode_keeps_memory_flat_and_exact() {
     let rel = (d2 / r2).sqrt();
     println!(
         "{steps} decode steps through a {window}-slot rolling cache: flat at {} bytes, rel err {rel:.2e}",
-        flat_at.unwrap()
+        memory.bytes()
     );
     assert!(rel <= 1e-5, "rel err {rel}");
 }

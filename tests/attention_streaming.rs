@@ -10,7 +10,7 @@ use std::sync::Arc;
 use pupil::gpu::shader::{render, Dialect};
 use pupil::gpu::{Batch, DType, GpuContext, Tensor};
 use pupil::ops::attention::{
-    attention_decode_forward, attention_decode_forward_with, attention_prefill_forward, attention_prefill_forward_with,
+    attention_decode_forward_with, attention_prefill_forward, attention_prefill_forward_with,
     kv_write, kv_write_chunk, AttentionConfig, AttentionInputs, CacheSeq, GateInput, GateMode, KvCache, KvCacheKind,
     Streaming,
 };
@@ -55,22 +55,13 @@ fn streaming_generation_keeps_memory_flat_and_exact() {
     let mut rng = SplitMix64::new(33);
     let (mut qs, mut ks, mut vs) = (Vec::new(), Vec::new(), Vec::new());
     let mut got_last = Vec::new();
-    let mut flat_at = None;
-    let mut peak_after_first = 0;
+    let mut memory = common::FlatMemory::default();
     for t in 0..steps {
         let q = rng.vec_nonzero(n_heads * hd, -1.0, 1.0);
         let k = rng.vec_nonzero(n_kv * hd, -1.0, 1.0);
         let v = rng.vec_nonzero(n_kv * hd, -1.0, 1.0);
         {
-            let qt = Tensor::from_f32(&ctx, &q, &[1, n_heads, hd], DType::F32).unwrap();
-            let kt = Tensor::from_f32(&ctx, &k, &[1, n_kv, hd], DType::F32).unwrap();
-            let vt = Tensor::from_f32(&ctx, &v, &[1, n_kv, hd], DType::F32).unwrap();
-            let seqs = Tensor::from_u32(&ctx, &[0, t as u32], &[1, 2]).unwrap();
-            let out = Tensor::empty(&ctx, &[1, n_heads, hd], DType::F32).unwrap();
-            let mut b = Batch::new(&ctx);
-            kv_write(&mut b, &cache, 0, &kt, &vt, &seqs).unwrap();
-            attention_decode_forward(&mut b, &cfg, &qt, &seqs, &cache, 0, &out).unwrap();
-            b.submit();
+            let out = common::decode_step(&ctx, &cfg, &cache, t, (&q, &k, &v));
             if t + 3 >= steps {
                 got_last.extend(pollster::block_on(out.read_f32(&ctx)).unwrap());
             }
@@ -79,16 +70,9 @@ fn streaming_generation_keeps_memory_flat_and_exact() {
         ks.extend(k);
         vs.extend(v);
         // Everything of this step has been dropped: what is left is the cache and the table.
-        let now = ctx.memory.current_bytes();
-        match flat_at {
-            None => flat_at = Some(now),
-            Some(first) => assert_eq!(now, first, "GPU memory grew at step {t}"),
-        }
-        if t == 1 {
-            peak_after_first = ctx.memory.peak_bytes();
-        }
+        memory.after_step(&ctx, t);
     }
-    assert_eq!(ctx.memory.peak_bytes(), peak_after_first, "the peak grew after the first steps");
+    memory.finish(&ctx);
 
     let mut spec = AttentionSpec::new(n_heads, n_kv, hd, 1.0 / (hd as f64).sqrt());
     spec.window = Some(window);
@@ -98,7 +82,7 @@ fn streaming_generation_keeps_memory_flat_and_exact() {
     let rel = rel_err(&got_last, &want);
     println!(
         "{steps} decode steps through a {sinks}+{window}-slot streaming cache: flat at {} bytes, rel err {rel:.2e}",
-        flat_at.unwrap()
+        memory.bytes()
     );
     assert!(rel <= 1e-5, "rel err {rel}");
 }

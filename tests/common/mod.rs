@@ -62,3 +62,58 @@ pub fn smollm2() -> Option<Vec<u8>> {
         }
     }
 }
+
+/// One decode step of sequence 0 at position `pos` through layer 0 of `cache`: write this
+/// step's key and value, then attend with `q`. Returns the f32 output `[1, heads, head_dim]`.
+pub fn decode_step(
+    ctx: &GpuContext,
+    cfg: &pupil::ops::attention::AttentionConfig,
+    cache: &pupil::ops::attention::KvCache,
+    pos: usize,
+    (q, k, v): (&[f32], &[f32], &[f32]),
+) -> pupil::Tensor {
+    use pupil::gpu::{Batch, DType, Tensor};
+    use pupil::ops::attention::{attention_decode_forward, kv_write};
+    let (nh, nkv, hd) = (cfg.n_heads, cfg.n_kv_heads, cfg.head_dim);
+    let qt = Tensor::from_f32(ctx, q, &[1, nh, hd], DType::F32).unwrap();
+    let kt = Tensor::from_f32(ctx, k, &[1, nkv, hd], DType::F32).unwrap();
+    let vt = Tensor::from_f32(ctx, v, &[1, nkv, hd], DType::F32).unwrap();
+    let seqs = Tensor::from_u32(ctx, &[0, pos as u32], &[1, 2]).unwrap();
+    let out = Tensor::empty(ctx, &[1, nh, hd], DType::F32).unwrap();
+    let mut b = Batch::new(ctx);
+    kv_write(&mut b, cache, 0, &kt, &vt, &seqs).unwrap();
+    attention_decode_forward(&mut b, cfg, &qt, &seqs, cache, 0, &out).unwrap();
+    b.submit();
+    out
+}
+
+/// Checks, step after step, that tracked GPU memory stays where it was after the first step
+/// and that the peak stops growing after the second.
+#[derive(Default)]
+pub struct FlatMemory {
+    first: Option<u64>,
+    peak_after_first: u64,
+}
+
+impl FlatMemory {
+    /// Call after step `t` once everything the step allocated has been dropped.
+    pub fn after_step(&mut self, ctx: &GpuContext, t: usize) {
+        let now = ctx.memory.current_bytes();
+        match self.first {
+            None => self.first = Some(now),
+            Some(first) => assert_eq!(now, first, "GPU memory grew at step {t}"),
+        }
+        if t == 1 {
+            self.peak_after_first = ctx.memory.peak_bytes();
+        }
+    }
+
+    /// The flat level (bytes held after the first step).
+    pub fn bytes(&self) -> u64 {
+        self.first.unwrap_or(0)
+    }
+
+    pub fn finish(&self, ctx: &GpuContext) {
+        assert_eq!(ctx.memory.peak_bytes(), self.peak_after_first, "the peak grew after the first steps");
+    }
+}

@@ -10,9 +10,8 @@ use std::sync::Arc;
 use pupil::gpu::shader::{render, Dialect};
 use pupil::gpu::{Batch, DType, GpuContext, Tensor};
 use pupil::ops::attention::{
-    attention_decode_forward_with, attention_prefill_forward, attention_prefill_forward_with,
-    kv_write, kv_write_chunk, AttentionConfig, AttentionInputs, CacheSeq, GateInput, GateMode, KvCache, KvCacheKind,
-    Streaming,
+    attention_decode_forward_with, attention_prefill_forward, attention_prefill_forward_with, kv_write, kv_write_chunk,
+    AttentionConfig, AttentionInputs, CacheSeq, GateInput, GateMode, KvCache, KvCacheKind, Streaming,
 };
 use pupil::ops::{RopeConfig, RopeLayout, RopeTable};
 use pupil::reference::{self, AttentionSpec, StreamingSpec};

@@ -5,7 +5,6 @@
 
 mod common;
 
-
 use pupil::gpu::{Batch, DType, Tensor};
 use pupil::model::gguf::parse_header;
 use pupil::ops::embedding::embedding_quant_forward;

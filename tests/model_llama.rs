@@ -47,7 +47,8 @@ fn rel_err(a: &[f32], b: &[f32]) -> f64 {
 }
 
 fn load(ctx: &GpuContext, file: &[u8], dtype: DType, chunk: usize, batch: usize) -> LlamaModel {
-    let opts = ModelOptions { dtype: Some(dtype), context: Some(512), chunk, max_batch: batch, ..ModelOptions::default() };
+    let opts =
+        ModelOptions { dtype: Some(dtype), context: Some(512), chunk, max_batch: batch, ..ModelOptions::default() };
     LlamaModel::load(ctx, file, &opts, &mut |_, _| {}).unwrap()
 }
 
@@ -134,7 +135,11 @@ fn smollm2_perplexity_matches_transformers() {
     let report = pollster::block_on(pupil::engine::perplexity(&ctx, &model, &prompt, &mut |_, _| {})).unwrap();
     let worst = report.nll.iter().zip(&want).map(|(a, &b)| (a - b as f64).abs()).fold(0.0, f64::max);
     let want_mean = fixture["mean_nll"].as_f64().unwrap();
-    println!("perplexity {:.4} (reference {:.4}), worst per-token NLL error {worst:.2e}", report.perplexity, want_mean.exp());
+    println!(
+        "perplexity {:.4} (reference {:.4}), worst per-token NLL error {worst:.2e}",
+        report.perplexity,
+        want_mean.exp()
+    );
     assert_eq!(report.scored, want.len());
     assert!(worst < 2e-3, "per-token NLL error {worst}");
     assert!((report.mean_nll - want_mean).abs() < 1e-4);
@@ -209,10 +214,8 @@ fn smollm2_engine_paths_agree() {
     for (seq, len) in [(0usize, 40usize), (1, 25), (2, 10)] {
         one_shot.forward(&ctx, &cache, seq, 0, &prompt[..len - 1], Logits::Last).unwrap();
     }
-    let steps: Vec<(usize, usize, u32)> = [(0usize, 40usize), (1, 25), (2, 10)]
-        .iter()
-        .map(|&(s, len)| (s, len - 1, prompt[len - 1]))
-        .collect();
+    let steps: Vec<(usize, usize, u32)> =
+        [(0usize, 40usize), (1, 25), (2, 10)].iter().map(|&(s, len)| (s, len - 1, prompt[len - 1])).collect();
     one_shot.decode(&ctx, &cache, &steps).unwrap();
     let batched = read(&ctx, &one_shot, 3);
     let vocab = one_shot.config.vocab_size;
@@ -354,7 +357,12 @@ fn streaming_overflow_matches_reference_then_runs_past_the_context() {
     assert_eq!(stats.generated_tokens, 200, "{:?}", stats.stop);
     assert!(session.len() > model.context * 3, "ran well past the context");
     let settled = &memory[8..];
-    assert!(settled.iter().all(|&m| m == settled[0]), "GPU memory grew: {} → {}", settled[0], settled[settled.len() - 1]);
+    assert!(
+        settled.iter().all(|&m| m == settled[0]),
+        "GPU memory grew: {} → {}",
+        settled[0],
+        settled[settled.len() - 1]
+    );
     assert!(!session.can_rollback(50), "a wrapped streaming cache cannot return to an overwritten position");
     assert!(session.can_rollback(3), "within the sink tokens it can");
 }

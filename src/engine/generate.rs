@@ -6,8 +6,7 @@ use web_time::Instant;
 
 use super::session::Session;
 use crate::error::Result;
-use crate::gpu::{Batch, DType, GpuContext, Tensor};
-use crate::ops::argmax::argmax_forward;
+use crate::gpu::{Batch, GpuContext, Tensor};
 
 /// Chooses the next token from a logits row on the GPU.
 #[allow(async_fn_in_trait)]
@@ -16,41 +15,8 @@ pub trait TokenPicker {
     async fn pick(&mut self, ctx: &GpuContext, logits: &Tensor, history: &[u32]) -> Result<u32>;
 }
 
-/// Greedy decoding: the GPU arg-max, one u32 read back.
-pub struct Greedy {
-    out: Option<Tensor>,
-}
-
-impl Greedy {
-    pub fn new() -> Self {
-        Greedy { out: None }
-    }
-}
-
-impl Default for Greedy {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl TokenPicker for Greedy {
-    async fn pick(&mut self, ctx: &GpuContext, logits: &Tensor, _history: &[u32]) -> Result<u32> {
-        if self.out.is_none() {
-            self.out = Some(Tensor::empty(ctx, &[1], DType::U32)?);
-        }
-        let out = self.out.as_ref().expect("set above");
-        let mut b = Batch::new(ctx);
-        argmax_forward(&mut b, logits, out)?;
-        b.submit();
-        let id = out.read_u32(ctx).await?[0];
-        if id == u32::MAX {
-            return Err(crate::error::PupilError::Gpu("every logit is NaN".into()));
-        }
-        Ok(id)
-    }
-}
-
-/// Seeded sampling (temperature, top-k/top-p/min-p, repetition penalty) on the GPU.
+/// Seeded sampling (temperature, top-k/top-p/min-p, repetition penalty) on the GPU; greedy is
+/// `SamplerConfig::greedy()` (one candidate read back, NaN logits an error).
 impl TokenPicker for crate::sampling::Sampler {
     async fn pick(&mut self, ctx: &GpuContext, logits: &Tensor, history: &[u32]) -> Result<u32> {
         self.sample(Batch::new(ctx), logits, history).await

@@ -5,6 +5,6 @@ pub mod generate;
 pub mod perplexity;
 pub mod session;
 
-pub use generate::{generate, Flow, GenerateOptions, GenerationStats, Greedy, StopReason, TokenPicker};
+pub use generate::{generate, Flow, GenerateOptions, GenerationStats, StopReason, TokenPicker};
 pub use perplexity::{perplexity, PerplexityReport};
 pub use session::Session;

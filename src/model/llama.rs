@@ -534,6 +534,12 @@ impl LlamaModel {
         KvCache::new(ctx, kind, c.n_layers, n_seqs, self.context, c.n_kv_heads, c.head_dim, self.dtype)
     }
 
+    /// GPU bytes of a KV cache for `n_seqs` sequences ([`new_cache`](Self::new_cache)).
+    pub fn cache_bytes(&self, n_seqs: usize) -> u64 {
+        let c = &self.config;
+        (2 * c.n_layers * n_seqs * self.context * c.n_kv_heads * c.head_dim) as u64 * self.dtype.size_bytes()
+    }
+
     /// Logits of the last forward: `[rows, vocab]` (rows = 1 for [`Logits::Last`], the number of
     /// tokens for [`Logits::All`], the batch for [`decode`](Self::decode)).
     pub fn logits(&self, rows: usize) -> Result<Tensor> {

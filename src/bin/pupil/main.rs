@@ -208,9 +208,11 @@ fn load(ctx: &GpuContext, args: &ModelArgs) -> pupil::Result<Loaded> {
         chunk: args.chunk,
         ..ModelOptions::default()
     };
-    let plan = LlamaModel::plan(ctx, &file, &opts)?;
-    let bar = bytes_bar(plan.weight_bytes, "upload");
-    let model = LlamaModel::load(ctx, &file, &opts, &mut |done, _| bar.set_position(done))?;
+    let bar = bytes_bar(0, "upload");
+    let model = LlamaModel::load(ctx, &file, &opts, &mut |done, total| {
+        bar.set_length(total);
+        bar.set_position(done);
+    })?;
     bar.finish_and_clear();
     eprintln!(
         "{}: {} {} layers, {:.0}M parameters, {} path, context {}, GPU {:.1} MiB after load (weights {:.1}), KV cache {:.1} MiB per conversation",
@@ -221,8 +223,8 @@ fn load(ctx: &GpuContext, args: &ModelArgs) -> pupil::Result<Loaded> {
         model.dtype.name(),
         model.context,
         ctx.memory.current_bytes() as f64 / (1 << 20) as f64,
-        plan.weight_bytes as f64 / (1 << 20) as f64,
-        plan.kv_cache_bytes as f64 / (1 << 20) as f64,
+        model.weight_bytes as f64 / (1 << 20) as f64,
+        model.cache_bytes(1) as f64 / (1 << 20) as f64,
     );
     Ok(Loaded { model, tokenizer, template })
 }

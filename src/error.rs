@@ -32,11 +32,42 @@ pub enum PupilError {
     Unsupported(String),
     #[error("context overflow: {needed} positions needed, the context holds {context}")]
     ContextOverflow { needed: usize, context: usize },
+    /// The GPU device is gone (driver reset, `destroy()`, browser GPU process crash). Every
+    /// later call on the same context fails with this too; create a new context (and reload
+    /// the model) to go on.
+    #[error("the GPU device was lost: {0}; create a new engine to continue")]
+    DeviceLost(String),
+    /// The driver could not allocate GPU memory although the request was within the limits.
+    #[error("the GPU is out of memory: {0}")]
+    OutOfMemory(String),
 }
 
 pub type Result<T, E = PupilError> = std::result::Result<T, E>;
 
 impl PupilError {
+    /// A stable name for the error's kind (the variant), for front ends that branch on it
+    /// (the browser worker sends it as `error.name`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            PupilError::NoAdapter(_) => "NoAdapter",
+            PupilError::RequestDevice(_) => "RequestDevice",
+            PupilError::Shape { .. } => "Shape",
+            PupilError::DType { .. } => "DType",
+            PupilError::InvalidArgument { .. } => "InvalidArgument",
+            PupilError::TooLarge { .. } => "TooLarge",
+            PupilError::MissingFeature(_) => "MissingFeature",
+            PupilError::Shader { .. } => "Shader",
+            PupilError::Readback(_) => "Readback",
+            PupilError::Gpu(_) => "Gpu",
+            PupilError::Format(_) => "Format",
+            PupilError::Truncated { .. } => "Truncated",
+            PupilError::Unsupported(_) => "Unsupported",
+            PupilError::ContextOverflow { .. } => "ContextOverflow",
+            PupilError::DeviceLost(_) => "DeviceLost",
+            PupilError::OutOfMemory(_) => "OutOfMemory",
+        }
+    }
+
     pub(crate) fn shape(op: &'static str, detail: impl Into<String>) -> Self {
         PupilError::Shape { op, detail: detail.into() }
     }

@@ -5,5 +5,6 @@ cd "$(dirname "$0")/.."
 profile=${PUPIL_WASM_PROFILE:-release}
 flag=$([ "$profile" = release ] && echo --release || echo "")
 cargo build --target wasm32-unknown-unknown --lib --no-default-features --features web $flag
-wasm-bindgen --target web --out-dir target/web/pkg --out-name pupil "target/wasm32-unknown-unknown/$profile/pupil.wasm"
+target_dir=${CARGO_TARGET_DIR:-target}
+wasm-bindgen --target web --out-dir target/web/pkg --out-name pupil "$target_dir/wasm32-unknown-unknown/$profile/pupil.wasm"
 ls -l target/web/pkg/pupil_bg.wasm

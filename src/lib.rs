@@ -20,6 +20,8 @@
 
 pub mod engine;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod gpu;
 pub mod model;
 pub mod ops;

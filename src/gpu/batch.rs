@@ -148,8 +148,9 @@ impl<'c> Batch<'c> {
     }
 
     /// Encode everything recorded (its compute passes and copies, in order) and submit it.
+    /// On a lost device nothing is submitted; the next readback reports `DeviceLost`.
     pub fn submit(self) {
-        if self.steps.is_empty() {
+        if self.steps.is_empty() || self.ctx.is_lost() {
             return;
         }
         let ctx = self.ctx;

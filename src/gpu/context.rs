@@ -90,8 +90,18 @@ pub struct GpuContext {
     pub(crate) pipelines: PipelineCache,
     pub(crate) params_pool: Mutex<Option<wgpu::Buffer>>,
     pub(crate) stats: Mutex<DispatchStats>,
-    /// First uncaptured GPU error (validation, out of memory, device lost) since last taken.
-    gpu_error: Arc<Mutex<Option<String>>>,
+    /// First uncaptured GPU error (validation, out of memory) since last taken.
+    gpu_error: Arc<Mutex<Option<PupilError>>>,
+    /// Set for good when the device is lost; every later call fails with `DeviceLost`.
+    lost: Arc<Mutex<Option<String>>>,
+}
+
+/// An uncaptured wgpu error as a typed error.
+pub fn classify_gpu_error(e: &wgpu::Error) -> PupilError {
+    match e {
+        wgpu::Error::OutOfMemory { .. } => PupilError::OutOfMemory(e.to_string()),
+        _ => PupilError::Gpu(e.to_string()),
+    }
 }
 
 /// Counters for the engine's per-token reports.
@@ -168,19 +178,22 @@ impl GpuContext {
             min_uniform_offset_alignment: required_limits.min_uniform_buffer_offset_alignment,
         };
         // Errors not caught by a scope land here instead of wgpu's default panic; sync points
-        // (readbacks) turn them into typed errors.
-        let gpu_error: Arc<Mutex<Option<String>>> = Arc::default();
+        // (readbacks, allocations) turn them into typed errors.
+        let gpu_error: Arc<Mutex<Option<PupilError>>> = Arc::default();
         let slot = gpu_error.clone();
         device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
             log::error!("GPU error: {e}");
-            slot.lock().unwrap().get_or_insert_with(|| e.to_string());
+            slot.lock().unwrap().get_or_insert_with(|| classify_gpu_error(&e));
         }));
-        let slot = gpu_error.clone();
+        let lost: Arc<Mutex<Option<String>>> = Arc::default();
+        let slot = lost.clone();
         device.set_device_lost_callback(move |reason, msg| {
-            slot.lock().unwrap().get_or_insert_with(|| format!("device lost ({reason:?}): {msg}"));
+            log::error!("GPU device lost ({reason:?}): {msg}");
+            slot.lock().unwrap().get_or_insert_with(|| format!("{reason:?}: {msg}"));
         });
         Ok(GpuContext {
             gpu_error,
+            lost,
             device,
             queue,
             adapter_info,
@@ -201,16 +214,47 @@ impl GpuContext {
         });
         #[cfg(not(target_arch = "wasm32"))]
         self.device.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| PupilError::Gpu(e.to_string()))?;
-        rx.await.map_err(|_| PupilError::Gpu("device lost while waiting".into()))?;
+        rx.await.map_err(|_| self.lost_or(PupilError::Gpu("the device dropped the wait".into())))?;
         match self.take_gpu_error() {
-            Some(e) => Err(PupilError::Gpu(e)),
+            Some(e) => Err(e),
             None => Ok(()),
         }
     }
 
-    /// The first GPU error recorded since the last call, if any.
-    pub fn take_gpu_error(&self) -> Option<String> {
-        self.gpu_error.lock().unwrap().take()
+    /// The first GPU error recorded since the last call, if any; `DeviceLost` (for good)
+    /// once the device is gone.
+    pub fn take_gpu_error(&self) -> Option<PupilError> {
+        let recorded = self.gpu_error.lock().unwrap().take();
+        match self.check_device() {
+            Err(lost) => Some(lost),
+            Ok(()) => recorded,
+        }
+    }
+
+    /// `Err(DeviceLost)` once the device is lost (driver reset, `destroy()`, the browser's GPU
+    /// process gone). Checked before allocating, writing and reading, so a lost device gives
+    /// one clear error instead of a cascade of validation errors.
+    pub fn check_device(&self) -> Result<()> {
+        match &*self.lost.lock().unwrap() {
+            Some(why) => Err(PupilError::DeviceLost(why.clone())),
+            None => Ok(()),
+        }
+    }
+
+    pub fn is_lost(&self) -> bool {
+        self.lost.lock().unwrap().is_some()
+    }
+
+    /// `DeviceLost` if the device is gone (the real cause of whatever failed), else `other`.
+    pub(crate) fn lost_or(&self, other: PupilError) -> PupilError {
+        self.check_device().err().unwrap_or(other)
+    }
+
+    /// Destroy the device, as a driver reset would (tests of recovery; the browser's
+    /// `loseDeviceForTest`). Every later call on this context fails with `DeviceLost`.
+    pub fn destroy_device(&self) {
+        self.lost.lock().unwrap().get_or_insert_with(|| "destroyed by the application".into());
+        self.device.destroy();
     }
 
     pub fn stats(&self) -> DispatchStats {

@@ -9,7 +9,7 @@ pub mod shader;
 mod tensor;
 
 pub use batch::{grid_for, Batch};
-pub use context::{Capabilities, ContextOptions, GpuContext};
+pub use context::{classify_gpu_error, Capabilities, ContextOptions, GpuContext};
 pub use memory::MemoryTracker;
 pub use pipelines::PipelineCache;
 pub use shader::{Dialect, KernelKey};

@@ -7,6 +7,7 @@ use super::context::GpuContext;
 use crate::error::{PupilError, Result};
 
 pub(crate) async fn read_buffer(ctx: &GpuContext, src: &wgpu::Buffer, offset: u64, size: u64) -> Result<Vec<u8>> {
+    ctx.check_device()?;
     let staging = ctx.device.create_buffer(&wgpu::BufferDescriptor {
         label: Some("pupil readback"),
         size,
@@ -23,14 +24,15 @@ pub(crate) async fn read_buffer(ctx: &GpuContext, src: &wgpu::Buffer, offset: u6
         let _ = tx.send(r);
     });
     #[cfg(not(target_arch = "wasm32"))]
-    ctx.device.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| PupilError::Readback(e.to_string()))?;
+    ctx.device.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| ctx.lost_or(PupilError::Readback(e.to_string())))?;
+    // A lost device fails the map (or drops its callback): report the loss, not the symptom.
     rx.await
-        .map_err(|_| PupilError::Readback("the map callback was dropped (device lost?)".into()))?
-        .map_err(|e| PupilError::Readback(e.to_string()))?;
-    let bytes = staging.get_mapped_range(..).map_err(|e| PupilError::Readback(e.to_string()))?.to_vec();
+        .map_err(|_| ctx.lost_or(PupilError::Readback("the map callback was dropped".into())))?
+        .map_err(|e| ctx.lost_or(PupilError::Readback(e.to_string())))?;
+    let bytes = staging.get_mapped_range(..).map_err(|e| ctx.lost_or(PupilError::Readback(e.to_string())))?.to_vec();
     staging.unmap();
     if let Some(e) = ctx.take_gpu_error() {
-        return Err(PupilError::Gpu(e));
+        return Err(e);
     }
     Ok(bytes)
 }

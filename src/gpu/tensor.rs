@@ -83,6 +83,7 @@ impl Tensor {
                 format!("{shape:?} {} does not fit {bytes} bytes", dtype.name()),
             ));
         }
+        ctx.check_device()?;
         if bytes > ctx.caps.max_buffer_size {
             return Err(PupilError::TooLarge {
                 what: format!("{label} {shape:?} {}", dtype.name()),
@@ -140,6 +141,7 @@ impl Tensor {
     /// Write raw bytes at the start of this view (padded to 4 bytes with zeros; the padding
     /// must still lie inside the buffer).
     pub fn write_bytes(&self, ctx: &GpuContext, bytes: &[u8]) -> Result<()> {
+        ctx.check_device()?;
         let padded = pad4(bytes.len() as u64);
         if self.offset + padded > self.alloc.size {
             return Err(PupilError::shape(

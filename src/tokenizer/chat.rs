@@ -54,6 +54,12 @@ pub const CHATML_TEMPLATE: &str = "{% for message in messages %}{{'<|im_start|>'
 
 const NAME: &str = "chat_template";
 
+/// Instructions one render may execute. A template comes from the model file, i.e. from
+/// anywhere: without a bound, `{% for i in range(9999) %}{% for j in range(9999) %}` hangs the
+/// page. Real templates spend tens to hundreds of instructions per message (the tokenizer
+/// tests render long conversations well inside this budget).
+const TEMPLATE_FUEL: u64 = 5_000_000;
+
 /// A compiled chat template plus the special-token strings it may use.
 pub struct ChatTemplate {
     env: Environment<'static>,
@@ -126,6 +132,7 @@ impl ChatTemplate {
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
         env.set_keep_trailing_newline(false);
+        env.set_fuel(Some(TEMPLATE_FUEL));
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function("raise_exception", |msg: String| -> std::result::Result<Value, Error> {
             Err(Error::new(ErrorKind::InvalidOperation, msg))

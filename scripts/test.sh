@@ -6,7 +6,9 @@
 #      runtime tests; on lavapipe when there is no GPU;
 #   2. the WASM build;
 #   3. the browser suite: headless Chromium (WebGPU) compiles every variant with Tint and
-#      runs the kernel self-test through the WASM build.
+#      runs the kernel self-test through the WASM build;
+#   4. the demo page: index.html in headless Chromium with a synthetic model and the default
+#      model (greedy tokens equal the native run's, Cache API, Stop, device loss, limits).
 # Prints the time of each phase. PUPIL_TEST_SKIP_BROWSER=1 runs the native part only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -34,6 +36,7 @@ phase "native tests (cargo test)" cargo test --all-targets
 if [ -n "$web" ]; then
   phase "wasm build" bash scripts/build-web.sh
   phase "browser tests (chromium)" node tests/browser/run.mjs
+  phase "demo page (chromium)" node tests/browser/page.mjs
 fi
 
 echo "=== phase times"

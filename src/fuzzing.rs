@@ -72,10 +72,8 @@ pub fn tokenizer_bytes(tok: &Tokenizer, data: &[u8]) {
         _ => {
             let n = tok.vocab_size() as u32;
             // Mostly ids inside the vocabulary, sometimes just outside it.
-            let ids: Vec<u32> = rest
-                .chunks_exact(3)
-                .map(|c| u32::from_le_bytes([c[0], c[1], c[2], 0]) % (n + 2))
-                .collect();
+            let ids: Vec<u32> =
+                rest.chunks_exact(3).map(|c| u32::from_le_bytes([c[0], c[1], c[2], 0]) % (n + 2)).collect();
             tokenizer_ids(tok, &ids);
         }
     }

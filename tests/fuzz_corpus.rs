@@ -1,6 +1,7 @@
 //! Replays every fuzz input kept in the repository through the same checks the fuzz targets
-//! run (`pupil::fuzzing`): the minimised corpora (`fuzz/corpus/<target>/`) and every crash a
-//! fuzzer ever found (`fuzz/regressions/<target>/`, one file per crash, named after the fix).
+//! run (`pupil::fuzzing`): the committed seeds (`fuzz/seeds/<target>/`: a coverage-minimised
+//! selection of the fuzzers' corpora) and every crash a fuzzer ever found
+//! (`fuzz/regressions/<target>/`, one file per crash, named after the fix).
 //! CI replays; it does not fuzz (scripts/fuzz.sh does, see fuzz/README.md).
 
 use std::path::Path;
@@ -9,7 +10,7 @@ use pupil::fuzzing::{fuzz_tokenizer, run, TARGETS};
 
 fn inputs(target: &str) -> Vec<(String, Vec<u8>)> {
     let mut out = Vec::new();
-    for dir in ["fuzz/corpus", "fuzz/regressions"] {
+    for dir in ["fuzz/seeds", "fuzz/regressions"] {
         let Ok(entries) = std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(dir).join(target)) else {
             continue;
         };
@@ -29,7 +30,7 @@ fn every_committed_fuzz_input_passes_its_check() {
     eprintln!("tokenizer target uses the {which} vocabulary");
     for target in TARGETS {
         let inputs = inputs(target);
-        assert!(!inputs.is_empty(), "fuzz/corpus/{target} and fuzz/regressions/{target} are empty");
+        assert!(!inputs.is_empty(), "fuzz/seeds/{target} and fuzz/regressions/{target} are empty");
         for (name, data) in &inputs {
             let r = std::panic::catch_unwind(|| run(target, data, &tokenizer));
             assert!(r.is_ok(), "{target}: {name} fails its check (replay: cargo +nightly fuzz run {target} {name})");

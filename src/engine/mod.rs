@@ -1,10 +1,12 @@
-//! Running a loaded model: sessions (a KV cache and the tokens in it), the generation loop and
-//! perplexity scoring.
+//! Running a loaded model: sessions (a KV cache and the tokens in it), the generation loop,
+//! text generation with stop strings over it, and perplexity scoring.
 
 pub mod generate;
 pub mod perplexity;
 pub mod session;
+pub mod text;
 
 pub use generate::{generate, Flow, GenerateOptions, GenerationStats, StopReason, TokenPicker};
 pub use perplexity::{perplexity, PerplexityReport};
 pub use session::Session;
+pub use text::{generate_text, FinishReason, TextGeneration, TextOptions};

@@ -2,13 +2,33 @@
 //! rolling back to an earlier position, and reusing the longest common prefix when the next
 //! prompt (a chat's next turn) starts with what is already cached.
 
+use std::ops::Deref;
+use std::sync::Arc;
+
 use crate::error::{PupilError, Result};
 use crate::gpu::{GpuContext, Tensor};
 use crate::model::{LlamaModel, Logits, Overflow};
 use crate::ops::attention::KvCache;
 
+/// The model a session runs: borrowed (the CLI, tests), or shared so the session can live
+/// apart from whoever loaded the model (the browser engine keeps both in one object).
+enum ModelRef<'m> {
+    Borrowed(&'m LlamaModel),
+    Shared(Arc<LlamaModel>),
+}
+
+impl Deref for ModelRef<'_> {
+    type Target = LlamaModel;
+    fn deref(&self) -> &LlamaModel {
+        match self {
+            ModelRef::Borrowed(m) => m,
+            ModelRef::Shared(m) => m,
+        }
+    }
+}
+
 pub struct Session<'m> {
-    pub model: &'m LlamaModel,
+    model: ModelRef<'m>,
     cache: KvCache,
     /// Tokens whose keys and values are in the cache, in order (position = index).
     tokens: Vec<u32>,
@@ -18,7 +38,21 @@ pub struct Session<'m> {
 
 impl<'m> Session<'m> {
     pub fn new(ctx: &GpuContext, model: &'m LlamaModel) -> Result<Session<'m>> {
-        Ok(Session { model, cache: model.new_cache(ctx, 1)?, tokens: Vec::new(), fresh_logits: false })
+        Self::with(ctx, ModelRef::Borrowed(model))
+    }
+
+    /// A session sharing ownership of `model` (it lives until the last owner drops it).
+    pub fn shared(ctx: &GpuContext, model: Arc<LlamaModel>) -> Result<Session<'static>> {
+        Session::with(ctx, ModelRef::Shared(model))
+    }
+
+    fn with(ctx: &GpuContext, model: ModelRef<'m>) -> Result<Session<'m>> {
+        let cache = model.new_cache(ctx, 1)?;
+        Ok(Session { model, cache, tokens: Vec::new(), fresh_logits: false })
+    }
+
+    pub fn model(&self) -> &LlamaModel {
+        &self.model
     }
 
     /// Tokens held (the next position).

@@ -24,7 +24,9 @@ pub(crate) async fn read_buffer(ctx: &GpuContext, src: &wgpu::Buffer, offset: u6
         let _ = tx.send(r);
     });
     #[cfg(not(target_arch = "wasm32"))]
-    ctx.device.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| ctx.lost_or(PupilError::Readback(e.to_string())))?;
+    ctx.device
+        .poll(wgpu::PollType::wait_indefinitely())
+        .map_err(|e| ctx.lost_or(PupilError::Readback(e.to_string())))?;
     // A lost device fails the map (or drops its callback): report the loss, not the symptom.
     rx.await
         .map_err(|_| ctx.lost_or(PupilError::Readback("the map callback was dropped".into())))?

@@ -1,10 +1,13 @@
-//! Model files and architectures: the GGUF container (`gguf`), hyper-parameters read from its
+//! Model files and architectures: the GGUF container (`gguf`), where its bytes come from
+//! (`source`: in memory, or byte ranges of a browser `Blob`), hyper-parameters read from its
 //! metadata (`config`) and the `llama` architecture (`llama`).
 
 pub mod config;
 pub mod gguf;
 pub mod llama;
+pub mod source;
 pub mod synth;
 
 pub use config::{ModelConfig, RopeScaling};
 pub use llama::{LlamaModel, LoadPlan, Logits, ModelOptions, Overflow};
+pub use source::{read_header, ModelSource};

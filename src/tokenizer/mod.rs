@@ -34,8 +34,8 @@ use tokenizers::models::bpe::{Vocab, BPE};
 use tokenizers::{Model, OffsetReferential, OffsetType, PreTokenizedString};
 
 pub use chat::{ChatMessage, ChatTemplate, CHATML_TEMPLATE};
-pub use stream::StreamDecoder;
 pub(crate) use pretok::byte_to_char_table;
+pub use stream::StreamDecoder;
 
 use crate::error::{PupilError, Result};
 use crate::model::gguf::{GgufHeader, Value};

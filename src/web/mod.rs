@@ -1,13 +1,32 @@
 //! wasm-bindgen exports (feature `web`). Thin: converts types and forwards to the library.
-//! Results cross to JavaScript as JSON strings.
+//! Results cross to JavaScript as JSON strings. `Engine` (engine.rs) is the runtime pages use;
+//! the free functions here serve the kernel test page.
+
+mod blob;
+mod engine;
 
 use wasm_bindgen::prelude::*;
 
+use crate::error::PupilError;
 use crate::gpu::shader::{render, Dialect};
 use crate::gpu::{ContextOptions, GpuContext};
 
-fn js_err(e: impl std::fmt::Display) -> JsValue {
-    JsValue::from_str(&e.to_string())
+pub use engine::{synth_model, Engine};
+
+/// A JS `Error` with this `name` (what callers branch on) and `message`.
+pub(crate) fn named_error(name: &str, message: &str) -> JsValue {
+    let e = js_sys::Error::new(message);
+    e.set_name(name);
+    e.into()
+}
+
+/// A library error as a JS `Error` named by its kind (`TooLarge`, `DeviceLost`, `Format`, …).
+pub(crate) fn js_error(e: &PupilError) -> JsValue {
+    named_error(e.kind(), &e.to_string())
+}
+
+fn js_err(e: PupilError) -> JsValue {
+    js_error(&e)
 }
 
 #[wasm_bindgen(start)]

@@ -67,6 +67,18 @@ try {
       console.log(`ok   sampling stream: ${web.streams.length} configs x ${web.steps} tokens identical to native (candidates/full-row reads: ${routes})`); passed++;
     }
   }
+  // Engine API on a synthetic model: tokens must equal the native run that
+  // `cargo test --test web_reference` writes (PUPIL_WEB_SYNTH overrides the path).
+  const synthPath = process.env.PUPIL_WEB_SYNTH || join(root, 'target', 'pupil-web-synth-native.json');
+  const synth = await readFile(synthPath, 'utf8').then(JSON.parse, () => null);
+  if (!synth) {
+    console.log(`FAIL engine: no native run at ${synthPath} (run cargo test --test web_reference first)`); failed++;
+  } else {
+    for (const c of await page.evaluate((n) => window.__pupilEngineChecks(n), synth)) {
+      console.log(`${c.ok ? 'ok  ' : 'FAIL'} engine: ${c.name}${c.ok ? '' : ` (${c.detail})`}`);
+      c.ok ? passed++ : failed++;
+    }
+  }
   if (consoleErrors.length) { console.log(`FAIL console errors:\n  ${consoleErrors.join('\n  ')}`); failed++; }
 } catch (e) {
   console.log(`FAIL ${e.message}`);

@@ -10,7 +10,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
-use pupil::engine::{generate, perplexity, Flow, GenerateOptions, GenerationStats, Session};
+use pupil::engine::{generate_text, perplexity, Flow, GenerationStats, Session, TextOptions};
 use pupil::model::gguf::parse_header;
 use pupil::model::{synth, LlamaModel, ModelConfig, ModelOptions};
 use pupil::sampling::{Sampler, SamplerConfig};
@@ -273,37 +273,24 @@ async fn answer(
     sample: &SampleArgs,
     sampler: &mut Sampler,
 ) -> pupil::Result<(String, GenerationStats)> {
-    let opts = GenerateOptions { max_tokens: sample.max_tokens, stop_tokens: l.tokenizer.stop_ids().to_vec() };
-    let mut decoder = l.tokenizer.stream_decoder(true);
-    let mut text = String::new();
-    let mut err = None;
-    let stats = generate(ctx, session, prompt, &opts, sampler, &mut |id| {
-        match decoder.push(id) {
-            Ok(piece) => {
-                print!("{piece}");
-                let _ = std::io::stdout().flush();
-                text.push_str(&piece);
-            }
-            Err(e) => {
-                err = Some(e);
-                return Flow::Stop;
-            }
-        }
-        if sample.stop.iter().any(|s| text.contains(s.as_str())) {
-            Flow::Stop
-        } else {
-            Flow::Continue
-        }
+    let opts = TextOptions {
+        max_tokens: sample.max_tokens,
+        stop_tokens: l.tokenizer.stop_ids().to_vec(),
+        stop_strings: sample.stop.clone(),
+        skip_special: true,
+    };
+    let mut printed = String::new();
+    let out = generate_text(ctx, session, &l.tokenizer, prompt, &opts, sampler, &mut |delta, _| {
+        print!("{delta}");
+        let _ = std::io::stdout().flush();
+        printed.push_str(delta);
+        Flow::Continue
     })
     .await?;
-    if let Some(e) = err {
-        return Err(e);
-    }
-    let rest = decoder.finish();
-    print!("{rest}");
-    text.push_str(&rest);
+    // Text held back as a possible stop-string start when generation ended otherwise.
+    print!("{}", out.text.get(printed.len()..).unwrap_or_default());
     println!();
-    Ok((text, stats))
+    Ok((out.text, out.stats))
 }
 
 async fn run(command: Command, options: ContextOptions) -> pupil::Result<ExitCode> {

@@ -1,0 +1,506 @@
+// The demo page: model picker, chat, settings, live statistics. Every engine call goes to the
+// worker (www/worker.js); this thread only draws, so the page stays responsive while the GPU
+// works. URL parameters (handy for tests and links):
+//   model=default|synth|synth:<preset>|<url>   load it at once        autorun=<prompt>  then send it
+//   temperature, topP, topK, minP, repetitionPenalty, maxTokens, seed, system     sampling fields
+//   context, dtype=f32|f16, overflow=error|streaming, sinkTokens                  load fields
+//   maxBufferSize, maxStorageBinding (bytes), f16=0, subgroups=0                  engine limits
+// window.__pupil exposes the state, the last load and generation results and a device-loss hook.
+import { MODELS, deleteCachedModel, formatBytes, listCachedModels, storageEstimate } from './models.js';
+
+const $ = (id) => document.getElementById(id);
+const params = new URLSearchParams(location.search);
+
+const state = {
+  phase: 'starting', // starting | nogpu | idle | loading | ready | generating | lost | failed
+  info: null, // the adapter (engine.info())
+  model: null, // the loaded model's info
+  source: null, // where the loaded model came from, to reload it after a device loss
+  messages: [], // the conversation, [{ role, content }]
+  lastLoad: null,
+  lastResult: null,
+  events: [], // the current generation's messages in order: 'token', 'stop-ack', 'done'
+  loads: 0, // finished loads and generations (successful or not), for tests to wait on
+  generations: 0,
+  timeline: [], // [{ phase, t }] phase changes (performance.now()), for the tests' long-task check
+};
+
+// ---------------------------------------------------------------------------------------------
+// The worker and its protocol (see worker.js).
+
+let worker = null;
+let nextId = 1;
+const pending = new Map(); // id -> { resolve, reject, onProgress, onToken }
+
+function startWorker() {
+  worker = new Worker(new URL('./worker.js', import.meta.url), { type: 'module' });
+  worker.onmessage = ({ data }) => {
+    const call = pending.get(data.id);
+    if (!call) return;
+    if (data.type === 'progress') call.onProgress?.(data);
+    else if (data.type === 'token') call.onToken?.(data);
+    else {
+      pending.delete(data.id);
+      if (data.type === 'done') call.resolve(data.result);
+      else call.reject(Object.assign(new Error(data.error.message), { name: data.error.name }));
+    }
+  };
+  // A module worker that cannot load (no WASM build) or a crashed one ends here.
+  worker.onerror = (event) => {
+    event.preventDefault();
+    const detail = event.message || 'the worker script or the WASM build did not load';
+    const error = Object.assign(new Error(`The engine worker failed: ${detail}. ` +
+      'If you serve this page yourself, build the WASM first (scripts/build-web.sh).'), { name: 'WorkerFailed' });
+    const waiting = [...pending.values()];
+    pending.clear();
+    for (const call of waiting) call.reject(error);
+    if (!waiting.length) { fail(error); setPhase('failed'); }
+  };
+}
+
+function call(cmd, args = {}, handlers = {}) {
+  const id = nextId++;
+  return new Promise((resolve, reject) => {
+    pending.set(id, { resolve, reject, ...handlers });
+    worker.postMessage({ id, cmd, ...args });
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Page state and messages.
+
+const CONTROLS = {
+  // which controls are usable in which phase
+  load: ['idle', 'ready', 'failed'],
+  send: ['ready'],
+  prompt: ['ready', 'generating'],
+  stop: ['generating'],
+  'new-chat': ['ready'],
+};
+
+function setPhase(phase) {
+  state.phase = phase;
+  state.timeline.push({ phase, t: performance.now() });
+  document.body.dataset.state = phase;
+  for (const [id, phases] of Object.entries(CONTROLS)) $(id).disabled = !phases.includes(phase);
+  $('status').textContent = {
+    starting: 'Starting the engine…',
+    nogpu: 'WebGPU is not available.',
+    idle: 'Ready — load a model.',
+    loading: 'Loading the model…',
+    ready: `Ready: ${state.model?.name || 'model'} on ${state.info ? adapterName(state.info) : 'the GPU'}.`,
+    generating: 'Generating…',
+    lost: 'The GPU device was lost.',
+    failed: 'Something went wrong — see the message above.',
+  }[phase];
+}
+
+function showNotice(text, kind = 'error', action = null) {
+  $('notice').hidden = false;
+  $('notice').dataset.kind = kind;
+  $('notice-text').textContent = text;
+  const button = $('notice-action');
+  button.hidden = !action;
+  if (action) {
+    button.textContent = action.label;
+    button.onclick = action.run;
+  }
+}
+
+function clearNotice() { $('notice').hidden = true; }
+
+function limitsText() {
+  const l = state.info?.limits;
+  if (!l) return '';
+  const lowered = [params.get('maxBufferSize') && 'maxBufferSize', params.get('maxStorageBinding') && 'maxStorageBinding']
+    .filter(Boolean);
+  return ` This adapter allows buffers of at most ${formatBytes(l.maxBufferSize)} (maxBufferSize) and ` +
+    `storage bindings of at most ${formatBytes(l.maxStorageBinding)} (maxStorageBufferBindingSize)` +
+    (lowered.length ? `, lowered on purpose by the page's ${lowered.join(' and ')} parameter.` : '.');
+}
+
+// Turn an error (its name is the engine's error kind) into what a person can act on.
+function explain(e) {
+  const m = e.message;
+  switch (e.name) {
+    case 'TooLarge':
+      return `This model does not fit this GPU: ${m}.${limitsText()} ` +
+        'Try a smaller model or quantization, a shorter context, or a GPU/browser with higher limits.';
+    case 'NoAdapter':
+      return `WebGPU is present but gave no GPU adapter (${m}). The GPU may be blocklisted or disabled: ` +
+        'see chrome://gpu; on Linux, Chrome needs chrome://flags/#enable-unsafe-webgpu (and Vulkan).';
+    case 'DeviceLost':
+      return `The GPU device was lost (${m}) — the driver was reset, the GPU ran out of memory, or ` +
+        'the tab was in the background too long. Recover to start a new device and reload the model.';
+    case 'ContextOverflow':
+      return `The conversation no longer fits the context (${state.model?.context ?? '?'} tokens): ${m}. ` +
+        'Start a new chat, load the model with a longer context, or choose the streaming window.';
+    case 'Format': return `This file is not a GGUF model Pupil can read: ${m}`;
+    case 'Unsupported': return `This model needs something Pupil does not support yet: ${m}`;
+    case 'Network': case 'Input': case 'WorkerFailed': return m;
+    case 'Busy': return `The engine is busy with another request: ${m}`;
+    case 'QuotaExceededError':
+      return `The browser's storage quota is full: ${m}. Delete cached models below or free disk space.`;
+    default: return `${e.name}: ${m}`;
+  }
+}
+
+function fail(e) {
+  if (e.name === 'DeviceLost') return deviceLost(e);
+  // A Rust panic surfaces as a wasm RuntimeError and leaves the instance unusable: only a new
+  // worker helps.
+  const broken = e.name === 'RuntimeError' || e.name === 'WorkerFailed';
+  showNotice(explain(e), 'error', broken && e.name === 'RuntimeError' ? { label: 'Restart the engine', run: recover } : null);
+  if (broken || e.name === 'NoAdapter') setPhase('failed');
+}
+
+function deviceLost(e) {
+  setPhase('lost');
+  showNotice(explain(e), 'error', { label: 'Recover', run: recover });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Engine start, model loading.
+
+function createOptions() {
+  const o = {};
+  if (params.get('maxBufferSize')) o.maxBufferSize = Number(params.get('maxBufferSize'));
+  if (params.get('maxStorageBinding')) o.maxStorageBinding = Number(params.get('maxStorageBinding'));
+  if (params.get('f16') === '0') o.allowF16 = false;
+  if (params.get('subgroups') === '0') o.allowSubgroups = false;
+  return o;
+}
+
+async function startEngine() {
+  setPhase('starting');
+  if (!navigator.gpu) {
+    setPhase('nogpu');
+    showNotice('This browser does not offer WebGPU, which Pupil needs to run the model on your GPU. ' +
+      'Use a recent Chrome or Edge (113+), Safari 26+ or Firefox 141+ (Windows); on Linux, Chrome needs ' +
+      'chrome://flags/#enable-unsafe-webgpu. Pages must be served over https or from localhost.');
+    return false;
+  }
+  startWorker();
+  try {
+    state.info = await call('init', { options: createOptions() });
+  } catch (e) {
+    fail(e);
+    setPhase('failed');
+    return false;
+  }
+  showAdapter(state.info);
+  setPhase('idle');
+  return true;
+}
+
+function loadOptions() {
+  const o = { overflow: $('overflow').value };
+  if ($('context').value) o.context = Number($('context').value);
+  if ($('dtype').value) o.dtype = $('dtype').value;
+  if (o.overflow === 'streaming') o.sinkTokens = Number($('sink-tokens').value || 4);
+  return o;
+}
+
+function sourceFromChoice() {
+  const choice = $('model-choice').value;
+  if (choice === 'default') return { kind: 'url', url: new URL(MODELS[0].url, location.href).href };
+  if (choice === 'synth') return { kind: 'synth', preset: 'tiny-llama', seed: 1 };
+  if (choice === 'url') {
+    const url = $('model-url').value.trim();
+    if (!url) throw Object.assign(new Error('enter the URL of a .gguf file'), { name: 'Input' });
+    return { kind: 'url', url: new URL(url, location.href).href };
+  }
+  const file = $('model-file').files[0];
+  if (!file) throw Object.assign(new Error('choose a .gguf file'), { name: 'Input' });
+  return { kind: 'file', file };
+}
+
+function showProgress({ done, total, phase }) {
+  const bar = $('load-progress');
+  bar.hidden = false;
+  bar.value = total ? Math.min(done / total, 1) : 0;
+  if (!total) bar.removeAttribute('value'); // indeterminate
+  const what = phase === 'download'
+    ? `Downloading ${formatBytes(done)}${total ? ` of ${formatBytes(total)}` : ''}`
+    : `${phase[0].toUpperCase()}${phase.slice(1)}${total ? ` ${Math.round((100 * done) / total)}%` : ''}`;
+  $('load-status').textContent = what;
+}
+
+async function loadModel(source) {
+  clearNotice();
+  setPhase('loading');
+  state.model = null;
+  $('load-progress').hidden = false;
+  $('load-progress').value = 0;
+  $('load-status').textContent = source.kind === 'url' ? 'Looking in the cache…' : 'Reading…';
+  const t0 = performance.now();
+  try {
+    const r = await call('load', { source, options: loadOptions() }, { onProgress: showProgress });
+    r.totalMs = performance.now() - t0;
+    state.model = r.model;
+    state.source = source;
+    state.lastLoad = r;
+    state.loads++;
+    const from = source.kind === 'url' ? (r.fromCache ? 'from the browser cache' : `downloaded ${formatBytes(r.bytesFetched)}`)
+      : source.kind === 'synth' ? 'synthetic' : 'from a local file';
+    $('load-status').textContent = `Loaded in ${(r.totalMs / 1000).toFixed(1)} s (${from}).`;
+    $('stat-load').textContent = `${(r.totalMs / 1000).toFixed(1)} s, ${from}`;
+    showModel(r.model);
+    showMemory(r.memory);
+    if (r.note) showNotice(r.note, 'warning');
+    newChat();
+    setPhase('ready');
+    return true;
+  } catch (e) {
+    $('load-status').textContent = 'Not loaded.';
+    state.lastLoad = null;
+    state.loads++;
+    setPhase('idle');
+    fail(e);
+    return false;
+  } finally {
+    $('load-progress').hidden = true;
+    refreshCached();
+  }
+}
+
+async function recover() {
+  clearNotice();
+  // A fresh worker: a new GPU device, and a fresh WASM instance in case the old one is broken.
+  worker?.terminate();
+  for (const c of pending.values()) c.reject(Object.assign(new Error('restarted'), { name: 'Restarted' }));
+  pending.clear();
+  const source = state.source;
+  if (await startEngine() && source) await loadModel(source);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Chat.
+
+function samplingOptions() {
+  const num = (id) => ($(id).value === '' ? undefined : Number($(id).value));
+  return {
+    temperature: num('temperature'), topP: num('top-p'), topK: num('top-k'), minP: num('min-p'),
+    repetitionPenalty: num('repetition-penalty'), maxTokens: num('max-tokens'), seed: num('seed'),
+  };
+}
+
+function addMessage(role, text) {
+  const li = document.createElement('li');
+  li.className = role;
+  const body = document.createElement('div');
+  body.className = 'text';
+  body.append(document.createTextNode(text));
+  li.append(body);
+  $('messages').append(li);
+  li.scrollIntoView({ block: 'end' });
+  return li;
+}
+
+async function send(text) {
+  if (state.phase !== 'ready' || !text.trim()) return;
+  clearNotice();
+  state.messages.push({ role: 'user', content: text });
+  addMessage('user', text);
+  const bubble = addMessage('assistant', '');
+  const textNode = bubble.firstChild.firstChild;
+  bubble.classList.add('streaming');
+  $('prompt').value = '';
+  setPhase('generating');
+  state.events = [];
+  const system = $('system').value.trim();
+  const messages = system ? [{ role: 'system', content: system }, ...state.messages] : [...state.messages];
+  const t0 = performance.now();
+  let count = 0;
+  let firstAt = 0;
+  const onToken = ({ text: delta }) => {
+    state.events.push('token');
+    textNode.appendData(delta);
+    count++;
+    const now = performance.now();
+    if (count === 1) firstAt = now;
+    const live = count > 1 ? ((count - 1) * 1000) / (now - firstAt) : 0;
+    $('stat-tokens').textContent = `${count} generated`;
+    $('stat-ttft').textContent = `${(firstAt - t0).toFixed(0)} ms`;
+    if (live) $('stat-decode').textContent = `${rate(live)} (live)`;
+    if (count % 4 === 1) bubble.scrollIntoView({ block: 'end' });
+  };
+  try {
+    const r = await call('chat', { messages, options: samplingOptions() }, { onToken });
+    state.events.push('done');
+    // The conversation keeps what was shown (a stopped answer ends where it stopped).
+    state.messages.push({ role: 'assistant', content: textNode.data });
+    state.lastResult = r;
+    state.generations++;
+    bubble.dataset.finish = r.finishReason;
+    if (r.finishReason === 'abort') bubble.classList.add('stopped');
+    showResult(r);
+    setPhase('ready');
+    call('memory').then(showMemory, () => {});
+  } catch (e) {
+    state.events.push('error');
+    state.generations++;
+    state.messages.pop(); // the question was not answered: leave it out of the conversation
+    bubble.classList.add('failed');
+    textNode.appendData(textNode.data ? ' [failed]' : '[failed]');
+    setPhase('ready');
+    fail(e);
+  } finally {
+    bubble.classList.remove('streaming');
+  }
+}
+
+async function stop() {
+  if (state.phase !== 'generating') return;
+  $('stop').disabled = true;
+  await call('stop');
+  state.events.push('stop-ack');
+}
+
+async function newChat() {
+  state.messages = [];
+  $('messages').replaceChildren();
+  if (state.phase === 'ready') await call('reset').catch(fail);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The statistics panel and the cached-model list.
+
+const ms = (x) => `${x.toFixed(x < 10 ? 1 : 0)} ms`;
+const rate = (x) => `${x.toFixed(x < 1 ? 2 : 1)} tokens/s`;
+const adapterName = (info) => info.adapter || 'an unnamed adapter';
+
+function showAdapter(info) {
+  // Some adapters (SwiftShader in Chromium) report no name; the first line of describe is next best.
+  $('stat-adapter').textContent = `${adapterName(info)} (${info.backend})`;
+  $('stat-features').textContent = `shader-f16 ${info.f16 ? 'yes' : 'no'}, subgroups ${info.subgroups ? `yes (${info.subgroupMinSize}–${info.subgroupMaxSize})` : 'no'}`;
+  const l = info.limits;
+  $('stat-limits').textContent = `buffer ${formatBytes(l.maxBufferSize)}, storage binding ${formatBytes(l.maxStorageBinding)}, ` +
+    `workgroup memory ${formatBytes(l.maxWorkgroupStorage)}, ${l.maxInvocationsPerWorkgroup} invocations, ` +
+    `${l.maxStorageBuffersPerStage} storage buffers/stage`;
+}
+
+function showModel(m) {
+  $('stat-model').textContent = `${m.name} (${m.arch}): ${m.layers} layers, hidden ${m.hidden}, ` +
+    `${m.heads}/${m.kvHeads} heads, vocab ${m.vocab}, context ${m.context}, ${m.dtype}; weights ` +
+    `${formatBytes(m.weightBytes)}, KV cache ${formatBytes(m.kvBytes)}, scratch ${formatBytes(m.scratchBytes)}` +
+    (m.hasChatTemplate ? '' : '; no chat template (ChatML used)');
+}
+
+function showMemory(mem) {
+  if (mem) $('stat-memory').textContent = `${formatBytes(mem.allocatedBytes)} / ${formatBytes(mem.peakBytes)} (${mem.liveBuffers} buffers)`;
+}
+
+function showResult(r) {
+  $('stat-decode').textContent = rate(r.decodeTokensPerS);
+  $('stat-prefill').textContent = rate(r.prefillTokensPerS);
+  $('stat-ttft').textContent = ms(r.timeToFirstTokenMs);
+  $('stat-latency').textContent = `${ms(r.latencyP50Ms)} / ${ms(r.latencyP99Ms)}`;
+  $('stat-tokens').textContent = `${r.promptTokens} prompt (${r.reusedTokens} reused), ${r.generatedTokens} generated, ` +
+    `${r.finishReason}; ${r.dispatchesPerToken} dispatches, ${r.submitsPerToken} submits per token`;
+}
+
+async function refreshCached() {
+  const list = $('cached');
+  try {
+    const models = await listCachedModels();
+    list.replaceChildren(...models.map((m) => {
+      const li = document.createElement('li');
+      const del = document.createElement('button');
+      del.type = 'button';
+      del.textContent = 'Delete';
+      del.onclick = async () => { await deleteCachedModel(m.url); refreshCached(); };
+      li.append(`${m.name} — ${formatBytes(m.size)} `, del);
+      li.title = m.url;
+      return li;
+    }));
+    if (!models.length) list.replaceChildren(Object.assign(document.createElement('li'), { textContent: 'none yet' }));
+    const est = await storageEstimate();
+    $('storage').textContent = est ? `This site uses ${formatBytes(est.usage)} of ${formatBytes(est.quota)} the browser allows.` : '';
+  } catch (e) {
+    $('storage').textContent = `Cache unavailable: ${e.message}`;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Wiring.
+
+function applyParams() {
+  const fields = {
+    temperature: 'temperature', topP: 'top-p', topK: 'top-k', minP: 'min-p', repetitionPenalty: 'repetition-penalty',
+    maxTokens: 'max-tokens', seed: 'seed', system: 'system', context: 'context', dtype: 'dtype', overflow: 'overflow',
+    sinkTokens: 'sink-tokens',
+  };
+  for (const [param, id] of Object.entries(fields)) if (params.has(param)) $(id).value = params.get(param);
+}
+
+// ?model=default|synth|synth:<preset>|<url>
+function sourceFromParam(value) {
+  if (value === 'default') return { kind: 'url', url: new URL(MODELS[0].url, location.href).href };
+  if (value === 'synth' || value.startsWith('synth:')) return { kind: 'synth', preset: value.slice(6) || 'tiny-llama', seed: 1 };
+  const url = new URL(value, location.href);
+  if (!/^https?:$/.test(url.protocol)) throw Object.assign(new Error(`model URL ${value} is not http(s)`), { name: 'Input' });
+  return { kind: 'url', url: url.href };
+}
+
+function wire() {
+  $('model-choice').onchange = () => {
+    $('model-url-row').hidden = $('model-choice').value !== 'url';
+    $('model-file-row').hidden = $('model-choice').value !== 'file';
+  };
+  $('model-form').onsubmit = (e) => {
+    e.preventDefault();
+    try { loadModel(sourceFromChoice()); } catch (err) { showNotice(err.message); }
+  };
+  $('chat-form').onsubmit = (e) => { e.preventDefault(); send($('prompt').value); };
+  $('prompt').onkeydown = (e) => {
+    if (e.key === 'Enter' && !e.shiftKey) { e.preventDefault(); send($('prompt').value); }
+  };
+  $('stop').onclick = stop;
+  $('new-chat').onclick = () => newChat();
+  // Drag and drop: a File is a Blob; the worker gets a handle, not the bytes.
+  const overlay = $('drop-overlay');
+  document.addEventListener('dragover', (e) => {
+    if (![...e.dataTransfer.types].includes('Files')) return;
+    e.preventDefault();
+    overlay.hidden = false;
+  });
+  overlay.addEventListener('dragleave', () => { overlay.hidden = true; });
+  document.addEventListener('drop', (e) => {
+    e.preventDefault();
+    overlay.hidden = true;
+    const file = e.dataTransfer.files[0];
+    if (!file) return;
+    if (!['idle', 'ready', 'failed'].includes(state.phase)) { showNotice('Wait for the current work to finish, then drop the file again.'); return; }
+    loadModel({ kind: 'file', file });
+  });
+}
+
+window.__pupil = {
+  state,
+  get lastResult() { return state.lastResult; },
+  get lastLoad() { return state.lastLoad; },
+  send,
+  stop,
+  // Test hook: destroy the GPU device under the engine, as a driver reset would.
+  loseDevice: () => call('loseDevice'),
+};
+
+async function main() {
+  wire();
+  applyParams();
+  setPhase('starting');
+  refreshCached();
+  if (!await startEngine()) return;
+  const model = params.get('model');
+  if (!model) return;
+  let source;
+  try { source = sourceFromParam(model); } catch (e) { showNotice(e.message); return; }
+  if (source.kind === 'synth') $('model-choice').value = 'synth';
+  else if (source.url === new URL(MODELS[0].url, location.href).href) $('model-choice').value = 'default';
+  else { $('model-choice').value = 'url'; $('model-url').value = source.url; }
+  $('model-choice').onchange();
+  if (await loadModel(source) && params.get('autorun')) send(params.get('autorun'));
+}
+
+main();

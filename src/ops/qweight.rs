@@ -17,8 +17,11 @@
 //! shuffling. Scales stay f16 (exactly as stored) and are multiplied as ggml does.
 
 use crate::error::{PupilError, Result};
-use crate::gpu::{GpuContext, Tensor};
+use crate::gpu::{DType, GpuContext, Tensor};
 use crate::quant::{get_scale_min_k4, QuantType};
+
+/// GGUF bytes repacked and written per step of an upload (bounds the host's extra memory).
+const UPLOAD_CHUNK: usize = 4 << 20;
 
 /// Values per block, `q` words and `s` words per block in the GPU layout. Dense types use
 /// 32-value pseudo-blocks (so their rows must be a multiple of 32 long).
@@ -96,20 +99,48 @@ impl QuantWeight {
         gguf: &[u8],
         max_part_bytes: u64,
     ) -> Result<Self> {
-        const OP: &str = "QuantWeight::upload";
-        let (block, _, sw) = gpu_layout(ty);
+        Self::upload_segments(ctx, ty, cols, &[(rows, gguf)], max_part_bytes, "QuantWeight::upload")
+    }
+
+    /// Stack same-format tensors by rows (e.g. Q|K|V) into one weight, uploaded in place
+    /// (the inputs are not concatenated on the host).
+    pub fn upload_concat(ctx: &GpuContext, ty: QuantType, cols: usize, tensors: &[(usize, &[u8])]) -> Result<Self> {
+        Self::upload_segments(ctx, ty, cols, tensors, ctx.caps.max_storage_binding, "QuantWeight::upload_concat")
+    }
+
+    /// The matrix made of `segments` (rows, GGUF bytes) stacked by rows, split into parts of at
+    /// most `max_part_bytes` per stream. Rows are repacked and written `UPLOAD_CHUNK` GGUF bytes
+    /// at a time, so the host never holds a second full copy of the tensor (in the browser the
+    /// wasm heap is at most 4 GiB, and a 7B model's embedding alone is ~300 MB).
+    fn upload_segments(
+        ctx: &GpuContext,
+        ty: QuantType,
+        cols: usize,
+        segments: &[(usize, &[u8])],
+        max_part_bytes: u64,
+        op: &'static str,
+    ) -> Result<Self> {
+        let (block, qw, sw) = gpu_layout(ty);
+        let rows: usize = segments.iter().map(|s| s.0).sum();
         if rows == 0 || cols == 0 || !cols.is_multiple_of(block) {
             return Err(PupilError::shape(
-                OP,
+                op,
                 format!("{} matrix {rows}x{cols}: columns must be a positive multiple of {block}", ty.name()),
             ));
         }
         let row_bytes = ty.row_bytes(cols)?;
-        if gguf.len() != rows * row_bytes {
-            return Err(PupilError::shape(
-                OP,
-                format!("{} bytes for a {rows}x{cols} {} matrix of {} bytes", gguf.len(), ty.name(), rows * row_bytes),
-            ));
+        for &(r, b) in segments {
+            if b.len() != r * row_bytes {
+                return Err(PupilError::shape(
+                    op,
+                    format!(
+                        "{} bytes for {r} rows of a {cols}-column {} matrix ({} bytes)",
+                        b.len(),
+                        ty.name(),
+                        r * row_bytes
+                    ),
+                ));
+            }
         }
         let row_bytes_gpu = gpu_row_bytes(ty, cols);
         let limit = max_part_bytes.min(ctx.caps.max_storage_binding);
@@ -121,37 +152,52 @@ impl QuantWeight {
                 limit,
             });
         }
+        // Words per row in each stream.
+        let (q_row, s_row) = (cols / block * qw, cols / block * sw);
+        let chunk_rows = (UPLOAD_CHUNK / row_bytes).max(1);
+        // Rows `start..start + n` of the stacked matrix, as slices of the segments.
+        let rows_of = |mut start: usize, mut n: usize| {
+            let mut out = Vec::new();
+            for &(r, b) in segments {
+                if n == 0 {
+                    break;
+                }
+                if start >= r {
+                    start -= r;
+                    continue;
+                }
+                let take = n.min(r - start);
+                out.push((take, &b[start * row_bytes..(start + take) * row_bytes]));
+                n -= take;
+                start = 0;
+            }
+            out
+        };
         let mut parts = Vec::new();
         let mut row_start = 0;
         while row_start < rows {
             let n = rows_per_part.min(rows - row_start);
-            let bytes = &gguf[row_start * row_bytes..(row_start + n) * row_bytes];
-            let (q, s) = repack(ty, bytes);
-            let qt = Tensor::from_u32(ctx, &q, &[q.len()])?;
-            let st = if sw > 0 { Some(Tensor::from_u32(ctx, &s, &[s.len()])?) } else { None };
+            let qt = Tensor::empty(ctx, &[n * q_row], DType::U32)?;
+            let st = if sw > 0 { Some(Tensor::empty(ctx, &[n * s_row], DType::U32)?) } else { None };
+            let mut done = 0;
+            while done < n {
+                let m = chunk_rows.min(n - done);
+                let mut at = done;
+                for (r, bytes) in rows_of(row_start + done, m) {
+                    let (q, s) = repack(ty, bytes);
+                    debug_assert_eq!((q.len(), s.len()), (r * q_row, r * s_row));
+                    qt.view(at * q_row, &[q.len()])?.write_bytes(ctx, bytemuck::cast_slice(&q))?;
+                    if let Some(st) = &st {
+                        st.view(at * s_row, &[s.len()])?.write_bytes(ctx, bytemuck::cast_slice(&s))?;
+                    }
+                    at += r;
+                }
+                done += m;
+            }
             parts.push(WeightPart { row_start, rows: n, q: qt, s: st });
             row_start += n;
         }
         Ok(QuantWeight { ty, rows, cols, parts })
-    }
-
-    /// Stack several GGUF tensors of one type and width by rows into one weight, e.g. Q|K|V
-    /// (one matmul instead of three) or gate|up (for `matmul_glu_forward`). Each entry is
-    /// (rows, GGUF bytes).
-    pub fn upload_concat(ctx: &GpuContext, ty: QuantType, cols: usize, tensors: &[(usize, &[u8])]) -> Result<Self> {
-        let rows = tensors.iter().map(|t| t.0).sum();
-        let row_bytes = ty.row_bytes(cols)?;
-        let mut bytes = Vec::with_capacity(rows * row_bytes);
-        for &(r, b) in tensors {
-            if b.len() != r * row_bytes {
-                return Err(PupilError::shape(
-                    "QuantWeight::upload_concat",
-                    format!("{} bytes for {r} rows of {cols} {}", b.len(), ty.name()),
-                ));
-            }
-            bytes.extend_from_slice(b);
-        }
-        Self::upload(ctx, ty, rows, cols, &bytes)
     }
 
     /// GPU bytes held by this weight.

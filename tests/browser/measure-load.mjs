@@ -2,7 +2,7 @@
 // SwiftShader here): load time, peak wasm heap (the linear memory only grows, so its size after
 // the load is the peak), GPU memory, time to first token and tokens/s. Not part of the test
 // suite (minutes on SwiftShader); figures go into issue notes.
-//   node tests/browser/measure-load.mjs FILE.gguf [--tokens 4] [--prompt "Hello"] [--timeout 1800]
+//   node tests/browser/measure-load.mjs FILE.gguf [--tokens 4] [--prompt "Hello"] [--load-only] [--timeout 1800]
 // e.g. after `pupil synth qwen2-1.5b -o /tmp/synth/qwen2-1.5b.gguf` (924 MB).
 import { chromium } from 'playwright-core';
 import { mkdtemp } from 'node:fs/promises';
@@ -42,11 +42,13 @@ try {
   console.log(`load         download (into the Cache API) ${(load.downloadMs / 1000).toFixed(1)} s, engine ${(load.loadMs / 1000).toFixed(1)} s`);
   console.log(`wasm heap    ${mib(load.wasmHeapBytes)} (linear memory after the load = its peak)`);
   console.log(`GPU memory   ${mib(load.memory.allocatedBytes)} allocated after the load (weights ${mib(load.model.weightBytes)})`);
-  await page.waitForFunction(() => window.__pupil.state.generations > 0, null, { timeout: timeoutS * 1000, polling: 500 });
-  const r = await page.evaluate(() => window.__pupil.lastResult);
-  if (!r) throw new Error('generation failed');
-  console.log(`generation   ${r.promptTokens} prompt tokens, ${r.generatedTokens} generated: time to first token ${(r.timeToFirstTokenMs / 1000).toFixed(1)} s, ` +
-    `prefill ${r.prefillTokensPerS.toFixed(2)} tokens/s, decode ${r.decodeTokensPerS.toFixed(3)} tokens/s (p50 ${(r.latencyP50Ms / 1000).toFixed(1)} s/token)`);
+  if (!args.includes('--load-only')) {
+    await page.waitForFunction(() => window.__pupil.state.generations > 0, null, { timeout: timeoutS * 1000, polling: 500 });
+    const r = await page.evaluate(() => window.__pupil.lastResult);
+    if (!r) throw new Error('generation failed');
+    console.log(`generation   ${r.promptTokens} prompt tokens, ${r.generatedTokens} generated: time to first token ${(r.timeToFirstTokenMs / 1000).toFixed(1)} s, ` +
+      `prefill ${r.prefillTokensPerS.toFixed(2)} tokens/s, decode ${r.decodeTokensPerS.toFixed(3)} tokens/s (p50 ${(r.latencyP50Ms / 1000).toFixed(1)} s/token)`);
+  }
   console.log(`total        ${((Date.now() - t0) / 1000).toFixed(0)} s`);
 } finally {
   await context.close();

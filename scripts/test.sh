@@ -8,7 +8,9 @@
 #   3. the browser suite: headless Chromium (WebGPU) compiles every variant with Tint and
 #      runs the kernel self-test through the WASM build;
 #   4. the demo page: index.html in headless Chromium with a synthetic model and the default
-#      model (greedy tokens equal the native run's, Cache API, Stop, device loss, limits).
+#      model (greedy tokens equal the native run's, Cache API, Stop, device loss, limits);
+#   5. the npm package: built and packed, installed from the tarball into fresh Vite, webpack
+#      and plain-ESM apps that run its API in headless Chromium; tsc over its types.
 # Prints the time of each phase. PUPIL_TEST_SKIP_BROWSER=1 runs the native part only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -37,6 +39,7 @@ if [ -n "$web" ]; then
   phase "wasm build" bash scripts/build-web.sh
   phase "browser tests (chromium)" node tests/browser/run.mjs
   phase "demo page (chromium)" node tests/browser/page.mjs
+  phase "npm package (chromium)" node tests/npm/run.mjs
 fi
 
 echo "=== phase times"

@@ -1,0 +1,240 @@
+// Types of pupil-llm's API (index.js). Hand-written; tests/npm/types-check.ts proves them with
+// tsc, including `@ts-expect-error` lines for misuse.
+
+/** A model file by URL, a Blob/File, its bytes, or a synthetic random-weight model (tests). */
+export type ModelInput = string | Blob | ArrayBuffer | Uint8Array | { synth: 'tiny-llama' | 'smollm2-135m' | 'qwen2-1.5b'; seed?: number };
+
+export interface LoadProgress {
+  /** 'download' (bytes fetched), then 'header' and 'weights' (bytes uploaded to the GPU). */
+  phase: 'download' | 'header' | 'weights' | (string & {});
+  done: number;
+  /** 0 when unknown (a download without content-length). */
+  total: number;
+}
+
+export interface LoadOptions {
+  /** KV-cache length in tokens (default: the model's, at most 4096). */
+  context?: number;
+  /** Weight/activation precision; 'f16' needs the adapter's shader-f16 (the default when present). */
+  dtype?: 'f32' | 'f16';
+  /** Past the context: 'error' (default) or 'streaming' (a window plus sink tokens). */
+  overflow?: 'error' | 'streaming';
+  sinkTokens?: number;
+  /** Refuse to load a model whose GPU plan exceeds this many bytes. */
+  memoryBudget?: number;
+}
+
+export interface EngineOptions {
+  allowF16?: boolean;
+  allowSubgroups?: boolean;
+  maxStorageBinding?: number;
+  maxBufferSize?: number;
+}
+
+export interface CreateEngineOptions {
+  model: ModelInput;
+  onProgress?: (progress: LoadProgress) => void;
+  loadOptions?: LoadOptions;
+  engineOptions?: EngineOptions;
+  /** Your own worker running this package's worker.js (default: one is started for you). */
+  worker?: Worker;
+}
+
+export interface ModelInfo {
+  arch: string;
+  name: string;
+  layers: number;
+  hidden: number;
+  heads: number;
+  kvHeads: number;
+  headDim: number;
+  vocab: number;
+  context: number;
+  dtype: 'f32' | 'f16';
+  weightBytes: number;
+  kvBytes: number;
+  scratchBytes: number;
+  hasChatTemplate: boolean;
+  bosToken: string | null;
+  eosToken: string | null;
+  stopIds: number[];
+}
+
+export interface LoadStats {
+  fromCache: boolean;
+  bytesFetched: number;
+  fileBytes: number;
+  downloadMs: number;
+  loadMs: number;
+  /** Why a downloaded model was not cached, when it was not. */
+  note?: string;
+}
+
+export interface MemoryInfo {
+  /** GPU bytes Pupil holds now (0 after dispose's unload). */
+  allocatedBytes: number;
+  peakBytes: number;
+  liveBuffers: number;
+  /** The wasm linear memory's size (it only grows). */
+  wasmHeapBytes: number;
+}
+
+export interface ChatMessage {
+  role: 'system' | 'user' | 'assistant';
+  content: string;
+}
+
+/** Sampling options shared by chat completions and generate (OpenAI's names). */
+export interface SamplingOptions {
+  /** Default 0.7; 0 is greedy. */
+  temperature?: number;
+  top_p?: number;
+  /** Pupil extras (not in OpenAI's API). */
+  top_k?: number;
+  min_p?: number;
+  repetition_penalty?: number;
+  /** Default 256. */
+  max_tokens?: number;
+  stop?: string | string[];
+  /** Without one a random seed is drawn; choice i of n uses seed + i. */
+  seed?: number;
+  /** Aborting rejects the request (or the stream's next step) with a DOMException 'AbortError'. */
+  signal?: AbortSignal;
+}
+
+export interface ChatCompletionCreateParams extends SamplingOptions {
+  messages: ChatMessage[];
+  /** Choices to generate, one after another with seeds seed, seed+1, ... Default 1. */
+  n?: number;
+  stream?: boolean;
+}
+
+/** 'abort': only when dispose() cut the generation short (an AbortSignal rejects instead). */
+export type FinishReason = 'stop' | 'length' | 'abort';
+
+export interface CompletionUsage {
+  prompt_tokens: number;
+  completion_tokens: number;
+  total_tokens: number;
+}
+
+export interface ChatCompletion {
+  id: string;
+  object: 'chat.completion';
+  created: number;
+  model: string;
+  choices: Array<{
+    index: number;
+    message: { role: 'assistant'; content: string };
+    logprobs: null;
+    finish_reason: FinishReason;
+  }>;
+  usage: CompletionUsage;
+}
+
+export interface ChatCompletionChunk {
+  id: string;
+  object: 'chat.completion.chunk';
+  created: number;
+  model: string;
+  choices: Array<{
+    index: number;
+    /** The first chunk of a choice has the role; later ones content; the last one is empty. */
+    delta: { role?: 'assistant'; content?: string };
+    logprobs: null;
+    finish_reason: FinishReason | null;
+  }>;
+  /** Only on the last chunk of the response. */
+  usage?: CompletionUsage;
+}
+
+export interface Completions {
+  create(params: ChatCompletionCreateParams & { stream: true }): Promise<AsyncIterable<ChatCompletionChunk>>;
+  create(params: ChatCompletionCreateParams & { stream?: false }): Promise<ChatCompletion>;
+  create(params: ChatCompletionCreateParams): Promise<ChatCompletion | AsyncIterable<ChatCompletionChunk>>;
+}
+
+/** What the engine reports for one generation. */
+export interface GenerationResult {
+  finishReason: 'stop' | 'length' | 'abort' | 'context';
+  text: string;
+  tokens: number[];
+  tokenIds: number[];
+  prompt: string;
+  promptTokens: number;
+  reusedTokens: number;
+  generatedTokens: number;
+  timeToFirstTokenMs: number;
+  prefillTokensPerS: number;
+  decodeTokensPerS: number;
+  latencyP50Ms: number;
+  latencyP99Ms: number;
+  peakGpuBytes: number;
+  dispatchesPerToken: number;
+  submitsPerToken: number;
+}
+
+export type GenerateEvent =
+  | { type: 'token'; text: string; tokenId: number }
+  | { type: 'done'; result: GenerationResult };
+
+export interface GenerateOptions extends SamplingOptions {
+  stream?: boolean;
+  /** Called with each text delta (non-streaming calls). */
+  onToken?: (text: string, tokenId: number) => void;
+}
+
+export interface AdapterInfo {
+  /** The adapter's name ('' where the browser hides it). */
+  adapter: string;
+  backend: string;
+  /** shader-f16 is available (the f16 path is used unless dtype 'f32' is asked for). */
+  f16: boolean;
+  subgroups: boolean;
+  subgroupMinSize: number;
+  subgroupMaxSize: number;
+  limits: {
+    maxBufferSize: number;
+    maxStorageBinding: number;
+    maxWorkgroupStorage: number;
+    maxInvocationsPerWorkgroup: number;
+    maxStorageBuffersPerStage: number;
+  };
+  /** One line describing the adapter and the paths in use. */
+  describe: string;
+}
+
+export declare class Engine {
+  private constructor();
+  /** The adapter, backend and limits the engine opened. */
+  readonly adapter: AdapterInfo;
+  /** The loaded model. */
+  readonly model: ModelInfo;
+  readonly loadStats: LoadStats;
+  readonly chat: { completions: Completions };
+  /** Generate after a raw prompt (no chat template). */
+  generate(prompt: string, options: GenerateOptions & { stream: true }): AsyncIterable<GenerateEvent>;
+  generate(prompt: string, options?: GenerateOptions & { stream?: false }): Promise<GenerationResult>;
+  /** Replace the loaded model. */
+  load(model: ModelInput, options?: { onProgress?: (progress: LoadProgress) => void; loadOptions?: LoadOptions }): Promise<ModelInfo>;
+  /** Forget the cached conversation. */
+  reset(): Promise<true>;
+  memory(): Promise<MemoryInfo>;
+  /** Stop the running generation (it resolves with finish_reason 'abort'), refuse queued and
+   * later requests (errors named 'Disposed'), unload the model, terminate the worker; resolves
+   * to the tracked memory after the unload (allocatedBytes 0). */
+  dispose(): Promise<MemoryInfo>;
+}
+
+export declare function createEngine(options: CreateEngineOptions): Promise<Engine>;
+
+export interface CachedModel {
+  url: string;
+  name: string;
+  size: number;
+}
+
+/** Models kept in the browser's Cache API by earlier downloads. */
+export declare function listCachedModels(): Promise<CachedModel[]>;
+/** Delete one (its absolute URL, as listCachedModels gives it); false if it was not cached. */
+export declare function deleteCachedModel(url: string): Promise<boolean>;

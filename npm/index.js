@@ -1,0 +1,281 @@
+// pupil-llm: run small LLMs on the user's GPU through WebGPU. The engine lives in a module Web
+// Worker (worker.js, the same file the demo page uses); this module is the page-side client:
+// an OpenAI-shaped chat API over the worker's id-tagged protocol (see worker.js's header).
+//
+// Bundlers: `new Worker(new URL('./worker.js', import.meta.url), { type: 'module' })` here and
+// `new URL('pupil_bg.wasm', import.meta.url)` in pupil.js are the patterns Vite and webpack 5
+// recognise, so neither needs configuration; a plain <script type="module"> loads them as is.
+import { listCachedModels, deleteCachedModel } from './models.js';
+
+export { listCachedModels, deleteCachedModel };
+
+const FINISH = { stop: 'stop', length: 'length', context: 'length', abort: 'abort' };
+
+function namedError(name, message) {
+  const e = new Error(message);
+  e.name = name;
+  return e;
+}
+
+// Aborts reject like fetch does: a DOMException named AbortError.
+const abortError = () => new DOMException('The request was aborted', 'AbortError');
+
+// Talks to one worker: numbered requests, their token/progress callbacks and promises.
+class WorkerClient {
+  constructor(worker) {
+    this.worker = worker;
+    this.nextId = 1;
+    this.pending = new Map();
+    this.failure = null; // set once the worker died: every later call rejects with it
+    worker.onmessage = ({ data }) => {
+      const p = this.pending.get(data.id);
+      if (!p) return;
+      if (data.type === 'token') p.onToken?.(data.text, data.tokenId);
+      else if (data.type === 'progress') p.onProgress?.({ done: data.done, total: data.total, phase: data.phase });
+      else {
+        this.pending.delete(data.id);
+        if (data.type === 'done') p.resolve(data.result);
+        else p.reject(namedError(data.error?.name || 'Error', data.error?.message || 'worker error'));
+      }
+    };
+    // A worker that fails to load or throws outside a command (a wasm panic) is dead for good.
+    worker.onerror = (event) => {
+      event.preventDefault?.();
+      this.fail(namedError('WorkerError', `The Pupil worker failed: ${event.message || 'it could not be loaded'}`));
+    };
+  }
+
+  fail(error) {
+    this.failure ??= error;
+    for (const p of this.pending.values()) p.reject(error);
+    this.pending.clear();
+  }
+
+  // Posts { id, cmd, ...args }; resolves with the `done` result. `transfer` moves buffers.
+  call(cmd, args = {}, { onToken, onProgress, transfer } = {}) {
+    if (this.failure) return Promise.reject(this.failure);
+    const id = this.nextId++;
+    return new Promise((resolve, reject) => {
+      this.pending.set(id, { resolve, reject, onToken, onProgress });
+      this.worker.postMessage({ id, cmd, ...args }, transfer || []);
+    });
+  }
+}
+
+// An async iterable fed by callbacks: push() values, then end() or fail(). The consumer's
+// early exit (break / return()) calls onCancel.
+function channel(onCancel) {
+  const items = [];
+  let waiter = null, finished = false, error = null;
+  const wake = () => { if (waiter) { const w = waiter; waiter = null; w(); } };
+  return {
+    push(value) { items.push(value); wake(); },
+    end() { finished = true; wake(); },
+    fail(e) { error = e; finished = true; wake(); },
+    async *[Symbol.asyncIterator]() {
+      let complete = false;
+      try {
+        for (;;) {
+          if (items.length) { yield items.shift(); continue; }
+          if (error) throw error;
+          if (finished) { complete = true; return; }
+          await new Promise((resolve) => { waiter = resolve; });
+        }
+      } finally {
+        if (!complete) onCancel();
+      }
+    },
+  };
+}
+
+// The model source as the worker's `load` command takes it.
+function modelSource(model) {
+  if (typeof model === 'string') return { kind: 'url', url: new URL(model, globalThis.location?.href).href };
+  if (model instanceof Blob) return { kind: 'file', file: model };
+  if (model instanceof ArrayBuffer || ArrayBuffer.isView(model)) return { kind: 'bytes', bytes: model };
+  if (model && typeof model === 'object' && 'synth' in model) {
+    return { kind: 'synth', preset: model.synth, seed: model.seed ?? 1 };
+  }
+  throw namedError('TypeError', 'model must be a URL, a Blob/File, an ArrayBuffer/Uint8Array or { synth }');
+}
+
+// OpenAI's snake_case request fields to the engine's generate options.
+function generateOptions(req, seed) {
+  const stop = req.stop == null ? undefined : [].concat(req.stop);
+  const o = {
+    maxTokens: req.max_tokens, temperature: req.temperature, topP: req.top_p, topK: req.top_k,
+    minP: req.min_p, repetitionPenalty: req.repetition_penalty, seed, stop,
+  };
+  for (const k of Object.keys(o)) if (o[k] === undefined) delete o[k];
+  return o;
+}
+
+const randomSeed = () => Math.floor(Math.random() * 2 ** 32);
+const completionId = () => `chatcmpl-${crypto.randomUUID?.() ?? Math.random().toString(36).slice(2)}`;
+
+export class Engine {
+  #client;
+  #queue = Promise.resolve(); // requests run one at a time, in call order
+  #disposed = false;
+  #disposal = null; // dispose()'s promise: a second call gets the same
+  #stopActive = null; // stops the command the worker is running now, if any
+
+  /** @internal Use createEngine(). */
+  constructor(client, adapter, loaded) {
+    this.#client = client;
+    this.adapter = adapter;
+    this.#setLoaded(loaded);
+    this.chat = { completions: { create: (req) => this.#createCompletion(req) } };
+  }
+
+  #setLoaded(loaded) {
+    this.model = loaded.model;
+    this.loadStats = { fromCache: loaded.fromCache, bytesFetched: loaded.bytesFetched, fileBytes: loaded.fileBytes,
+      downloadMs: loaded.downloadMs, loadMs: loaded.loadMs, note: loaded.note };
+  }
+
+  // Queue one worker command. Aborting before it starts rejects without sending it; aborting
+  // while it runs sends `stop` (the worker's flag, seen at the next token) and rejects.
+  // `internal`: dispose's own commands, which run after the engine is marked disposed.
+  #run(cmd, args, { signal, onToken, onProgress, internal = false } = {}) {
+    const job = this.#queue.then(async () => {
+      if (this.#disposed && !internal) throw namedError('Disposed', 'The engine was disposed');
+      if (signal?.aborted) throw abortError();
+      const stop = () => { this.#client.call('stop').catch(() => {}); };
+      signal?.addEventListener('abort', stop, { once: true });
+      this.#stopActive = stop;
+      try {
+        const result = await this.#client.call(cmd, args, { onToken, onProgress });
+        if (signal?.aborted) throw abortError();
+        return result;
+      } finally {
+        this.#stopActive = null;
+        signal?.removeEventListener('abort', stop);
+      }
+    });
+    this.#queue = job.catch(() => {});
+    return job;
+  }
+
+  // Stream a command's tokens: yields { type: 'token', text, tokenId }, then { type: 'done',
+  // result }. Leaving the loop early stops the generation.
+  #stream(cmd, args, signal) {
+    const inner = new AbortController();
+    const forward = () => inner.abort();
+    if (signal?.aborted) inner.abort(); else signal?.addEventListener('abort', forward, { once: true });
+    const ch = channel(() => inner.abort());
+    this.#run(cmd, args, { signal: inner.signal, onToken: (text, tokenId) => ch.push({ type: 'token', text, tokenId }) })
+      .then((result) => { ch.push({ type: 'done', result }); ch.end(); }, (e) => ch.fail(e))
+      .finally(() => signal?.removeEventListener('abort', forward));
+    return ch;
+  }
+
+  /** Generate after a raw prompt (no chat template). */
+  generate(prompt, options = {}) {
+    const { stream, signal, onToken, ...rest } = options;
+    const args = { prompt, options: generateOptions(rest, rest.seed ?? randomSeed()) };
+    if (stream) return this.#stream('generate', args, signal);
+    return this.#run('generate', args, { signal, onToken });
+  }
+
+  #createCompletion(req) {
+    if (!req || !Array.isArray(req.messages) || req.messages.length === 0) {
+      return Promise.reject(namedError('TypeError', 'chat.completions.create needs a non-empty messages array'));
+    }
+    const n = req.n ?? 1;
+    if (!Number.isInteger(n) || n < 1) return Promise.reject(namedError('TypeError', 'n must be a positive integer'));
+    const base = req.seed ?? randomSeed();
+    const messages = req.messages.map(({ role, content }) => ({ role, content }));
+    const calls = Array.from({ length: n }, (_, i) => ({ messages, options: generateOptions(req, base + i) }));
+    const meta = { id: completionId(), created: Math.floor(Date.now() / 1000), model: this.model.name || 'pupil' };
+    if (req.stream) return Promise.resolve(this.#chunks(calls, meta, req.signal));
+    return this.#completion(calls, meta, req.signal);
+  }
+
+  async #completion(calls, meta, signal) {
+    const choices = [];
+    const usage = { prompt_tokens: 0, completion_tokens: 0, total_tokens: 0 };
+    for (const [index, args] of calls.entries()) {
+      const r = await this.#run('chat', args, { signal });
+      choices.push({ index, message: { role: 'assistant', content: r.text }, logprobs: null,
+        finish_reason: FINISH[r.finishReason] ?? r.finishReason });
+      if (index === 0) usage.prompt_tokens = r.promptTokens; // the same prompt for every choice
+      usage.completion_tokens += r.generatedTokens;
+    }
+    usage.total_tokens = usage.prompt_tokens + usage.completion_tokens;
+    return { ...meta, object: 'chat.completion', choices, usage };
+  }
+
+  // OpenAI's chunk sequence per choice: a delta with the role, content deltas, then an empty
+  // delta with finish_reason; `usage` rides on the very last chunk.
+  async *#chunks(calls, meta, signal) {
+    const chunk = (index, delta, finish = null) =>
+      ({ ...meta, object: 'chat.completion.chunk', choices: [{ index, delta, logprobs: null, finish_reason: finish }] });
+    const usage = { prompt_tokens: 0, completion_tokens: 0, total_tokens: 0 };
+    for (const [index, args] of calls.entries()) {
+      yield chunk(index, { role: 'assistant', content: '' });
+      let result;
+      for await (const ev of this.#stream('chat', args, signal)) {
+        if (ev.type === 'done') result = ev.result;
+        else if (ev.text) yield chunk(index, { content: ev.text });
+      }
+      if (index === 0) usage.prompt_tokens = result.promptTokens;
+      usage.completion_tokens += result.generatedTokens;
+      const last = chunk(index, {}, FINISH[result.finishReason] ?? result.finishReason);
+      if (index === calls.length - 1) {
+        usage.total_tokens = usage.prompt_tokens + usage.completion_tokens;
+        last.usage = usage;
+      }
+      yield last;
+    }
+  }
+
+  /** Replace the loaded model. */
+  async load(model, { onProgress, loadOptions } = {}) {
+    const loaded = await this.#run('load', { source: modelSource(model), options: loadOptions || {} }, { onProgress });
+    this.#setLoaded(loaded);
+    return this.model;
+  }
+
+  /** Forget the conversation cached in the KV cache. */
+  reset() { return this.#run('reset', {}); }
+
+  /** GPU memory the engine tracks, and the wasm heap size. */
+  memory() { return this.#run('memory', {}); }
+
+  /** Stop the running generation (it resolves, finish_reason 'abort'), refuse queued and later
+   * requests ('Disposed'), unload the model, report the memory left (allocatedBytes 0) and
+   * terminate the worker. */
+  dispose() {
+    this.#disposal ??= this.#dispose();
+    return this.#disposal;
+  }
+
+  async #dispose() {
+    this.#disposed = true;
+    this.#stopActive?.();
+    try {
+      await this.#run('unload', {}, { internal: true });
+      return await this.#run('memory', {}, { internal: true });
+    } finally {
+      this.#client.fail(namedError('Disposed', 'The engine was disposed'));
+      this.#client.worker.terminate();
+    }
+  }
+}
+
+/** Start a worker, open the GPU in it and load a model. */
+export async function createEngine(options) {
+  const { model, onProgress, loadOptions = {}, engineOptions = {} } = options || {};
+  const source = modelSource(model);
+  const worker = options.worker ?? new Worker(new URL('./worker.js', import.meta.url), { type: 'module' });
+  const client = new WorkerClient(worker);
+  try {
+    const adapter = await client.call('init', { options: engineOptions });
+    const loaded = await client.call('load', { source, options: loadOptions }, { onProgress });
+    return new Engine(client, adapter, loaded);
+  } catch (e) {
+    worker.terminate();
+    throw e;
+  }
+}

@@ -1,0 +1,87 @@
+// The in-browser checks every test app runs (tests/npm/run.mjs copies this file into each app):
+// the package's API from a bundled (or plain ESM) import. Results go to window.__npmResult for
+// the driver: { checks: [{ ok, what, detail }], error }.
+import { createEngine, listCachedModels } from 'pupil-llm';
+
+const checks = [];
+const check = (ok, what, detail = '') => { checks.push({ ok: !!ok, what, detail: String(detail) }); };
+const log = (text) => { document.body.insertAdjacentText('beforeend', text + '\n'); };
+
+async function run() {
+  const t0 = performance.now();
+  const phases = new Set();
+  const engine = await createEngine({
+    model: { synth: 'tiny-llama', seed: 3 },
+    loadOptions: { dtype: 'f32', context: 256 },
+    onProgress: (p) => phases.add(p.phase),
+  });
+  check(engine.model.layers > 0 && engine.model.dtype === 'f32', 'createEngine loads the synthetic model in a worker',
+    `${engine.model.arch}, ${engine.model.layers} layers, ${Math.round(performance.now() - t0)} ms, phases ${[...phases]}`);
+  const messages = [{ role: 'system', content: 'Be brief.' }, { role: 'user', content: 'Hello there' }];
+
+  // Streamed: role delta first, content deltas, a finish_reason chunk with usage last.
+  const stream = await engine.chat.completions.create({ messages, stream: true, max_tokens: 6, temperature: 0 });
+  const chunks = [];
+  for await (const c of stream) chunks.push(c);
+  const first = chunks[0], last = chunks[chunks.length - 1];
+  const middle = chunks.slice(1, -1);
+  check(chunks.every((c) => c.object === 'chat.completion.chunk' && c.id === first.id && c.choices.length === 1),
+    'every chunk is a chat.completion.chunk of one id', `${chunks.length} chunks`);
+  check(first.choices[0].delta.role === 'assistant' && first.choices[0].finish_reason === null, 'the first delta has the role');
+  check(middle.length > 0 && middle.every((c) => typeof c.choices[0].delta.content === 'string' && !c.choices[0].delta.role
+    && c.choices[0].finish_reason === null), 'content deltas follow', `${middle.length} content chunks`);
+  check(['stop', 'length'].includes(last.choices[0].finish_reason) && last.usage
+    && last.usage.completion_tokens > 0 && last.usage.prompt_tokens > 0
+    && last.usage.total_tokens === last.usage.prompt_tokens + last.usage.completion_tokens,
+  'the last chunk has finish_reason and usage', JSON.stringify({ finish: last.choices[0].finish_reason, usage: last.usage }));
+  const streamed = middle.map((c) => c.choices[0].delta.content).join('');
+
+  // Not streamed, same greedy request: the same text, with usage.
+  const done = await engine.chat.completions.create({ messages, max_tokens: 6, temperature: 0 });
+  const choice = done.choices[0];
+  check(done.object === 'chat.completion' && /^chatcmpl-/.test(done.id) && typeof done.created === 'number'
+    && typeof done.model === 'string' && choice.index === 0 && choice.message.role === 'assistant',
+  'a non-streamed completion has OpenAI\'s shape');
+  check(choice.message.content === streamed, 'its greedy text equals the streamed one', JSON.stringify(choice.message.content));
+  check(done.usage.completion_tokens === 6 && choice.finish_reason === 'length'
+    || done.usage.completion_tokens <= 6 && choice.finish_reason === 'stop', 'usage and finish_reason agree',
+  JSON.stringify(done.usage));
+
+  // n = 2: two choices, sequentially, different seeds.
+  const two = await engine.chat.completions.create({ messages, max_tokens: 4, n: 2, seed: 7 });
+  check(two.choices.length === 2 && two.choices[1].index === 1, 'n: 2 gives two choices');
+
+  // An abort while generating rejects with AbortError; the engine then works.
+  const ac = new AbortController();
+  let aborted = null;
+  try {
+    const s = await engine.chat.completions.create({ messages, stream: true, max_tokens: 64, signal: ac.signal });
+    for await (const c of s) if (c.choices[0].delta.content) ac.abort();
+  } catch (e) { aborted = e; }
+  check(aborted?.name === 'AbortError', 'AbortSignal aborts a stream with AbortError', aborted?.name);
+  const raw = await engine.generate('Once upon a time', { max_tokens: 3, temperature: 0 });
+  check(raw.generatedTokens > 0 && typeof raw.text === 'string', 'generate() works after the abort', JSON.stringify(raw.text));
+
+  check(Array.isArray(await listCachedModels()), 'listCachedModels() answers');
+  // dispose() while generating: the running request ends early with finish_reason 'abort',
+  // a queued one is refused.
+  const before = await engine.memory();
+  const running = engine.chat.completions.create({ messages, max_tokens: 200, temperature: 0 });
+  const queued = engine.generate('never', { max_tokens: 2 }).then(() => null, (e) => e);
+  await new Promise((resolve) => setTimeout(resolve, 300));
+  const after = await engine.dispose();
+  const cut = await running;
+  check(cut.choices[0].finish_reason === 'abort' && cut.usage.completion_tokens < 200,
+    'dispose() stops the running generation (finish_reason abort)', `${cut.usage.completion_tokens} tokens`);
+  check((await queued)?.name === 'Disposed', 'dispose() refuses the queued request', (await queued)?.name);
+  check(before.allocatedBytes > 0 && after.allocatedBytes === 0 && after.liveBuffers === 0,
+    'dispose() unloads: tracked GPU memory back to zero', `${before.allocatedBytes} -> ${after.allocatedBytes} bytes`);
+  let refused = null;
+  try { await engine.memory(); } catch (e) { refused = e; }
+  check(refused?.name === 'Disposed', 'a disposed engine refuses calls', refused?.name);
+}
+
+run().then(
+  () => { window.__npmResult = { checks }; },
+  (e) => { window.__npmResult = { checks, error: `${e.name}: ${e.message}` }; },
+).finally(() => log(JSON.stringify(window.__npmResult, null, 1)));

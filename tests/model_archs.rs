@@ -6,7 +6,7 @@
 //! file's sha256, so the model is re-synthesized here and checked to be the same bytes.
 //!
 //! qwen2 checks what llama does not: Q/K/V biases, NeoX RoPE on unpermuted Q/K rows, GQA and
-//! the tied head.
+//! the tied head; qwen3 adds QK-norm and a head size that is not hidden / heads.
 
 mod common;
 
@@ -104,4 +104,11 @@ fn matches_transformers(preset: &str) {
 #[test]
 fn qwen2_matches_transformers_every_position() {
     matches_transformers("tiny-qwen2");
+}
+
+/// qwen3: QK-norm (each Q and K head RMS-normalised with its own weights before RoPE) and a
+/// head size (128) wider than hidden / heads (64).
+#[test]
+fn qwen3_matches_transformers_every_position() {
+    matches_transformers("tiny-qwen3");
 }

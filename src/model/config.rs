@@ -6,7 +6,7 @@ use crate::error::{PupilError, Result};
 use crate::ops::RopeLayout;
 
 /// Architectures this build can run, by their `general.architecture` name.
-pub const SUPPORTED_ARCHITECTURES: [&str; 2] = ["llama", "qwen2"];
+pub const SUPPORTED_ARCHITECTURES: [&str; 3] = ["llama", "qwen2", "qwen3"];
 
 /// How RoPE angles are stretched for long contexts.
 #[derive(Clone, Debug, PartialEq)]
@@ -42,6 +42,9 @@ pub struct ModelConfig {
     pub vocab_size: usize,
     /// The output head reuses the token embedding (no `output.weight`).
     pub tied_embeddings: bool,
+    /// Each Q and K head is RMS-normalised (own weights, `attn_q_norm`/`attn_k_norm`) before
+    /// RoPE (qwen3).
+    pub qk_norm: bool,
 }
 
 fn key<'a>(h: &'a GgufHeader, name: &str) -> Result<&'a Value> {
@@ -151,6 +154,7 @@ impl ModelConfig {
             return bad(format!("token_embd.weight is {:?}, expected [{hidden}, vocab]", embd.dims));
         }
         let rope_layout = if arch == "llama" { RopeLayout::Normal } else { RopeLayout::NeoX };
+        let qk_norm = arch == "qwen3";
         Ok(ModelConfig {
             architecture: arch,
             n_layers,
@@ -165,12 +169,13 @@ impl ModelConfig {
             // GGUF's llama converter permutes Q/K rows so that rotation pairs are adjacent
             // (2i, 2i+1): llama.cpp's "normal" RoPE on the stored weights equals HF's NeoX-style
             // rotation on the original ones, so nothing needs un-permuting. qwen2 files keep
-            // HF's row order and rotate NeoX pairs (i, i + n_rot/2).
+            // HF's row order and rotate NeoX pairs (i, i + n_rot/2); so do qwen3 files.
             rope_layout,
             rms_eps,
             context_length,
             vocab_size,
             tied_embeddings: h.tensor("output.weight").is_none(),
+            qk_norm,
         })
     }
 

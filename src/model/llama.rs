@@ -85,6 +85,8 @@ struct Layer {
     qk_bias: Option<Tensor>,
     q_bias: Option<Tensor>,
     k_bias: Option<Tensor>,
+    /// Per-head RMSNorm weights of Q and K, applied before RoPE (qwen3; Q and K then apart).
+    qk_norm: Option<(Tensor, Tensor)>,
     v: QuantWeight,
     v_bias: Option<Tensor>,
     o: QuantWeight,
@@ -298,8 +300,37 @@ impl LlamaModel {
                     } else {
                         (qk.view(0, &[m, qd])?, aux_k.clone())
                     };
-                    matmul_forward(b, &xn, wq, l.q_bias.as_ref(), &q_out, false)?;
-                    matmul_forward(b, &xn, wk, l.k_bias.as_ref(), &k_out, false)?;
+                    match &l.qk_norm {
+                        None => {
+                            matmul_forward(b, &xn, wq, l.q_bias.as_ref(), &q_out, false)?;
+                            matmul_forward(b, &xn, wk, l.k_bias.as_ref(), &k_out, false)?;
+                        }
+                        Some((qn, kn)) => {
+                            // Project into buffers free until the attention output and the MLP
+                            // (`attn`, `gu`), then normalise each head into where RoPE (or the
+                            // streaming kernels) read: a kernel may not read and write one buffer.
+                            let (q_raw, k_raw) = (attn.view(0, &[m, qd])?, gu.view(0, &[m, kd])?);
+                            matmul_forward(b, &xn, wq, l.q_bias.as_ref(), &q_raw, false)?;
+                            matmul_forward(b, &xn, wk, l.k_bias.as_ref(), &k_raw, false)?;
+                            let heads = |t: &Tensor, n: usize| t.view(0, &[m * n, hd]);
+                            rms_norm_forward(
+                                b,
+                                &heads(&q_raw, nh)?,
+                                qn,
+                                &heads(&q_out, nh)?,
+                                c.rms_eps,
+                                NormWeight::Plain,
+                            )?;
+                            rms_norm_forward(
+                                b,
+                                &heads(&k_raw, nkv)?,
+                                kn,
+                                &heads(&k_out, nkv)?,
+                                c.rms_eps,
+                                NormWeight::Plain,
+                            )?;
+                        }
+                    }
                     (0, &qk, &aux_k)
                 }
             };

@@ -22,13 +22,15 @@ pub enum QuantMix {
 #[derive(Clone, Debug)]
 pub struct SynthSpec {
     pub name: &'static str,
-    /// `llama` or `qwen2` (Q/K/V biases, NeoX RoPE).
+    /// `llama`, `qwen2` (Q/K/V biases, NeoX RoPE) or `qwen3` (QK-norm, NeoX RoPE).
     pub architecture: &'static str,
     pub n_layers: usize,
     pub hidden: usize,
     pub ffn_hidden: usize,
     pub n_heads: usize,
     pub n_kv_heads: usize,
+    /// Per-head size when it is not hidden / heads (qwen3: 128 at any width).
+    pub head_dim: Option<usize>,
     pub vocab: usize,
     pub context: usize,
     pub rope_base: f64,
@@ -48,6 +50,7 @@ pub fn presets() -> Vec<SynthSpec> {
             ffn_hidden: 1536,
             n_heads: 9,
             n_kv_heads: 3,
+            head_dim: None,
             vocab: 49152,
             context: 8192,
             rope_base: 100000.0,
@@ -63,6 +66,7 @@ pub fn presets() -> Vec<SynthSpec> {
             ffn_hidden: 8960,
             n_heads: 12,
             n_kv_heads: 2,
+            head_dim: None,
             vocab: 151936,
             context: 32768,
             rope_base: 1e6,
@@ -78,6 +82,24 @@ pub fn presets() -> Vec<SynthSpec> {
             ffn_hidden: 512,
             n_heads: 4,
             n_kv_heads: 2,
+            head_dim: None,
+            vocab: 512,
+            context: 1024,
+            rope_base: 1e6,
+            rms_eps: 1e-6,
+            tied: true,
+            mix: QuantMix::Uniform(QuantType::Q8_0),
+        },
+        SynthSpec {
+            name: "tiny-qwen3",
+            architecture: "qwen3",
+            n_layers: 2,
+            hidden: 256,
+            ffn_hidden: 512,
+            n_heads: 4,
+            n_kv_heads: 2,
+            // Wider than hidden / heads, as in Qwen3 (and transformers' Qwen3Config default).
+            head_dim: Some(128),
             vocab: 512,
             context: 1024,
             rope_base: 1e6,
@@ -93,6 +115,7 @@ pub fn presets() -> Vec<SynthSpec> {
             ffn_hidden: 512,
             n_heads: 4,
             n_kv_heads: 2,
+            head_dim: None,
             vocab: 512,
             context: 1024,
             rope_base: 10000.0,
@@ -112,7 +135,7 @@ pub fn preset(name: &str) -> Result<SynthSpec> {
 
 impl SynthSpec {
     fn head_dim(&self) -> usize {
-        self.hidden / self.n_heads
+        self.head_dim.unwrap_or(self.hidden / self.n_heads)
     }
 
     /// The format of one matrix, by llama-quantize's rules for the mix.
@@ -158,6 +181,10 @@ impl SynthSpec {
                     t.push((n(&format!("{name}.bias")), vec![rows], QuantType::F32));
                 }
             }
+            if self.architecture == "qwen3" {
+                t.push((n("attn_q_norm.weight"), vec![hd], QuantType::F32));
+                t.push((n("attn_k_norm.weight"), vec![hd], QuantType::F32));
+            }
             t.push((n("attn_output.weight"), vec![qd, h], self.matrix_type("attn_output", Some(i))));
             t.push((n("ffn_norm.weight"), vec![h], QuantType::F32));
             t.push((n("ffn_gate.weight"), vec![h, f], self.matrix_type("ffn_gate", Some(i))));
@@ -186,7 +213,7 @@ fn byte_token(b: u8) -> String {
 
 /// The complete synthetic GGUF file. `progress(done, total)` reports tensor bytes generated.
 pub fn synthesize(spec: &SynthSpec, seed: u64, progress: &mut dyn FnMut(u64, u64)) -> Result<Vec<u8>> {
-    if spec.vocab < 260 || spec.n_heads == 0 || !spec.hidden.is_multiple_of(spec.n_heads) {
+    if spec.vocab < 260 || spec.n_heads == 0 || (spec.head_dim.is_none() && !spec.hidden.is_multiple_of(spec.n_heads)) {
         return Err(PupilError::arg("synthesize", "vocab ≥ 260 and hidden divisible by heads"));
     }
     let arch = spec.architecture;
@@ -204,6 +231,10 @@ pub fn synthesize(spec: &SynthSpec, seed: u64, progress: &mut dyn FnMut(u64, u64
     w.add(&k("rope.freq_base"), Value::F32(spec.rope_base as f32));
     w.add(&k("attention.layer_norm_rms_epsilon"), Value::F32(spec.rms_eps));
     w.add(&k("rope.dimension_count"), Value::U32(spec.head_dim() as u32));
+    if let Some(hd) = spec.head_dim {
+        w.add(&k("attention.key_length"), Value::U32(hd as u32));
+        w.add(&k("attention.value_length"), Value::U32(hd as u32));
+    }
     w.add(&k("vocab_size"), Value::U32(spec.vocab as u32));
     // Byte-level BPE: 256 byte tokens, two control tokens, unused fillers up to the vocab.
     let mut tokens: Vec<Value> = (0..=255u8).map(|b| Value::String(byte_token(b))).collect();
@@ -233,6 +264,7 @@ pub fn synthesize(spec: &SynthSpec, seed: u64, progress: &mut dyn FnMut(u64, u64
             // (f16 would overflow otherwise); the final norm near 1; small biases.
             let (base, spread) = match name.as_str() {
                 "output_norm.weight" => (1.0, 0.1),
+                n if n.ends_with("q_norm.weight") || n.ends_with("k_norm.weight") => (1.0, 0.2),
                 n if n.ends_with(".bias") => (0.0, 0.1),
                 _ => (0.05, 0.02),
             };

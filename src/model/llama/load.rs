@@ -151,6 +151,11 @@ fn plan(t: &Tensors, cfg: &ModelConfig, s: &Sizes, max_batch: usize) -> Result<(
         t.vector(&n("attn_norm"), h)?;
         t.vector(&n("ffn_norm"), h)?;
         weights += 2 * h as u64 * el;
+        if cfg.qk_norm {
+            t.vector(&n("attn_q_norm"), hd)?;
+            t.vector(&n("attn_k_norm"), hd)?;
+            weights += 2 * hd as u64 * el;
+        }
     }
     let r = s.rows as u64;
     let kv_layer = (max_batch * s.context * kd) as u64 * el;
@@ -362,15 +367,33 @@ impl<S: ModelSource + ?Sized> Loader<'_, S> {
             let n = |s: &str| format!("blk.{i}.{s}.weight");
             let attn_norm = self.vector(&n("attn_norm"), h).await?;
             // A streaming model keeps Q and K apart: raw Q and K go straight to the attention
-            // kernels, which rotate them.
-            let qk = self.stacked((&n("attn_q"), qd), (&n("attn_k"), kd), h, streaming).await?;
+            // kernels, which rotate them. So does a QK-norm model: each is normalised apart.
+            let qk = self.stacked((&n("attn_q"), qd), (&n("attn_k"), kd), h, streaming || cfg.qk_norm).await?;
+            let qk_norm = if cfg.qk_norm {
+                Some((self.vector(&n("attn_q_norm"), hd).await?, self.vector(&n("attn_k_norm"), hd).await?))
+            } else {
+                None
+            };
             let [qk_bias, q_bias, k_bias, v_bias] = self.biases(i, &qk, qd, kd).await?;
             let v = self.matrix(&n("attn_v"), kd, h).await?;
             let o = self.matrix(&n("attn_output"), h, qd).await?;
             let ffn_norm = self.vector(&n("ffn_norm"), h).await?;
             let gate_up = self.stacked((&n("ffn_gate"), f), (&n("ffn_up"), f), h, false).await?;
             let down = self.matrix(&n("ffn_down"), h, f).await?;
-            layers.push(Layer { attn_norm, qk, qk_bias, q_bias, k_bias, v, v_bias, o, ffn_norm, gate_up, down });
+            layers.push(Layer {
+                attn_norm,
+                qk,
+                qk_bias,
+                q_bias,
+                k_bias,
+                qk_norm,
+                v,
+                v_bias,
+                o,
+                ffn_norm,
+                gate_up,
+                down,
+            });
         }
         let output_norm = self.vector("output_norm.weight", h).await?;
         let mut rope_cfg = RopeConfig::new(cfg.n_rot, cfg.rope_base, cfg.rope_layout);

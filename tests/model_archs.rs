@@ -12,6 +12,7 @@ mod common;
 
 use std::path::Path;
 
+use common::{json_ids as ids, rel_err};
 use pupil::engine::{generate, Flow, GenerateOptions, Session};
 use pupil::gpu::DType;
 use pupil::model::{synth, LlamaModel, Logits, ModelOptions};
@@ -26,20 +27,6 @@ fn fixture(preset: &str) -> (Json, Vec<f32>) {
     let bin = std::fs::read(dir.join(format!("synth_{name}.f32.bin"))).unwrap();
     let logits = bin.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
     (serde_json::from_str(&json).unwrap(), logits)
-}
-
-fn ids(v: &Json) -> Vec<u32> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
-}
-
-fn rel_err(a: &[f32], b: &[f32]) -> f64 {
-    assert_eq!(a.len(), b.len());
-    let (mut num, mut den) = (0.0f64, 0.0f64);
-    for (&x, &y) in a.iter().zip(b) {
-        num += (x as f64 - y as f64).powi(2);
-        den += (y as f64).powi(2);
-    }
-    (num / den).sqrt()
 }
 
 /// Every position's logits within 1e-4 (f32) / 5e-3 (f16 storage) of transformers, prompts

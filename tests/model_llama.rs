@@ -11,6 +11,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
+use common::{json_ids as ids, rel_err};
 use pupil::engine::{generate, GenerateOptions, Session};
 use pupil::gpu::DType;
 use pupil::model::gguf::{parse_header, GgufWriter, Value};
@@ -28,23 +29,8 @@ fn json(name: &str) -> Json {
     serde_json::from_str(&text).unwrap()
 }
 
-fn ids(v: &Json) -> Vec<u32> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
-}
-
 fn floats(v: &Json) -> Vec<f32> {
     v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()
-}
-
-/// ‖a − b‖ / ‖b‖ in f64.
-fn rel_err(a: &[f32], b: &[f32]) -> f64 {
-    assert_eq!(a.len(), b.len());
-    let (mut num, mut den) = (0.0f64, 0.0f64);
-    for (&x, &y) in a.iter().zip(b) {
-        num += (x as f64 - y as f64).powi(2);
-        den += (y as f64).powi(2);
-    }
-    (num / den).sqrt()
 }
 
 fn load(ctx: &GpuContext, file: &[u8], dtype: DType, chunk: usize, batch: usize) -> LlamaModel {

@@ -121,3 +121,19 @@ impl FlatMemory {
         assert_eq!(ctx.memory.peak_bytes(), self.peak_after_first, "the peak grew after the first steps");
     }
 }
+
+/// Token ids from a JSON fixture array.
+pub fn json_ids(v: &serde_json::Value) -> Vec<u32> {
+    v.as_array().expect("an id array").iter().map(|x| x.as_u64().expect("an id") as u32).collect()
+}
+
+/// ‖a − b‖ / ‖b‖, accumulated in f64.
+pub fn rel_err(a: &[f32], b: &[f32]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    let (mut num, mut den) = (0.0f64, 0.0f64);
+    for (&x, &y) in a.iter().zip(b) {
+        num += (x as f64 - y as f64).powi(2);
+        den += (y as f64).powi(2);
+    }
+    (num / den).sqrt()
+}

@@ -15,7 +15,7 @@ use std::path::Path;
 use common::{json_ids as ids, rel_err};
 use pupil::engine::{generate, Flow, GenerateOptions, Session};
 use pupil::gpu::DType;
-use pupil::model::{synth, LlamaModel, Logits, ModelOptions};
+use pupil::model::{synth, LlamaModel, Logits, ModelOptions, Overflow};
 use pupil::sampling::{Sampler, SamplerConfig};
 use serde_json::Value as Json;
 use sha2::{Digest, Sha256};
@@ -98,4 +98,40 @@ fn qwen2_matches_transformers_every_position() {
 #[test]
 fn qwen3_matches_transformers_every_position() {
     matches_transformers("tiny-qwen3");
+}
+
+/// A streaming (StreamingLLM) qwen3 keeps Q and K raw for the attention kernels to rotate, so
+/// QK-norm writes straight into their inputs: before the cache wraps, every position's logits
+/// still match transformers.
+#[test]
+fn qwen3_streaming_matches_transformers_before_the_wrap() {
+    let (fx, want_all) = fixture("tiny-qwen3");
+    let meta = &fx["meta"];
+    let vocab = meta["vocab"].as_u64().unwrap() as usize;
+    let file = synth::synthesize(&synth::preset("tiny-qwen3").unwrap(), meta["seed"].as_u64().unwrap(), &mut |_, _| {})
+        .unwrap();
+    let ctx = common::full_context();
+    let opts = ModelOptions {
+        dtype: Some(DType::F32),
+        context: Some(128),
+        chunk: 16,
+        overflow: Overflow::Streaming { sink_tokens: 4 },
+        ..ModelOptions::default()
+    };
+    let model = LlamaModel::load(&ctx, &file, &opts, &mut |_, _| {}).unwrap();
+    let mut row = 0;
+    for s in fx["sequences"].as_array().unwrap() {
+        let prompt = ids(&s["input_ids"]);
+        let want = &want_all[row * vocab..(row + prompt.len()) * vocab];
+        row += prompt.len();
+        let cache = model.new_cache(&ctx, 1).unwrap();
+        let mut got = Vec::new();
+        for (i, chunk) in prompt.chunks(model.chunk).enumerate() {
+            model.forward(&ctx, &cache, 0, i * model.chunk, chunk, Logits::All).unwrap();
+            got.extend(pollster::block_on(model.logits(chunk.len()).unwrap().read_f32(&ctx)).unwrap());
+        }
+        let err = rel_err(&got, want);
+        println!("tiny-qwen3 streaming {}: all-position logits rel err {err:.2e}", s["name"]);
+        assert!(err < 1e-4, "{}: {err}", s["name"]);
+    }
 }

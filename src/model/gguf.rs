@@ -397,6 +397,26 @@ pub fn parse_header(buf: &[u8]) -> Result<GgufHeader> {
     Ok(GgufHeader { version, metadata, tensors, alignment, data_offset, index })
 }
 
+impl GgufHeader {
+    /// A header made of parts already checked by `parse_header` (the shards of a split
+    /// file, see `model::split`); tensor names must still be unique across them.
+    pub(crate) fn assemble(
+        version: u32,
+        metadata: Vec<(String, Value)>,
+        tensors: Vec<TensorInfo>,
+        alignment: u64,
+        data_offset: u64,
+    ) -> Result<GgufHeader> {
+        let mut index = HashMap::with_capacity(tensors.len());
+        for (i, t) in tensors.iter().enumerate() {
+            if index.insert(t.name.clone(), i).is_some() {
+                return Err(PupilError::Format(format!("tensor name {} appears in two shards", t.name)));
+            }
+        }
+        Ok(GgufHeader { version, metadata, tensors, alignment, data_offset, index })
+    }
+}
+
 /// Builds a GGUF file in memory: metadata, then tensors (GGUF bytes of their type).
 #[derive(Default)]
 pub struct GgufWriter {

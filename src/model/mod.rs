@@ -6,8 +6,10 @@ pub mod config;
 pub mod gguf;
 pub mod llama;
 pub mod source;
+pub mod split;
 pub mod synth;
 
 pub use config::{ModelConfig, RopeScaling};
 pub use llama::{LlamaModel, LoadPlan, Logits, ModelOptions, Overflow};
 pub use source::{read_header, ModelSource};
+pub use split::{read_split, shard_paths, ShardedSource};

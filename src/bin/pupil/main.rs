@@ -11,7 +11,8 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use pupil::engine::{generate_text, perplexity, Flow, GenerationStats, Session, TextOptions};
-use pupil::model::gguf::parse_header;
+use pupil::model::gguf::GgufHeader;
+use pupil::model::{read_split, shard_paths, ShardedSource};
 use pupil::model::{synth, LlamaModel, ModelConfig, ModelOptions};
 use pupil::sampling::{Sampler, SamplerConfig};
 use pupil::tokenizer::{ChatMessage, ChatTemplate, Tokenizer};
@@ -175,14 +176,27 @@ fn other(e: impl std::fmt::Display) -> PupilError {
     PupilError::Unsupported(e.to_string())
 }
 
-/// The model file's bytes: the given path, or the default model (fetched if needed).
-fn model_file(path: &Option<PathBuf>) -> pupil::Result<(PathBuf, Vec<u8>)> {
+/// A model file read into memory: the given path (every shard, for a split file's name) or
+/// the default model (fetched if needed), its header and its bytes.
+struct ModelFile {
+    path: PathBuf,
+    header: GgufHeader,
+    source: ShardedSource<Vec<u8>>,
+}
+
+fn model_file(path: &Option<PathBuf>) -> pupil::Result<ModelFile> {
     let path = match path {
         Some(p) => p.clone(),
         None => fetch::ensure("smollm2").map_err(other)?,
     };
-    let bytes = std::fs::read(&path).map_err(|e| PupilError::Format(format!("{}: {e}", path.display())))?;
-    Ok((path, bytes))
+    let paths = shard_paths(&path).unwrap_or_else(|| vec![path.clone()]);
+    let mut shards = Vec::with_capacity(paths.len());
+    for p in &paths {
+        shards.push(std::fs::read(p).map_err(|e| PupilError::Format(format!("{}: {e}", p.display())))?);
+    }
+    // One file is a split of one shard: the same merged view either way.
+    let (header, source) = pollster::block_on(read_split(shards))?;
+    Ok(ModelFile { path, header, source })
 }
 
 struct Loaded {
@@ -192,8 +206,7 @@ struct Loaded {
 }
 
 fn load(ctx: &GpuContext, args: &ModelArgs) -> pupil::Result<Loaded> {
-    let (path, file) = model_file(&args.model)?;
-    let header = parse_header(&file)?;
+    let ModelFile { path, header, source } = model_file(&args.model)?;
     let tokenizer = Tokenizer::from_gguf(&header)?;
     let template = match ChatTemplate::from_gguf(&header) {
         Ok(t) => t,
@@ -209,10 +222,10 @@ fn load(ctx: &GpuContext, args: &ModelArgs) -> pupil::Result<Loaded> {
         ..ModelOptions::default()
     };
     let bar = bytes_bar(0, "upload");
-    let model = LlamaModel::load(ctx, &file, &opts, &mut |done, total| {
+    let model = pollster::block_on(LlamaModel::load_with_header(ctx, &header, &source, &opts, &mut |done, total| {
         bar.set_length(total);
         bar.set_position(done);
-    })?;
+    }))?;
     bar.finish_and_clear();
     eprintln!(
         "{}: {} {} layers, {:.0}M parameters, {} path, context {}, GPU {:.1} MiB after load (weights {:.1}), KV cache {:.1} MiB per conversation",
@@ -312,11 +325,10 @@ async fn run(command: Command, options: ContextOptions) -> pupil::Result<ExitCod
         Command::Info { model } => {
             print!("{}", ctx.describe());
             if let Some(path) = model {
-                let (_, file) = model_file(&Some(path))?;
-                let h = parse_header(&file)?;
+                let h = model_file(&Some(path))?.header;
                 let c = ModelConfig::from_gguf(&h)?;
                 println!("model          {c:?}");
-                let plan = LlamaModel::plan(&ctx, &file, &ModelOptions::default())?;
+                let plan = LlamaModel::plan_with_header(&ctx, &h, &ModelOptions::default())?;
                 println!("load plan      {plan:?} (total {:.1} MiB)", plan.total() as f64 / (1 << 20) as f64);
                 if let Ok(t) = Tokenizer::from_gguf(&h) {
                     println!("tokenizer      {t:?}");

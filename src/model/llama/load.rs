@@ -10,6 +10,7 @@ use crate::gpu::{DType, GpuContext, Tensor};
 use crate::model::config::{ModelConfig, RopeScaling};
 use crate::model::gguf::{parse_header, GgufHeader, TensorInfo};
 use crate::model::source::{now_or_never, read_header, ModelSource};
+use crate::model::split::split_info;
 use crate::ops::attention::{AttentionConfig, Streaming};
 use crate::ops::matmul::GEMV_MAX_M;
 use crate::ops::qweight::gpu_layout;
@@ -178,10 +179,14 @@ impl LlamaModel {
     /// What loading `file` with `opts` would allocate; errors as [`load`](Self::load) would,
     /// without allocating anything.
     pub fn plan(ctx: &GpuContext, file: &[u8], opts: &ModelOptions) -> Result<LoadPlan> {
-        let h = parse_header(file)?;
-        let cfg = ModelConfig::from_gguf(&h)?;
+        Self::plan_with_header(ctx, &parse_header(file)?, opts)
+    }
+
+    /// [`plan`](Self::plan) from a header already read.
+    pub fn plan_with_header(ctx: &GpuContext, h: &GgufHeader, opts: &ModelOptions) -> Result<LoadPlan> {
+        let cfg = ModelConfig::from_gguf(h)?;
         let s = resolve(ctx, &cfg, opts)?;
-        Ok(plan(&Tensors { h: &h }, &cfg, &s, opts.max_batch)?.0)
+        Ok(plan(&Tensors { h }, &cfg, &s, opts.max_batch)?.0)
     }
 
     /// Load a GGUF model held in memory: [`load_from`](Self::load_from) over the bytes, which
@@ -218,6 +223,13 @@ impl LlamaModel {
         opts: &ModelOptions,
         progress: &mut dyn FnMut(u64, u64),
     ) -> Result<LlamaModel> {
+        if let Some((no, count)) = split_info(h) {
+            return Err(PupilError::Format(format!(
+                "this file is shard {} of {count} of a split GGUF: load every shard together (model::read_split; \
+                 the CLI finds the others from any shard's name)",
+                no + 1
+            )));
+        }
         if source.len() < h.file_size() {
             return Err(PupilError::Truncated { what: "GGUF file".into(), needed: h.file_size(), have: source.len() });
         }

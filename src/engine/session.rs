@@ -75,11 +75,12 @@ impl<'m> Session<'m> {
 
     /// Whether the cache can return to `len` tokens: always with a full cache (it keeps every
     /// key); with a streaming cache only before it wrapped, or to within the sink tokens
-    /// (once recent slots are overwritten, the keys an earlier position needs are gone).
+    /// (once recent slots are overwritten, the keys an earlier position needs are gone); with
+    /// rolling sliding-window layers (gemma3) by at most their margin past the window.
     pub fn can_rollback(&self, len: usize) -> bool {
         let held = self.tokens.len();
         match self.model.overflow {
-            Overflow::Error => len <= held,
+            Overflow::Error => len == held || (len < held && self.model.rolling_layers_allow_rollback(held, len)),
             Overflow::Streaming { sink_tokens } => {
                 len == held || (len < held && (held <= self.model.context || len <= sink_tokens))
             }
@@ -93,7 +94,7 @@ impl<'m> Session<'m> {
             return Err(PupilError::arg(
                 "Session::rollback",
                 format!(
-                    "cannot return to position {len} of {} tokens held (past the end, or a wrapped streaming cache)",
+                    "cannot return to position {len} of {} tokens held (past the end, or a wrapped rolling/streaming cache)",
                     self.tokens.len()
                 ),
             ));
@@ -144,7 +145,7 @@ impl<'m> Session<'m> {
         let common = self.tokens.iter().zip(prompt).take_while(|(a, b)| a == b).count();
         let mut reuse = common.min(prompt.len() - 1);
         if !self.can_rollback(reuse) {
-            reuse = 0; // a wrapped streaming cache: start over
+            reuse = 0; // a wrapped rolling or streaming cache: start over
         }
         self.rollback(reuse)?;
         self.feed(ctx, &prompt[reuse..])?;

@@ -3,10 +3,28 @@
 
 use super::gguf::{GgufHeader, Value};
 use crate::error::{PupilError, Result};
-use crate::ops::RopeLayout;
+use crate::ops::{Activation, RopeLayout};
 
 /// Architectures this build can run, by their `general.architecture` name.
-pub const SUPPORTED_ARCHITECTURES: [&str; 3] = ["llama", "qwen2", "qwen3"];
+pub const SUPPORTED_ARCHITECTURES: [&str; 4] = ["llama", "qwen2", "qwen3", "gemma3"];
+
+/// Gemma 3's local (sliding-window) layers rotate with this base whatever the global base is
+/// (Hugging Face `rope_local_base_freq`; llama.cpp hard-codes it too).
+const GEMMA3_LOCAL_ROPE_BASE: f64 = 10000.0;
+/// Gemma 3 interleaves five local layers with one global layer (`sliding_window_pattern`).
+const GEMMA3_SWA_PERIOD: usize = 6;
+
+/// Interleaved sliding-window attention (Gemma 3): local layers see the last `window`
+/// positions and rotate with their own RoPE base; the others are global.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SlidingWindow {
+    /// Positions a local layer's query sees, itself included (query − key < window).
+    pub window: usize,
+    /// `local[i]`: layer i is a sliding-window layer.
+    pub local: Vec<bool>,
+    /// RoPE base of the local layers (no scaling applies to them).
+    pub rope_base: f64,
+}
 
 /// How RoPE angles are stretched for long contexts.
 #[derive(Clone, Debug, PartialEq)]
@@ -43,8 +61,19 @@ pub struct ModelConfig {
     /// The output head reuses the token embedding (no `output.weight`).
     pub tied_embeddings: bool,
     /// Each Q and K head is RMS-normalised (own weights, `attn_q_norm`/`attn_k_norm`) before
-    /// RoPE (qwen3).
+    /// RoPE (qwen3, gemma3).
     pub qk_norm: bool,
+    /// The MLP's gate activation: SiLU (llama, qwen) or GELU-tanh (gemma3).
+    pub activation: Activation,
+    /// Token embeddings are multiplied by this before the first block (gemma3: √hidden).
+    pub embedding_scale: Option<f32>,
+    /// The attention and MLP outputs are RMS-normalised before joining the residual
+    /// (`post_attention_norm`, `post_ffw_norm`: gemma3's "sandwich" norms).
+    pub post_norms: bool,
+    /// Interleaved local/global attention layers (gemma3).
+    pub sliding_window: Option<SlidingWindow>,
+    /// Attention logits soft-capped as `cap·tanh(s/cap)` (Gemma 2 style; absent for Gemma 3).
+    pub attn_softcap: Option<f32>,
 }
 
 fn key<'a>(h: &'a GgufHeader, name: &str) -> Result<&'a Value> {
@@ -74,6 +103,46 @@ fn float_or(h: &GgufHeader, name: &str, default: f64) -> Result<f64> {
             .filter(|x| x.is_finite())
             .ok_or_else(|| PupilError::Format(format!("GGUF metadata `{name}` must be a finite number, got {v:?}"))),
     }
+}
+
+/// Gemma 3's window: `attention.sliding_window` (required) on the layers that
+/// `attention.sliding_window_pattern` marks (a period p: every p-th layer is global; or one bool
+/// per layer), default period 6 as Hugging Face and llama.cpp assume for gemma3 files that
+/// carry no pattern.
+fn gemma3_window(h: &GgufHeader, arch: &str, n_layers: usize) -> Result<SlidingWindow> {
+    let name = format!("{arch}.attention.sliding_window");
+    let window = uint(h, &name)?;
+    if window == 0 {
+        return Err(PupilError::Format(format!("GGUF metadata `{name}` must be positive")));
+    }
+    let pname = format!("{arch}.attention.sliding_window_pattern");
+    let local: Vec<bool> = match h.get(&pname) {
+        None => (0..n_layers).map(|i| (i + 1) % GEMMA3_SWA_PERIOD != 0).collect(),
+        Some(Value::Array(items)) => {
+            let flags: Option<Vec<bool>> =
+                items.iter().map(|v| if let Value::Bool(b) = v { Some(*b) } else { None }).collect();
+            match flags {
+                Some(f) if f.len() == n_layers => f,
+                _ => {
+                    return Err(PupilError::Format(format!(
+                        "GGUF metadata `{pname}` must be {n_layers} booleans (one per layer)"
+                    )))
+                }
+            }
+        }
+        Some(_) => {
+            let period = uint(h, &pname)?;
+            if period == 0 {
+                return Err(PupilError::Format(format!("GGUF metadata `{pname}` must be positive")));
+            }
+            (0..n_layers).map(|i| (i + 1) % period != 0).collect()
+        }
+    };
+    let rope_base = float_or(h, &format!("{arch}.rope.freq_base_swa"), GEMMA3_LOCAL_ROPE_BASE)?;
+    if !(rope_base > 1.0) {
+        return Err(PupilError::Format(format!("{arch} model: rope.freq_base_swa {rope_base} must exceed 1")));
+    }
+    Ok(SlidingWindow { window, local, rope_base })
 }
 
 /// `general.architecture`, checked against what this build runs.
@@ -153,8 +222,24 @@ impl ModelConfig {
         if embd_cols != hidden || vocab_size == 0 {
             return bad(format!("token_embd.weight is {:?}, expected [{hidden}, vocab]", embd.dims));
         }
+        // Gemma's GGUF converter keeps HF's row order (NeoX pairs), like qwen.
         let rope_layout = if arch == "llama" { RopeLayout::Normal } else { RopeLayout::NeoX };
-        let qk_norm = arch == "qwen3";
+        let gemma = arch == "gemma3";
+        let qk_norm = arch == "qwen3" || gemma;
+        let sliding_window = if gemma { Some(gemma3_window(h, &arch, n_layers)?) } else { None };
+        if h.get(&k("final_logit_softcapping")).is_some() {
+            return Err(PupilError::Unsupported(format!("{arch}: final logit soft-capping")));
+        }
+        let attn_softcap = match h.get(&k("attn_logit_softcapping")) {
+            None => None,
+            Some(_) => {
+                let cap = float_or(h, &k("attn_logit_softcapping"), 0.0)?;
+                if !(cap > 0.0) {
+                    return bad(format!("attn_logit_softcapping {cap} must be positive"));
+                }
+                Some(cap as f32)
+            }
+        };
         Ok(ModelConfig {
             architecture: arch,
             n_layers,
@@ -176,7 +261,18 @@ impl ModelConfig {
             vocab_size,
             tied_embeddings: h.tensor("output.weight").is_none(),
             qk_norm,
+            activation: if gemma { Activation::GeluTanh } else { Activation::Silu },
+            // HF multiplies by `hidden ** 0.5` rounded to the weights' dtype.
+            embedding_scale: gemma.then(|| (hidden as f64).sqrt() as f32),
+            post_norms: gemma,
+            sliding_window,
+            attn_softcap,
         })
+    }
+
+    /// Whether layer `i` attends through a sliding window (and which).
+    pub fn layer_window(&self, i: usize) -> Option<usize> {
+        self.sliding_window.as_ref().filter(|s| s.local.get(i).copied().unwrap_or(false)).map(|s| s.window)
     }
 
     /// Parameters of the weights (for summaries).

@@ -1,6 +1,9 @@
-//! The `llama` architecture (SmolLM2, Llama 2/3, DeepSeek-R1-Distill-Llama, TinyLlama …):
-//! pre-norm decoder blocks of RMSNorm → GQA attention with RoPE → residual, RMSNorm → SwiGLU
-//! MLP → residual; final RMSNorm and a (possibly tied) output head.
+//! The `llama` family of decoders (SmolLM2, Llama 2/3, DeepSeek-R1-Distill-Llama, TinyLlama …,
+//! and with their options qwen2, qwen3 and gemma3): pre-norm decoder blocks of RMSNorm → GQA
+//! attention with RoPE → residual, RMSNorm → gated MLP → residual; final RMSNorm and a
+//! (possibly tied) output head. The options: Q/K/V biases (qwen2), per-head QK-norm (qwen3,
+//! gemma3), and Gemma 3's scaled embedding, GELU-tanh gate, "sandwich" norms on the attention
+//! and MLP outputs, and interleaved sliding-window layers with their own RoPE base.
 //!
 //! Weights stay in their GGUF block format on the GPU (`ops::QuantWeight`); activations are the
 //! path's dtype (f32, or f16 storage with f32 accumulation). Q|K (and gate|up) are stacked
@@ -18,14 +21,15 @@ use super::config::ModelConfig;
 use crate::error::{PupilError, Result};
 use crate::gpu::{Batch, DType, GpuContext, Tensor};
 use crate::ops::activation::{gated_activation_forward, gated_activation_fused_forward};
+use crate::ops::add::add_inplace;
 use crate::ops::attention::{
     attention_decode_forward, attention_prefill_forward, kv_write, kv_write_chunk, AttentionConfig, CacheSeq, KvCache,
     KvCacheKind,
 };
-use crate::ops::embedding::embedding_quant_forward;
+use crate::ops::embedding::embedding_quant_scaled_forward;
 use crate::ops::matmul::{matmul_forward, matmul_glu_forward, GEMV_MAX_M};
 use crate::ops::rope::{rope_forward, RopeInput};
-use crate::ops::{rms_norm::rms_norm_forward, Activation, NormWeight, QuantWeight, RopeTable};
+use crate::ops::{rms_norm::rms_norm_forward, NormWeight, QuantWeight, RopeTable};
 
 pub use load::LoadPlan;
 
@@ -94,6 +98,8 @@ struct Layer {
     /// gate|up rows stacked (gate first).
     gate_up: Stacked,
     down: QuantWeight,
+    /// Norms of the attention and MLP outputs before the residual add (gemma3).
+    post_norms: Option<(Tensor, Tensor)>,
 }
 
 /// Per-forward buffers, sized for the largest call (`rows` = max(chunk, max_batch)); smaller
@@ -118,6 +124,8 @@ struct Scratch {
     h: Tensor,
     /// K or up projection when its format differs from Q's (gate's).
     aux: Tensor,
+    /// An attention or MLP output normalised before the residual add (post-norm models).
+    post: Option<Tensor>,
     /// The rows whose logits are wanted, copied out of `x`.
     last: Tensor,
     last_n: Tensor,
@@ -147,6 +155,11 @@ pub struct LlamaModel {
     layers: Vec<Layer>,
     rope: Arc<RopeTable>,
     attn: AttentionConfig,
+    /// Sliding-window layers' RoPE table and attention (gemma3's local layers).
+    local: Option<(Arc<RopeTable>, AttentionConfig)>,
+    /// Slots of the sliding-window layers' rolling caches (`None`: they keep every position,
+    /// when the context is not longer than window + margin).
+    local_slots: Option<usize>,
     pub overflow: Overflow,
     scratch: Scratch,
     /// GPU bytes of the weights (for summaries).
@@ -156,23 +169,46 @@ pub struct LlamaModel {
 }
 
 impl LlamaModel {
-    /// A KV cache for `n_seqs` (≤ max_batch) sequences of up to `context` positions.
+    /// A KV cache for `n_seqs` (≤ max_batch) sequences of up to `context` positions (the
+    /// sliding-window layers of a gemma3 model keep only their window plus a rollback margin).
     pub fn new_cache(&self, ctx: &GpuContext, n_seqs: usize) -> Result<KvCache> {
         if n_seqs == 0 || n_seqs > self.max_batch {
             return Err(PupilError::arg("LlamaModel::new_cache", format!("1..={} sequences", self.max_batch)));
         }
         let c = &self.config;
-        let kind = match self.overflow {
-            Overflow::Error => KvCacheKind::Full,
-            Overflow::Streaming { sink_tokens } => KvCacheKind::Streaming { sinks: sink_tokens },
+        KvCache::with_layers(ctx, &self.cache_layers(), n_seqs, c.n_kv_heads, c.head_dim, self.dtype)
+    }
+
+    /// Each layer's cache kind and slots.
+    fn cache_layers(&self) -> Vec<(KvCacheKind, usize)> {
+        let global = match self.overflow {
+            Overflow::Error => (KvCacheKind::Full, self.context),
+            Overflow::Streaming { sink_tokens } => (KvCacheKind::Streaming { sinks: sink_tokens }, self.context),
         };
-        KvCache::new(ctx, kind, c.n_layers, n_seqs, self.context, c.n_kv_heads, c.head_dim, self.dtype)
+        (0..self.config.n_layers)
+            .map(|i| match self.local_slots {
+                Some(slots) if self.config.layer_window(i).is_some() => (KvCacheKind::Rolling, slots),
+                _ => global,
+            })
+            .collect()
     }
 
     /// GPU bytes of a KV cache for `n_seqs` sequences ([`new_cache`](Self::new_cache)).
     pub fn cache_bytes(&self, n_seqs: usize) -> u64 {
         let c = &self.config;
-        (2 * c.n_layers * n_seqs * self.context * c.n_kv_heads * c.head_dim) as u64 * self.dtype.size_bytes()
+        let slots: usize = self.cache_layers().iter().map(|l| l.1).sum();
+        (2 * n_seqs * slots * c.n_kv_heads * c.head_dim) as u64 * self.dtype.size_bytes()
+    }
+
+    /// Whether a cache holding `held` positions can return to `len` (< `held`) under this
+    /// model's rolling layers: the next query at `len` needs the `window − 1` keys before it,
+    /// and a rolling layer of S slots has overwritten everything before `held − S` (returning to
+    /// 0 needs nothing). Full and streaming caches are the session's business.
+    pub fn rolling_layers_allow_rollback(&self, held: usize, len: usize) -> bool {
+        match (self.local_slots, &self.config.sliding_window) {
+            (Some(slots), Some(sw)) => len == 0 || held <= slots || held - len < slots + 2 - sw.window,
+            _ => true,
+        }
     }
 
     /// Logits of the last forward: `[rows, vocab]` (rows = 1 for [`Logits::Last`], the number of
@@ -283,8 +319,12 @@ impl LlamaModel {
             (v(&sc.attn, &[m, qd])?, v(&sc.lse, &[m, nh])?, v(&sc.gu, &[m, 2 * f])?, v(&sc.h, &[m, f])?);
         let attn_heads = attn.view(0, &[m, nh, hd])?;
         let aux_k = v(&sc.aux, &[m, kd])?;
-        embedding_quant_forward(b, &ids, &self.embd, &x)?;
+        embedding_quant_scaled_forward(b, &ids, &self.embd, c.embedding_scale.unwrap_or(1.0), &x)?;
         for (li, l) in self.layers.iter().enumerate() {
+            let (rope, attn_cfg) = match &self.local {
+                Some((rope, cfg)) if c.layer_window(li).is_some() => (rope, cfg),
+                _ => (&self.rope, &self.attn),
+            };
             rms_norm_forward(b, &x, &l.attn_norm, &xn, c.rms_eps, NormWeight::Plain)?;
             let (qk_row, q_in, k_in) = match &l.qk {
                 Stacked::One(w) => {
@@ -339,41 +379,62 @@ impl LlamaModel {
                 let (q_stride, k_stride, k_off) = if qk_row > 0 { (qk_row, qk_row, qd) } else { (qd, kd, 0) };
                 let qin = RopeInput { tokens: m, heads: nh, head_dim: hd, stride: q_stride, offset: 0 };
                 let kin = RopeInput { tokens: m, heads: nkv, head_dim: hd, stride: k_stride, offset: k_off };
-                rope_forward(b, q_in, &positions, &self.rope, qin, &q)?;
-                rope_forward(b, k_in, &positions, &self.rope, kin, &k)?;
+                rope_forward(b, q_in, &positions, rope, qin, &q)?;
+                rope_forward(b, k_in, &positions, rope, kin, &k)?;
             }
             matmul_forward(b, &xn, &l.v, l.v_bias.as_ref(), &vv, false)?;
             match step {
                 Step::Prefill { seq, pos0 } => {
                     let at = Some(CacheSeq { cache, layer: li, seq });
-                    attention_prefill_forward(b, &self.attn, &q, &k, &vv, at, pos0, &attn_heads, &lse)?;
+                    attention_prefill_forward(b, attn_cfg, &q, &k, &vv, at, pos0, &attn_heads, &lse)?;
                     kv_write_chunk(b, cache, li, seq, pos0, &k, &vv)?;
                 }
                 Step::Decode => {
                     let dest = v(&sc.dest, &[m, 2])?;
                     let (k2, v2) = (k.view(0, &[m, kd])?, vv.view(0, &[m, kd])?);
                     kv_write(b, cache, li, &k2, &v2, &dest)?;
-                    attention_decode_forward(b, &self.attn, &q, &dest, cache, li, &attn_heads)?;
+                    attention_decode_forward(b, attn_cfg, &q, &dest, cache, li, &attn_heads)?;
                 }
             }
-            matmul_forward(b, &attn, &l.o, None, &x, true)?;
+            // Without post-norms the output projection accumulates straight into the residual;
+            // with them it goes through `xn` (free once Q, K, V are projected) and its norm.
+            let post = |b: &mut Batch, out: &Tensor, norm: &Tensor| -> Result<()> {
+                let t =
+                    sc.post.as_ref().ok_or_else(|| PupilError::arg("LlamaModel::forward", "no post-norm scratch"))?;
+                let t = v(t, &[m, h])?;
+                rms_norm_forward(b, out, norm, &t, c.rms_eps, NormWeight::Plain)?;
+                add_inplace(b, &x, &t)
+            };
+            match &l.post_norms {
+                None => matmul_forward(b, &attn, &l.o, None, &x, true)?,
+                Some((attn_post, _)) => {
+                    matmul_forward(b, &attn, &l.o, None, &xn, false)?;
+                    post(b, &xn, attn_post)?;
+                }
+            }
             rms_norm_forward(b, &x, &l.ffn_norm, &xn, c.rms_eps, NormWeight::Plain)?;
             match &l.gate_up {
                 Stacked::One(w) if m <= GEMV_MAX_M && w.parts.len() == 1 => {
-                    matmul_glu_forward(b, &xn, w, Activation::Silu, &hh)?
+                    matmul_glu_forward(b, &xn, w, c.activation, &hh)?
                 }
                 Stacked::One(w) => {
                     matmul_forward(b, &xn, w, None, &gu, false)?;
-                    gated_activation_fused_forward(b, Activation::Silu, &gu, &hh)?;
+                    gated_activation_fused_forward(b, c.activation, &gu, &hh)?;
                 }
                 Stacked::Two(wg, wu) => {
                     let (g, u) = (gu.view(0, &[m, f])?, v(&sc.aux, &[m, f])?);
                     matmul_forward(b, &xn, wg, None, &g, false)?;
                     matmul_forward(b, &xn, wu, None, &u, false)?;
-                    gated_activation_forward(b, Activation::Silu, &g, &u, &hh)?;
+                    gated_activation_forward(b, c.activation, &g, &u, &hh)?;
                 }
             }
-            matmul_forward(b, &hh, &l.down, None, &x, true)?;
+            match &l.post_norms {
+                None => matmul_forward(b, &hh, &l.down, None, &x, true)?,
+                Some((_, ffn_post)) => {
+                    matmul_forward(b, &hh, &l.down, None, &xn, false)?;
+                    post(b, &xn, ffn_post)?;
+                }
+            }
         }
         Ok(())
     }

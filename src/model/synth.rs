@@ -22,7 +22,8 @@ pub enum QuantMix {
 #[derive(Clone, Debug)]
 pub struct SynthSpec {
     pub name: &'static str,
-    /// `llama`, `qwen2` (Q/K/V biases, NeoX RoPE) or `qwen3` (QK-norm, NeoX RoPE).
+    /// `llama`, `qwen2` (Q/K/V biases, NeoX RoPE), `qwen3` (QK-norm, NeoX RoPE) or `gemma3`
+    /// (QK-norm, post-norms, GELU-tanh, scaled embedding, interleaved sliding windows).
     pub architecture: &'static str,
     pub n_layers: usize,
     pub hidden: usize,
@@ -37,6 +38,8 @@ pub struct SynthSpec {
     pub rms_eps: f32,
     pub tied: bool,
     pub mix: QuantMix,
+    /// gemma3: the local layers' window (every sixth layer is global).
+    pub sliding_window: Option<usize>,
 }
 
 /// The shapes `pupil synth` knows.
@@ -57,6 +60,7 @@ pub fn presets() -> Vec<SynthSpec> {
             rms_eps: 1e-5,
             tied: true,
             mix: QuantMix::Uniform(QuantType::Q4_1),
+            sliding_window: None,
         },
         SynthSpec {
             name: "qwen2-1.5b",
@@ -73,6 +77,7 @@ pub fn presets() -> Vec<SynthSpec> {
             rms_eps: 1e-6,
             tied: true,
             mix: QuantMix::Q4KM,
+            sliding_window: None,
         },
         SynthSpec {
             name: "qwen3-0.6b",
@@ -89,6 +94,7 @@ pub fn presets() -> Vec<SynthSpec> {
             rms_eps: 1e-6,
             tied: true,
             mix: QuantMix::Uniform(QuantType::Q8_0),
+            sliding_window: None,
         },
         SynthSpec {
             name: "tiny-qwen2",
@@ -105,6 +111,7 @@ pub fn presets() -> Vec<SynthSpec> {
             rms_eps: 1e-6,
             tied: true,
             mix: QuantMix::Uniform(QuantType::Q8_0),
+            sliding_window: None,
         },
         SynthSpec {
             name: "tiny-qwen3",
@@ -122,6 +129,43 @@ pub fn presets() -> Vec<SynthSpec> {
             rms_eps: 1e-6,
             tied: true,
             mix: QuantMix::Uniform(QuantType::Q8_0),
+            sliding_window: None,
+        },
+        SynthSpec {
+            name: "gemma3-270m",
+            architecture: "gemma3",
+            n_layers: 18,
+            hidden: 640,
+            ffn_hidden: 2048,
+            n_heads: 4,
+            n_kv_heads: 1,
+            head_dim: Some(256),
+            vocab: 262144,
+            context: 32768,
+            rope_base: 1e6,
+            rms_eps: 1e-6,
+            tied: true,
+            mix: QuantMix::Q4KM,
+            sliding_window: Some(512),
+        },
+        SynthSpec {
+            // Seven layers: local 0-4 and 6, global 5. head_dim 256 as in every Gemma 3, so
+            // 1/√head_dim is also transformers' default query_pre_attn_scalar (256).
+            name: "tiny-gemma3",
+            architecture: "gemma3",
+            n_layers: 7,
+            hidden: 128,
+            ffn_hidden: 256,
+            n_heads: 2,
+            n_kv_heads: 1,
+            head_dim: Some(256),
+            vocab: 512,
+            context: 1024,
+            rope_base: 1e6,
+            rms_eps: 1e-6,
+            tied: true,
+            mix: QuantMix::Uniform(QuantType::Q8_0),
+            sliding_window: Some(16),
         },
         SynthSpec {
             name: "tiny-llama",
@@ -138,6 +182,7 @@ pub fn presets() -> Vec<SynthSpec> {
             rms_eps: 1e-5,
             tied: false,
             mix: QuantMix::Uniform(QuantType::Q8_0),
+            sliding_window: None,
         },
     ]
 }
@@ -197,15 +242,22 @@ impl SynthSpec {
                     t.push((n(&format!("{name}.bias")), vec![rows], QuantType::F32));
                 }
             }
-            if self.architecture == "qwen3" {
+            let gemma = self.architecture == "gemma3";
+            if self.architecture == "qwen3" || gemma {
                 t.push((n("attn_q_norm.weight"), vec![hd], QuantType::F32));
                 t.push((n("attn_k_norm.weight"), vec![hd], QuantType::F32));
             }
             t.push((n("attn_output.weight"), vec![qd, h], self.matrix_type("attn_output", Some(i))));
+            if gemma {
+                t.push((n("post_attention_norm.weight"), vec![h], QuantType::F32));
+            }
             t.push((n("ffn_norm.weight"), vec![h], QuantType::F32));
             t.push((n("ffn_gate.weight"), vec![h, f], self.matrix_type("ffn_gate", Some(i))));
             t.push((n("ffn_up.weight"), vec![h, f], self.matrix_type("ffn_up", Some(i))));
             t.push((n("ffn_down.weight"), vec![f, h], self.matrix_type("ffn_down", Some(i))));
+            if gemma {
+                t.push((n("post_ffw_norm.weight"), vec![h], QuantType::F32));
+            }
         }
         t.push(("output_norm.weight".to_string(), vec![h], QuantType::F32));
         if !self.tied {
@@ -252,6 +304,9 @@ pub fn synthesize(spec: &SynthSpec, seed: u64, progress: &mut dyn FnMut(u64, u64
         w.add(&k("attention.value_length"), Value::U32(hd as u32));
     }
     w.add(&k("vocab_size"), Value::U32(spec.vocab as u32));
+    if let Some(window) = spec.sliding_window {
+        w.add(&k("attention.sliding_window"), Value::U32(window as u32));
+    }
     // Byte-level BPE: 256 byte tokens, two control tokens, unused fillers up to the vocab.
     let mut tokens: Vec<Value> = (0..=255u8).map(|b| Value::String(byte_token(b))).collect();
     let mut types: Vec<Value> = vec![Value::I32(1); 256];

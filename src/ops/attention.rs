@@ -98,19 +98,30 @@ impl KvCacheKind {
     }
 }
 
-/// Per-layer K and V on the GPU, `[n_seqs, slots, n_kv_heads, head_dim]` each.
+/// Per-layer K and V on the GPU, `[n_seqs, slots, n_kv_heads, head_dim]` each. Layers may differ
+/// in kind and slots ([`KvCache::with_layers`]): Gemma 3's sliding-window layers keep a rolling
+/// window while its global layers keep every position.
 pub struct KvCache {
-    pub kind: KvCacheKind,
     pub n_seqs: usize,
-    pub slots: usize,
     pub n_kv_heads: usize,
     pub head_dim: usize,
     pub dtype: DType,
+    kinds: Vec<KvCacheKind>,
+    slots: Vec<usize>,
     pub k: Vec<Tensor>,
     pub v: Vec<Tensor>,
 }
 
+/// One layer of a [`KvCache`] as the ops see it.
+struct CacheLayer<'a> {
+    kind: KvCacheKind,
+    slots: usize,
+    k: &'a Tensor,
+    v: &'a Tensor,
+}
+
 impl KvCache {
+    /// Every layer of one kind and size.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         ctx: &GpuContext,
@@ -122,8 +133,23 @@ impl KvCache {
         head_dim: usize,
         dtype: DType,
     ) -> Result<KvCache> {
+        if layers == 0 {
+            return Err(PupilError::shape("KvCache::new", "layers must be positive"));
+        }
+        Self::with_layers(ctx, &vec![(kind, slots); layers], n_seqs, n_kv_heads, head_dim, dtype)
+    }
+
+    /// One `(kind, slots)` per layer.
+    pub fn with_layers(
+        ctx: &GpuContext,
+        layers: &[(KvCacheKind, usize)],
+        n_seqs: usize,
+        n_kv_heads: usize,
+        head_dim: usize,
+        dtype: DType,
+    ) -> Result<KvCache> {
         const OP: &str = "KvCache::new";
-        if layers == 0 || n_seqs == 0 || slots == 0 || n_kv_heads == 0 || head_dim == 0 {
+        if layers.is_empty() || n_seqs == 0 || n_kv_heads == 0 || head_dim == 0 {
             return Err(PupilError::shape(OP, "layers, sequences, slots, heads and head_dim must be positive"));
         }
         if !dtype.is_float() {
@@ -132,33 +158,66 @@ impl KvCache {
         if dtype == DType::F16 && !ctx.caps.f16 {
             return Err(PupilError::MissingFeature("shader-f16"));
         }
-        if kind.fixed_slots() >= slots {
-            return Err(PupilError::shape(
-                OP,
-                format!("{slots} slots leave none to roll after {} sinks", kind.fixed_slots()),
-            ));
+        for &(kind, slots) in layers {
+            if slots == 0 {
+                return Err(PupilError::shape(OP, "slots must be positive"));
+            }
+            if kind.fixed_slots() >= slots {
+                return Err(PupilError::shape(
+                    OP,
+                    format!("{slots} slots leave none to roll after {} sinks", kind.fixed_slots()),
+                ));
+            }
+            to_u32(OP, n_seqs * slots * n_kv_heads * head_dim)?;
         }
-        let shape = [n_seqs, slots, n_kv_heads, head_dim];
-        to_u32(OP, shape.iter().product())?;
-        let mut k = Vec::with_capacity(layers);
-        let mut v = Vec::with_capacity(layers);
-        for _ in 0..layers {
+        let mut k = Vec::with_capacity(layers.len());
+        let mut v = Vec::with_capacity(layers.len());
+        for &(_, slots) in layers {
+            let shape = [n_seqs, slots, n_kv_heads, head_dim];
             k.push(Tensor::empty(ctx, &shape, dtype)?);
             v.push(Tensor::empty(ctx, &shape, dtype)?);
         }
-        Ok(KvCache { kind, n_seqs, slots, n_kv_heads, head_dim, dtype, k, v })
+        Ok(KvCache {
+            n_seqs,
+            n_kv_heads,
+            head_dim,
+            dtype,
+            kinds: layers.iter().map(|l| l.0).collect(),
+            slots: layers.iter().map(|l| l.1).collect(),
+            k,
+            v,
+        })
     }
 
-    fn layer(&self, op: &'static str, layer: usize) -> Result<(&Tensor, &Tensor)> {
+    pub fn n_layers(&self) -> usize {
+        self.k.len()
+    }
+
+    /// Layer `layer`'s kind (layer 0's when out of range).
+    pub fn kind(&self, layer: usize) -> KvCacheKind {
+        self.kinds.get(layer).copied().unwrap_or(self.kinds[0])
+    }
+
+    /// Layer `layer`'s slots per sequence (layer 0's when out of range).
+    pub fn slots(&self, layer: usize) -> usize {
+        self.slots.get(layer).copied().unwrap_or(self.slots[0])
+    }
+
+    fn layer(&self, op: &'static str, layer: usize) -> Result<CacheLayer<'_>> {
         match (self.k.get(layer), self.v.get(layer)) {
-            (Some(k), Some(v)) => Ok((k, v)),
+            (Some(k), Some(v)) => Ok(CacheLayer { kind: self.kinds[layer], slots: self.slots[layer], k, v }),
             _ => Err(PupilError::arg(op, format!("layer {layer} of a cache with {} layers", self.k.len()))),
         }
     }
 
-    /// Bytes of one layer (K and V).
+    /// Bytes of layer 0 (K and V).
     pub fn layer_bytes(&self) -> u64 {
-        2 * (self.n_seqs * self.slots * self.n_kv_heads * self.head_dim) as u64 * self.dtype.size_bytes()
+        self.k[0].buffer_size() + self.v[0].buffer_size()
+    }
+
+    /// Bytes of every layer (K and V).
+    pub fn bytes(&self) -> u64 {
+        self.k.iter().chain(&self.v).map(|t| t.buffer_size()).sum()
     }
 }
 
@@ -320,7 +379,8 @@ impl AttentionConfig {
     }
 
     /// The cache must hold this layer's heads and, if it rolls, the whole window.
-    fn check_cache(&self, op: &'static str, cache: &KvCache, dt: DType) -> Result<()> {
+    fn check_cache(&self, op: &'static str, cache: &KvCache, layer: usize, dt: DType) -> Result<()> {
+        let (kind, slots) = (cache.kind(layer), cache.slots(layer));
         if cache.n_kv_heads != self.n_kv_heads || cache.head_dim != self.head_dim {
             return Err(PupilError::shape(
                 op,
@@ -333,17 +393,14 @@ impl AttentionConfig {
         if cache.dtype != dt {
             return Err(PupilError::dtype(op, format!("cache is {}, inputs are {}", cache.dtype.name(), dt.name())));
         }
-        if cache.kind == KvCacheKind::Rolling && self.window.is_none_or(|w| w > cache.slots) {
+        if kind == KvCacheKind::Rolling && self.window.is_none_or(|w| w > slots) {
             return Err(PupilError::arg(
                 op,
-                format!(
-                    "a rolling cache of {} slots needs a window of at most {} (got {:?})",
-                    cache.slots, cache.slots, self.window
-                ),
+                format!("a rolling cache of {slots} slots needs a window of at most {slots} (got {:?})", self.window),
             ));
         }
-        let rolling = cache.slots - cache.kind.fixed_slots();
-        match (cache.kind, &self.streaming) {
+        let rolling = slots - kind.fixed_slots();
+        match (kind, &self.streaming) {
             (KvCacheKind::Streaming { sinks }, Some(st))
                 if sinks != st.sink_tokens || self.window.is_none_or(|w| w > rolling) =>
             {
@@ -476,18 +533,18 @@ pub fn attention_prefill_forward_with(
     let s_tok = cfg.sink_tokens();
     let (kc, vc, cache_base, slots) = match cache {
         Some(c) => {
-            cfg.check_cache(OP, c.cache, dt)?;
-            let (kc, vc) = c.cache.layer(OP, c.layer)?;
+            let l = c.cache.layer(OP, c.layer)?;
+            cfg.check_cache(OP, c.cache, c.layer, dt)?;
             if c.seq >= c.cache.n_seqs {
                 return Err(PupilError::arg(OP, format!("sequence {} of a cache of {}", c.seq, c.cache.n_seqs)));
             }
-            if c.cache.kind == KvCacheKind::Full && pos0 > c.cache.slots {
-                return Err(PupilError::arg(OP, format!("pos0 {pos0} past a full cache of {} slots", c.cache.slots)));
+            if l.kind == KvCacheKind::Full && pos0 > l.slots {
+                return Err(PupilError::arg(OP, format!("pos0 {pos0} past a full cache of {} slots", l.slots)));
             }
-            if c.cache.slots <= s_tok {
-                return Err(PupilError::arg(OP, format!("{} cache slots for {s_tok} sink tokens", c.cache.slots)));
+            if l.slots <= s_tok {
+                return Err(PupilError::arg(OP, format!("{} cache slots for {s_tok} sink tokens", l.slots)));
             }
-            (kc, vc, c.seq * c.cache.slots, c.cache.slots)
+            (l.k, l.v, c.seq * l.slots, l.slots)
         }
         None if pos0 == 0 => (k, v, 0, s_tok + 1),
         None => return Err(PupilError::arg(OP, format!("pos0 = {pos0} needs a KV cache for the earlier keys"))),
@@ -663,7 +720,8 @@ pub fn attention_decode_forward_with(
     const OP: &str = "attention_decode_forward";
     cfg.validate(OP)?;
     let dt = float_dtype(b.context(), OP, &[q, out])?;
-    cfg.check_cache(OP, cache, dt)?;
+    let l = cache.layer(OP, layer)?;
+    cfg.check_cache(OP, cache, layer, dt)?;
     expect_dtype(OP, "seqs", seqs, DType::U32)?;
     let hd = cfg.head_dim;
     let batch = q.shape().first().copied().unwrap_or(0);
@@ -676,13 +734,13 @@ pub fn attention_decode_forward_with(
     expect_len(OP, "seqs", seqs, 2 * batch)?;
     expect_len(OP, "out", out, q.len())?;
     let s_tok = cfg.sink_tokens();
-    if cache.slots <= s_tok {
-        return Err(PupilError::arg(OP, format!("{} cache slots for {s_tok} sink tokens", cache.slots)));
+    if l.slots <= s_tok {
+        return Err(PupilError::arg(OP, format!("{} cache slots for {s_tok} sink tokens", l.slots)));
     }
     if let Some(g) = &gate {
         g.check(OP, dt, batch, cfg.n_heads, hd)?;
     }
-    let (kc, vc) = cache.layer(OP, layer)?;
+    let (kc, vc) = (l.k, l.v);
     let mut ins = vec![q, seqs, kc, vc];
     ins.extend(cfg.sinks.as_ref());
     ins.extend(cfg.rope().map(|r| &r.table));
@@ -693,9 +751,9 @@ pub fn attention_decode_forward_with(
     let blocks = group.div_ceil(hb);
     // The most keys a sequence keeps: the sinks and the window, or the window, or the cache.
     let span = match cfg.window {
-        Some(w) if cfg.streaming.is_some() => (s_tok + w).min(cache.slots),
-        Some(w) => w.min(cache.slots),
-        None => cache.slots,
+        Some(w) if cfg.streaming.is_some() => (s_tok + w).min(l.slots),
+        Some(w) => w.min(l.slots),
+        None => l.slots,
     };
     let (chunk_len, chunks) = decode_split(span);
     let ctx = b.context();
@@ -710,7 +768,7 @@ pub fn attention_decode_forward_with(
         hb: hb as u32,
         blocks: blocks as u32,
         n_seqs: to_u32(OP, cache.n_seqs)?,
-        slots: to_u32(OP, cache.slots)?,
+        slots: to_u32(OP, l.slots)?,
         window: cfg.window_param(),
         chunks: chunks as u32,
         chunk_len: to_u32(OP, chunk_len)?,
@@ -773,7 +831,7 @@ fn kv_write_checks<'c>(
     layer: usize,
     k: &Tensor,
     v: &Tensor,
-) -> Result<(DType, usize, &'c Tensor, &'c Tensor)> {
+) -> Result<(DType, usize, CacheLayer<'c>)> {
     let dt = float_dtype(b.context(), op, &[k, v])?;
     if cache.dtype != dt {
         return Err(PupilError::dtype(op, format!("cache is {}, K/V are {}", cache.dtype.name(), dt.name())));
@@ -784,8 +842,7 @@ fn kv_write_checks<'c>(
         return Err(PupilError::shape(op, format!("k is {:?}, expected [tokens > 0, {row}]", k.shape())));
     }
     expect_len(op, "v", v, k.len())?;
-    let (kc, vc) = cache.layer(op, layer)?;
-    Ok((dt, tokens, kc, vc))
+    Ok((dt, tokens, cache.layer(op, layer)?))
 }
 
 /// Write a chunk's K and V rows (`[tokens, n_kv_heads·head_dim]`) at positions
@@ -801,31 +858,31 @@ pub fn kv_write_chunk(
     v: &Tensor,
 ) -> Result<()> {
     const OP: &str = "kv_write_chunk";
-    let (dt, tokens, kc, vc) = kv_write_checks(OP, b, cache, layer, k, v)?;
+    let (dt, tokens, l) = kv_write_checks(OP, b, cache, layer, k, v)?;
     if seq >= cache.n_seqs {
         return Err(PupilError::arg(OP, format!("sequence {seq} of a cache of {}", cache.n_seqs)));
     }
-    if cache.kind == KvCacheKind::Full && pos0 + tokens > cache.slots {
+    if l.kind == KvCacheKind::Full && pos0 + tokens > l.slots {
         return Err(PupilError::arg(
             OP,
-            format!("positions up to {} past a full cache of {} slots", pos0 + tokens, cache.slots),
+            format!("positions up to {} past a full cache of {} slots", pos0 + tokens, l.slots),
         ));
     }
     to_u32(OP, pos0 + tokens)?;
     let p = KvWriteParams {
         tokens: to_u32(OP, tokens)?,
         row: (cache.n_kv_heads * cache.head_dim) as u32,
-        slots: cache.slots as u32,
+        slots: l.slots as u32,
         n_seqs: cache.n_seqs as u32,
         seq: seq as u32,
         pos0: pos0 as u32,
-        first_token: tokens.saturating_sub(cache.slots - cache.kind.fixed_slots()) as u32,
-        wrap: (cache.kind != KvCacheKind::Full) as u32,
-        sinks: cache.kind.fixed_slots() as u32,
+        first_token: tokens.saturating_sub(l.slots - l.kind.fixed_slots()) as u32,
+        wrap: (l.kind != KvCacheKind::Full) as u32,
+        sinks: l.kind.fixed_slots() as u32,
     };
     let key = kernel(b.context(), "attention_kv_write", "attention_kv_write", dt, false, WG);
     let grid = elem_grid(b, k.len())?;
-    b.dispatch(&key, bytemuck::bytes_of(&p), &[k, v, kc, vc], grid)
+    b.dispatch(&key, bytemuck::bytes_of(&p), &[k, v, l.k, l.v], grid)
 }
 
 /// Write K and V rows (`[tokens, n_kv_heads·head_dim]`) where `dest` (u32 `[tokens, 2]`,
@@ -834,23 +891,23 @@ pub fn kv_write_chunk(
 /// slot, are dropped.
 pub fn kv_write(b: &mut Batch, cache: &KvCache, layer: usize, k: &Tensor, v: &Tensor, dest: &Tensor) -> Result<()> {
     const OP: &str = "kv_write";
-    let (dt, tokens, kc, vc) = kv_write_checks(OP, b, cache, layer, k, v)?;
+    let (dt, tokens, l) = kv_write_checks(OP, b, cache, layer, k, v)?;
     expect_dtype(OP, "dest", dest, DType::U32)?;
     expect_len(OP, "dest", dest, 2 * tokens)?;
     let p = KvWriteParams {
         tokens: to_u32(OP, tokens)?,
         row: (cache.n_kv_heads * cache.head_dim) as u32,
-        slots: cache.slots as u32,
+        slots: l.slots as u32,
         n_seqs: cache.n_seqs as u32,
         seq: 0,
         pos0: 0,
         first_token: 0,
-        wrap: (cache.kind != KvCacheKind::Full) as u32,
-        sinks: cache.kind.fixed_slots() as u32,
+        wrap: (l.kind != KvCacheKind::Full) as u32,
+        sinks: l.kind.fixed_slots() as u32,
     };
     let key = kernel(b.context(), "attention_kv_write", "attention_kv_write", dt, false, WG).flag("INDEXED", true);
     let grid = elem_grid(b, k.len())?;
-    b.dispatch(&key, bytemuck::bytes_of(&p), &[k, v, dest, kc, vc], grid)
+    b.dispatch(&key, bytemuck::bytes_of(&p), &[k, v, dest, l.k, l.v], grid)
 }
 
 pub fn variants() -> Vec<KernelKey> {

@@ -45,11 +45,27 @@ struct QuantParams {
     row_start: u32,
     rows: u32,
     vocab: u32,
+    scale: f32,
 }
 
 /// `y[i] = table[ids[i]]` for a quantized `[vocab, dim]` table; one dispatch per table part.
 pub fn embedding_quant_forward(b: &mut Batch, ids: &Tensor, table: &QuantWeight, y: &Tensor) -> Result<()> {
+    embedding_quant_scaled_forward(b, ids, table, 1.0, y)
+}
+
+/// `y[i] = scale · table[ids[i]]` (Gemma multiplies the embedding by √hidden): the product is
+/// taken in f32 before the store, so f32 results equal Hugging Face's `embed(ids) * scale`.
+pub fn embedding_quant_scaled_forward(
+    b: &mut Batch,
+    ids: &Tensor,
+    table: &QuantWeight,
+    scale: f32,
+    y: &Tensor,
+) -> Result<()> {
     const OP: &str = "embedding_quant_forward";
+    if !scale.is_finite() {
+        return Err(PupilError::arg(OP, format!("scale must be finite, got {scale}")));
+    }
     let dt = float_dtype(b.context(), OP, &[y])?;
     expect_dtype(OP, "ids", ids, DType::U32)?;
     expect_len(OP, "output", y, ids.len() * table.cols)?;
@@ -67,6 +83,7 @@ pub fn embedding_quant_forward(b: &mut Batch, ids: &Tensor, table: &QuantWeight,
             row_start: to_u32(OP, part.row_start)?,
             rows: to_u32(OP, part.rows)?,
             vocab: to_u32(OP, table.rows)?,
+            scale,
         };
         let mut tensors = vec![y, ids, &part.q];
         tensors.extend(part.s.as_ref());

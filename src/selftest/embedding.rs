@@ -3,7 +3,7 @@
 use super::harness::{check_float, inputs, poisoned, CaseReport};
 use crate::error::Result;
 use crate::gpu::{Batch, DType, GpuContext, Tensor};
-use crate::ops::embedding::{embedding_forward, embedding_quant_forward};
+use crate::ops::embedding::{embedding_forward, embedding_quant_forward, embedding_quant_scaled_forward};
 use crate::ops::qweight::{gpu_layout, gpu_row_bytes};
 use crate::ops::QuantWeight;
 use crate::quant::{self, QuantType};
@@ -46,6 +46,15 @@ pub async fn check(ctx: &GpuContext, dt: DType) -> Result<Vec<CaseReport>> {
         b.submit();
         let want = reference::embedding(&ids, &table, dim);
         let name = format!("{} vocab {vocab} dim {dim} {} parts", ty.name(), weight.parts.len());
+        out.push(check_float(ctx, "embedding", name, &y, &want).await?);
+        // Gemma's scaled gather (√hidden), through the same parts.
+        let scale = (640f32).sqrt();
+        let y = poisoned(ctx, &[ids.len(), dim], dt)?;
+        let mut b = Batch::new(ctx);
+        embedding_quant_scaled_forward(&mut b, &it, &weight, scale, &y)?;
+        b.submit();
+        let want: Vec<f64> = want.iter().map(|&v| v * scale as f64).collect();
+        let name = format!("{} vocab {vocab} dim {dim} scale {scale}", ty.name());
         out.push(check_float(ctx, "embedding", name, &y, &want).await?);
     }
     Ok(out)

@@ -37,23 +37,32 @@ pub fn full_context() -> GpuContext {
     context_with(ContextOptions::default())
 }
 
-/// Where the real default model is cached (`PUPIL_SMOLLM2`, else `$PUPIL_CACHE` or
-/// `~/.cache/pupil`), as scripts/fetch-model.sh puts it.
-pub fn smollm2_path() -> std::path::PathBuf {
+/// Where a real model is cached: `$<env>` if set, else `$PUPIL_CACHE` or `~/.cache/pupil`
+/// joined with `file`, as scripts/fetch-model.sh puts it.
+fn cached_model_path(env: &str, file: &str) -> std::path::PathBuf {
     use std::path::PathBuf;
-    std::env::var_os("PUPIL_SMOLLM2").map(PathBuf::from).unwrap_or_else(|| {
+    std::env::var_os(env).map(PathBuf::from).unwrap_or_else(|| {
         let cache = std::env::var_os("PUPIL_CACHE")
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/pupil"));
-        cache.join("SmolLM2-135M-Instruct.Q4_1.gguf")
+        cache.join(file)
     })
 }
 
-/// The real model's bytes, or None (skip) when it is absent — a failure instead when
+/// The real default model's path (`PUPIL_SMOLLM2` overrides).
+pub fn smollm2_path() -> std::path::PathBuf {
+    cached_model_path("PUPIL_SMOLLM2", "SmolLM2-135M-Instruct.Q4_1.gguf")
+}
+
+/// Gemma 3 270M Q4_K_M's path (`PUPIL_GEMMA3` overrides; `scripts/fetch-model.sh gemma3`).
+pub fn gemma3_path() -> std::path::PathBuf {
+    cached_model_path("PUPIL_GEMMA3", "gemma-3-270m-q4_k_m.gguf")
+}
+
+/// A real model's bytes, or None (skip) when it is absent — a failure instead when
 /// `PUPIL_REQUIRE_MODELS` is set, as CI does.
-pub fn smollm2() -> Option<Vec<u8>> {
-    let path = smollm2_path();
-    match std::fs::read(&path) {
+pub fn read_model(path: &std::path::Path) -> Option<Vec<u8>> {
+    match std::fs::read(path) {
         Ok(b) => Some(b),
         Err(e) => {
             assert!(
@@ -65,6 +74,16 @@ pub fn smollm2() -> Option<Vec<u8>> {
             None
         }
     }
+}
+
+/// The real default model's bytes (see [`read_model`]).
+pub fn smollm2() -> Option<Vec<u8>> {
+    read_model(&smollm2_path())
+}
+
+/// Gemma 3 270M's bytes (see [`read_model`]).
+pub fn gemma3() -> Option<Vec<u8>> {
+    read_model(&gemma3_path())
 }
 
 /// One decode step of sequence 0 at position `pos` through layer 0 of `cache`: write this

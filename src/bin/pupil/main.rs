@@ -137,7 +137,8 @@ enum Command {
     },
     /// Write a random-weight GGUF of a real architecture and size, for benchmarks.
     Synth {
-        /// Shape: smollm2-135m (Q4_1), qwen2-1.5b (Q4_K_M), qwen3-0.6b (Q8_0), tiny-llama, tiny-qwen2, tiny-qwen3 (Q8_0).
+        /// Shape: smollm2-135m (Q4_1), qwen2-1.5b (Q4_K_M), qwen3-0.6b (Q8_0), gemma3-270m (Q4_K_M),
+        /// tiny-llama, tiny-qwen2, tiny-qwen3, tiny-gemma3 (Q8_0).
         shape: String,
         #[arg(short, long)]
         out: PathBuf,

@@ -75,11 +75,18 @@ impl LoadPlan {
     }
 }
 
-/// Resolved sizes of a load: (dtype, context, rows of scratch).
+/// Positions a sliding-window layer's rolling cache keeps beyond its window, so that a session
+/// can roll back (a chat turn re-tokenised differently, a regenerated answer) by this many
+/// tokens without recomputing the prompt.
+pub const LOCAL_ROLLBACK_MARGIN: usize = 128;
+
+/// Resolved sizes of a load: (dtype, context, rows of scratch, sliding-window layers' slots).
 struct Sizes {
     dtype: DType,
     context: usize,
     rows: usize,
+    /// `Some(window + margin)` when that is less than the context: those layers roll.
+    local_slots: Option<usize>,
 }
 
 fn resolve(ctx: &GpuContext, cfg: &ModelConfig, opts: &ModelOptions) -> Result<Sizes> {
@@ -111,6 +118,12 @@ fn resolve(ctx: &GpuContext, cfg: &ModelConfig, opts: &ModelOptions) -> Result<S
                 ),
             ));
         }
+        if cfg.sliding_window.is_some() {
+            return Err(PupilError::Unsupported(format!(
+                "streaming past the context for {} (interleaved sliding-window layers); use the error policy",
+                cfg.architecture
+            )));
+        }
         if !cfg.n_rot.is_multiple_of(8) {
             return Err(PupilError::Unsupported(format!(
                 "streaming attention with n_rot {} (needs a multiple of 8)",
@@ -118,7 +131,8 @@ fn resolve(ctx: &GpuContext, cfg: &ModelConfig, opts: &ModelOptions) -> Result<S
             )));
         }
     }
-    Ok(Sizes { dtype, context, rows: opts.chunk.max(opts.max_batch) })
+    let local_slots = cfg.sliding_window.as_ref().map(|sw| sw.window + LOCAL_ROLLBACK_MARGIN).filter(|&s| s < context);
+    Ok(Sizes { dtype, context, rows: opts.chunk.max(opts.max_batch), local_slots })
 }
 
 /// Bytes of every allocation a load makes, and the largest single buffer (name, bytes).
@@ -152,6 +166,11 @@ fn plan(t: &Tensors, cfg: &ModelConfig, s: &Sizes, max_batch: usize) -> Result<(
         t.vector(&n("attn_norm"), h)?;
         t.vector(&n("ffn_norm"), h)?;
         weights += 2 * h as u64 * el;
+        if cfg.post_norms {
+            t.vector(&n("post_attention_norm"), h)?;
+            t.vector(&n("post_ffw_norm"), h)?;
+            weights += 2 * h as u64 * el;
+        }
         if cfg.qk_norm {
             t.vector(&n("attn_q_norm"), hd)?;
             t.vector(&n("attn_k_norm"), hd)?;
@@ -167,11 +186,21 @@ fn plan(t: &Tensors, cfg: &ModelConfig, s: &Sizes, max_batch: usize) -> Result<(
         ("the MLP scratch (lower the chunk)", r * 2 * f as u64 * el),
     ];
     let largest = buffers.iter().max_by_key(|b| b.1).map(|b| (b.0.to_string(), b.1)).unwrap_or_default();
+    let local_rope = if cfg.sliding_window.is_some() { buffers[1].1 } else { 0 };
+    let post = if cfg.post_norms { r * h as u64 * el } else { 0 };
     let scratch = buffers[1..].iter().map(|b| b.1).sum::<u64>()
+        + local_rope
+        + post
         + r * 4 * 4
         + r * el * (4 * h + (qd + kd) + 2 * qd + 2 * kd + 2 * f.max(kd)) as u64
         + r * cfg.n_heads as u64 * 4;
-    let kv = 2 * cfg.n_layers as u64 * kv_layer;
+    let kv = (0..cfg.n_layers)
+        .map(|i| match s.local_slots {
+            Some(slots) if cfg.layer_window(i).is_some() => (max_batch * slots * kd) as u64 * el,
+            _ => kv_layer,
+        })
+        .sum::<u64>()
+        * 2;
     Ok((LoadPlan { weight_bytes: weights, kv_cache_bytes: kv, scratch_bytes: scratch }, largest))
 }
 
@@ -392,6 +421,11 @@ impl<S: ModelSource + ?Sized> Loader<'_, S> {
             let ffn_norm = self.vector(&n("ffn_norm"), h).await?;
             let gate_up = self.stacked((&n("ffn_gate"), f), (&n("ffn_up"), f), h, false).await?;
             let down = self.matrix(&n("ffn_down"), h, f).await?;
+            let post_norms = if cfg.post_norms {
+                Some((self.vector(&n("post_attention_norm"), h).await?, self.vector(&n("post_ffw_norm"), h).await?))
+            } else {
+                None
+            };
             layers.push(Layer {
                 attn_norm,
                 qk,
@@ -405,6 +439,7 @@ impl<S: ModelSource + ?Sized> Loader<'_, S> {
                 ffn_norm,
                 gate_up,
                 down,
+                post_norms,
             });
         }
         let output_norm = self.vector("output_norm.weight", h).await?;
@@ -418,6 +453,18 @@ impl<S: ModelSource + ?Sized> Loader<'_, S> {
             }
         }
         let rope = Arc::new(RopeTable::new(ctx, rope_cfg, s.context)?);
+        let mut attn = AttentionConfig::new(cfg.n_heads, cfg.n_kv_heads, hd);
+        attn.softcap = cfg.attn_softcap;
+        // Local layers: their own base and no long-context scaling (HF's rope_local_base_freq).
+        let local = match &cfg.sliding_window {
+            None => None,
+            Some(sw) => {
+                let table = RopeTable::new(ctx, RopeConfig::new(cfg.n_rot, sw.rope_base, cfg.rope_layout), s.context)?;
+                let mut local_attn = attn.clone();
+                local_attn.window = Some(sw.window);
+                Some((Arc::new(table), local_attn))
+            }
+        };
         let r = s.rows;
         let e = |shape: &[usize], dtype| Tensor::empty(ctx, shape, dtype);
         let scratch = Scratch {
@@ -436,11 +483,11 @@ impl<S: ModelSource + ?Sized> Loader<'_, S> {
             gu: e(&[r, 2 * f], dt)?,
             h: e(&[r, f], dt)?,
             aux: e(&[r, f.max(kd)], dt)?,
+            post: if cfg.post_norms { Some(e(&[r, h], dt)?) } else { None },
             last: e(&[r, h], dt)?,
             last_n: e(&[r, h], dt)?,
             logits: e(&[r, cfg.vocab_size], dt)?,
         };
-        let mut attn = AttentionConfig::new(cfg.n_heads, cfg.n_kv_heads, hd);
         if let Overflow::Streaming { sink_tokens } = opts.overflow {
             attn.window = Some(s.context - sink_tokens);
             attn.streaming = Some(Streaming { sink_tokens, rope: Some(rope.clone()) });
@@ -456,6 +503,8 @@ impl<S: ModelSource + ?Sized> Loader<'_, S> {
                         + l.o.gpu_bytes()
                         + l.down.gpu_bytes()
                         + 2 * l.attn_norm.buffer_size()
+                        + l.post_norms.as_ref().map_or(0, |(a, b)| a.buffer_size() + b.buffer_size())
+                        + l.qk_norm.as_ref().map_or(0, |(a, b)| a.buffer_size() + b.buffer_size())
                 })
                 .sum::<u64>();
         Ok(LlamaModel {
@@ -470,6 +519,8 @@ impl<S: ModelSource + ?Sized> Loader<'_, S> {
             layers,
             rope,
             attn,
+            local,
+            local_slots: s.local_slots,
             overflow: opts.overflow,
             scratch,
             weight_bytes,

@@ -3,7 +3,9 @@
 //!
 //! - `trim_blocks` and `lstrip_blocks` on, a single trailing newline dropped;
 //! - Python string/dict/list methods (`.strip()`, `.startswith()`, `.items()`, ...) through
-//!   minijinja-contrib's pycompat; `{% break %}`/`{% continue %}`;
+//!   minijinja-contrib's pycompat; `{% break %}`/`{% continue %}`; `trim`, `.strip()`,
+//!   `.lstrip()`, `.rstrip()` and `.isspace()` with Python's whitespace (U+001C..U+001F
+//!   included, which Rust's `trim` keeps);
 //! - `raise_exception(msg)` fails the render with `msg`; `strftime_now(fmt)` formats the
 //!   current time (UTC here; transformers uses local time) or a pinned one ([`ChatTemplate::with_time`]);
 //! - `tojson` is transformers' (`json.dumps(x, ensure_ascii=False, indent=…, separators=…,
@@ -15,6 +17,7 @@
 //! Not supported: transformers' `{% generation %}` block (assistant masks for training) — such a
 //! template fails to load with a clear error.
 
+use std::borrow::Cow;
 use std::fmt::Write as _;
 use std::sync::Arc;
 
@@ -52,6 +55,15 @@ impl ChatMessage {
 /// ([`ChatTemplate::chatml`]) for models without `tokenizer.chat_template`.
 pub const CHATML_TEMPLATE: &str = "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
 
+/// Gemma 3's chat template, as in the `chat_template` of google/gemma-3-*-it's
+/// tokenizer_config.json (written here from that file's text; the fixtures check it renders as
+/// transformers renders this same source). [`ChatTemplate::from_gguf`] uses it for a Gemma file
+/// without `tokenizer.chat_template` (the 270M GGUF has none): `<bos>`, a system message folded
+/// into the first user turn after a blank line, `assistant` renamed `model`, contents trimmed,
+/// roles must alternate. List contents (`{type: image|text}` parts) are in the template but
+/// [`ChatMessage`] only carries text.
+pub const GEMMA3_TEMPLATE: &str = "{{ bos_token }}\n{%- if messages[0]['role'] == 'system' -%}\n    {%- if messages[0]['content'] is string -%}\n        {%- set first_user_prefix = messages[0]['content'] + '\n\n' -%}\n    {%- else -%}\n        {%- set first_user_prefix = messages[0]['content'][0]['text'] + '\n\n' -%}\n    {%- endif -%}\n    {%- set loop_messages = messages[1:] -%}\n{%- else -%}\n    {%- set first_user_prefix = \"\" -%}\n    {%- set loop_messages = messages -%}\n{%- endif -%}\n{%- for message in loop_messages -%}\n    {%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) -%}\n        {{ raise_exception(\"Conversation roles must alternate user/assistant/user/assistant/...\") }}\n    {%- endif -%}\n    {%- if (message['role'] == 'assistant') -%}\n        {%- set role = \"model\" -%}\n    {%- else -%}\n        {%- set role = message['role'] -%}\n    {%- endif -%}\n    {{ '<start_of_turn>' + role + '\n' + (first_user_prefix if loop.first else \"\") }}\n    {%- if message['content'] is string -%}\n        {{ message['content'] | trim }}\n    {%- elif message['content'] is iterable -%}\n        {%- for item in message['content'] -%}\n            {%- if item['type'] == 'image' -%}\n                {{ '<start_of_image>' }}\n            {%- elif item['type'] == 'text' -%}\n                {{ item['text'] | trim }}\n            {%- endif -%}\n        {%- endfor -%}\n    {%- else -%}\n        {{ raise_exception(\"Invalid content type\") }}\n    {%- endif -%}\n    {{ '<end_of_turn>\n' }}\n{%- endfor -%}\n{%- if add_generation_prompt -%}\n    {{'<start_of_turn>model\n'}}\n{%- endif -%}\n";
+
 const NAME: &str = "chat_template";
 
 /// Instructions one render may execute. A template comes from the model file, i.e. from
@@ -74,6 +86,14 @@ impl std::fmt::Debug for ChatTemplate {
     }
 }
 
+/// A Gemma GGUF: `general.architecture` `gemma`, `gemma2`, `gemma3`, ... or, for files whose
+/// architecture says otherwise (fine-tunes, other converters), Gemma's turn tokens.
+fn looks_like_gemma(h: &GgufHeader, tokens: &[&str]) -> bool {
+    let arch = h.get("general.architecture").and_then(|v| v.as_str());
+    arch.is_some_and(|a| a.starts_with("gemma"))
+        || (tokens.contains(&"<start_of_turn>") && tokens.contains(&"<end_of_turn>"))
+}
+
 fn template_err(what: &str, e: &Error) -> String {
     // minijinja's Display has the kind, the detail and the template line.
     let mut s = format!("{what}: {e}");
@@ -87,17 +107,23 @@ fn template_err(what: &str, e: &Error) -> String {
 
 impl ChatTemplate {
     /// The model's `tokenizer.chat_template`, with `bos_token`/`eos_token`/`unk_token`/
-    /// `pad_token` taken from `tokenizer.ggml.tokens` at the model's ids. A model without a
-    /// template is an error (`PupilError::Unsupported`) saying so; [`ChatTemplate::chatml`] is
-    /// the fallback a caller may choose explicitly.
+    /// `pad_token` taken from `tokenizer.ggml.tokens` at the model's ids. A Gemma file without a
+    /// template (architecture `gemma*`, or a vocabulary with `<start_of_turn>` and
+    /// `<end_of_turn>`) gets [`GEMMA3_TEMPLATE`], the template every Gemma 3 instruct model
+    /// ships. Any other model without one is an error (`PupilError::Unsupported`) saying so;
+    /// [`ChatTemplate::chatml`] is the fallback a caller may choose explicitly.
     pub fn from_gguf(h: &GgufHeader) -> Result<ChatTemplate> {
         let key = "tokenizer.chat_template";
-        let source = opt_str(h, key)?.ok_or_else(|| {
-            PupilError::Unsupported(format!(
-                "this model has no chat template (`{key}` is missing); use ChatTemplate::chatml() to assume ChatML"
-            ))
-        })?;
         let tokens = str_array(h, "tokenizer.ggml.tokens")?;
+        let source = match opt_str(h, key)? {
+            Some(s) => s,
+            None if looks_like_gemma(h, &tokens) => GEMMA3_TEMPLATE,
+            None => {
+                return Err(PupilError::Unsupported(format!(
+                    "this model has no chat template (`{key}` is missing); use ChatTemplate::chatml() to assume ChatML"
+                )))
+            }
+        };
         let mut named = Vec::new();
         for (name, key) in [
             ("bos_token", "tokenizer.ggml.bos_token_id"),
@@ -121,6 +147,11 @@ impl ChatTemplate {
         Self::with_tokens(source, named)
     }
 
+    /// Gemma 3's template ([`GEMMA3_TEMPLATE`]) with Gemma's `<bos>`.
+    pub fn gemma3() -> ChatTemplate {
+        Self::new(GEMMA3_TEMPLATE, Some("<bos>"), Some("<eos>")).expect("the Gemma 3 template compiles")
+    }
+
     /// transformers' default ChatML template ([`CHATML_TEMPLATE`]).
     pub fn chatml() -> ChatTemplate {
         Self::new(CHATML_TEMPLATE, None, None).expect("the ChatML template compiles")
@@ -133,7 +164,8 @@ impl ChatTemplate {
         env.set_lstrip_blocks(true);
         env.set_keep_trailing_newline(false);
         env.set_fuel(Some(TEMPLATE_FUEL));
-        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.set_unknown_method_callback(py_methods);
+        env.add_filter("trim", trim);
         env.add_function("raise_exception", |msg: String| -> std::result::Result<Value, Error> {
             Err(Error::new(ErrorKind::InvalidOperation, msg))
         });
@@ -181,6 +213,52 @@ impl ChatTemplate {
             .map_err(|e| PupilError::arg("ChatTemplate::render", template_err("chat template", &e)))?;
         template.render(ctx).map_err(|e| PupilError::arg("ChatTemplate::render", template_err("chat template", &e)))
     }
+}
+
+// ---- Python's idea of whitespace ----
+
+/// Python's `str.isspace` for one character: Unicode White_Space (Rust's `is_whitespace`) plus
+/// U+001C..U+001F, the ASCII separators Python also counts (bidi class B/S) and Rust does not.
+/// Gemma's template trims every message, so `"\x1f hi"` must lose its `\x1f` as in jinja2.
+fn py_space(c: char) -> bool {
+    c.is_whitespace() || ('\u{1c}'..='\u{1f}').contains(&c)
+}
+
+/// jinja2's `trim` filter: `str(value).strip(chars)`.
+fn trim(value: Value, chars: Option<String>) -> String {
+    let s = match value.as_str() {
+        Some(s) => Cow::Borrowed(s),
+        None => Cow::Owned(value.to_string()),
+    };
+    match chars {
+        Some(cs) => s.trim_matches(|c| cs.contains(c)).to_owned(),
+        None => s.trim_matches(py_space).to_owned(),
+    }
+}
+
+/// minijinja-contrib's Python methods, with `strip`/`lstrip`/`rstrip`/`isspace` using Python's
+/// whitespace when called without characters.
+fn py_methods(
+    state: &minijinja::State,
+    value: &Value,
+    method: &str,
+    args: &[Value],
+) -> std::result::Result<Value, Error> {
+    if let Some(s) = value.as_str() {
+        let default_chars = match args {
+            [] => true,
+            [a] => a.is_none(),
+            _ => false,
+        };
+        match method {
+            "strip" if default_chars => return Ok(Value::from(s.trim_matches(py_space))),
+            "lstrip" if default_chars => return Ok(Value::from(s.trim_start_matches(py_space))),
+            "rstrip" if default_chars => return Ok(Value::from(s.trim_end_matches(py_space))),
+            "isspace" if args.is_empty() => return Ok(Value::from(!s.is_empty() && s.chars().all(py_space))),
+            _ => {}
+        }
+    }
+    minijinja_contrib::pycompat::unknown_method_callback(state, value, method, args)
 }
 
 // ---- tojson as transformers defines it (Python's json.dumps) ----

@@ -1,30 +1,42 @@
 //! Tokenizers and chat templates built from GGUF metadata, natively and on wasm32.
 //!
-//! [`Tokenizer::from_gguf`] reads `tokenizer.ggml.*` (model, pre, tokens, merges, token_type,
-//! special ids, add_bos/add_eos) and builds a byte-level BPE tokenizer (`tokenizer.ggml.model`
-//! = `gpt2`) with the pre-tokenizer named by `tokenizer.ggml.pre` (`smollm`, `gpt2`, `qwen2`,
-//! `deepseek-r1-qwen`, `llama-bpe`; the table is in `pretok.rs`). The BPE merge loop and the
-//! pre-tokenizers are Hugging Face's `tokenizers` crate (with fancy-regex, so it builds for the
-//! browser), so encoding is that crate's, checked against the Python `tokenizers` on the real
-//! SmolLM2 vocabulary (`tests/tokenizer.rs`, fixtures by
-//! `scripts/fixtures/make_tokenizer_fixtures.py`).
+//! [`Tokenizer::from_gguf`] reads `tokenizer.ggml.*` (model, pre, tokens, merges or scores,
+//! token_type, special ids, add_bos/add_eos) and builds one of two kinds:
+//!
+//! - byte-level BPE (`tokenizer.ggml.model` = `gpt2`) with the pre-tokenizer named by
+//!   `tokenizer.ggml.pre` (`smollm`, `gpt2`, `qwen2`, `deepseek-r1-qwen`, `llama-bpe`; the table
+//!   is in `pretok.rs`). The BPE merge loop and the pre-tokenizers are Hugging Face's
+//!   `tokenizers` crate (with fancy-regex, so it builds for the browser), checked against the
+//!   Python `tokenizers` on the real SmolLM2 vocabulary (`tests/tokenizer.rs`, fixtures by
+//!   `scripts/fixtures/make_tokenizer_fixtures.py`). Input bytes the vocabulary has no token
+//!   for are dropped (SmolLM2 lacks a few control and 0xF1.. bytes), as HF's BPE without an
+//!   unknown token and llama.cpp both do.
+//! - SentencePiece BPE (`llama`: Gemma; `spm.rs`): score-ordered merges over the text with
+//!   spaces escaped to `▁`, byte fallback, checked against the `sentencepiece` library on the
+//!   real Gemma 3 vocabulary (`scripts/fixtures/make_gemma_tokenizer_fixtures.py`).
+//!   `tokenizer.ggml.pre` is not used (llama.cpp ignores it too); `add_space_prefix` (a dummy
+//!   `▁` before the text, Llama 2) is not supported yet.
 //!
 //! Special tokens follow llama.cpp: text matching a CONTROL token (type 3) becomes that token
 //! only when `parse_special` is set; USER_DEFINED tokens (type 4) always match. Matching is
-//! leftmost-longest, as Hugging Face's added vocabulary does. Decoding is done here: each token
-//! is turned into bytes once at load (CONTROL and USER_DEFINED tokens are their text, others go
-//! through GPT-2's byte ↔ char map) and the bytes of a sequence become text with invalid UTF-8
-//! replaced by U+FFFD, the same rule as HF's ByteLevel decoder. [`StreamDecoder`] yields text as
-//! tokens arrive without ever splitting a character. [`ChatTemplate`] renders
-//! `tokenizer.chat_template` with minijinja configured as transformers configures jinja2.
-//!
-//! Input bytes the vocabulary has no token for are dropped (SmolLM2 lacks a few control and
-//! 0xF1.. bytes), as HF's BPE without an unknown token and llama.cpp both do.
+//! leftmost-longest, as Hugging Face's added vocabulary and SentencePiece's user-defined
+//! symbols do (for SentencePiece in the escaped text, so Gemma's `"  "` piece matches two
+//! spaces). Decoding is done here: each token is turned into bytes once at load (CONTROL and
+//! USER_DEFINED tokens are their text; byte-level BPE tokens go through GPT-2's byte ↔ char map;
+//! SentencePiece pieces have `▁` turned back into spaces, `<0xXX>` pieces are that byte) and the
+//! bytes of a sequence become text with invalid UTF-8 replaced by U+FFFD — one per maximal
+//! invalid sequence for byte-level BPE (HF's ByteLevel decoder), one per invalid byte for
+//! SentencePiece (the `sentencepiece` decoder). [`StreamDecoder`] yields text as tokens arrive
+//! without ever splitting a character. [`ChatTemplate`] renders `tokenizer.chat_template` with
+//! minijinja configured as transformers configures jinja2; a Gemma file without one gets Gemma
+//! 3's template ([`GEMMA3_TEMPLATE`]).
 
 mod chat;
 mod pretok;
+mod spm;
 mod stream;
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
@@ -33,7 +45,7 @@ use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
 use tokenizers::models::bpe::{Vocab, BPE};
 use tokenizers::{Model, OffsetReferential, OffsetType, PreTokenizedString};
 
-pub use chat::{ChatMessage, ChatTemplate, CHATML_TEMPLATE};
+pub use chat::{ChatMessage, ChatTemplate, CHATML_TEMPLATE, GEMMA3_TEMPLATE};
 pub(crate) use pretok::byte_to_char_table;
 pub use stream::StreamDecoder;
 
@@ -91,6 +103,15 @@ pub struct Tokenizer {
     inner: Arc<Inner>,
 }
 
+/// The encoding algorithm.
+enum Algo {
+    /// Byte-level BPE: HF `tokenizers`' merge loop after the named pre-tokenizer (boxed: the
+    /// BPE model is most of the enum's size).
+    Bpe { bpe: Box<BPE>, pre_tokenizer: pretok::PreTokenizerChain },
+    /// SentencePiece BPE on the `▁`-escaped text.
+    Spm(spm::Spm),
+}
+
 struct Inner {
     model: String,
     pre: String,
@@ -98,10 +119,11 @@ struct Inner {
     types: Vec<TokenType>,
     /// What each token decodes to.
     bytes: Vec<Box<[u8]>>,
-    /// Also the text → id map (`token_id`).
-    bpe: BPE,
-    pre_tokenizer: pretok::PreTokenizerChain,
-    /// CONTROL + USER_DEFINED tokens (parse_special) and USER_DEFINED alone.
+    /// Token text → id (`token_id`); later duplicates win.
+    vocab: HashMap<String, u32>,
+    algo: Algo,
+    /// CONTROL + USER_DEFINED tokens (parse_special) and USER_DEFINED alone, matched in the text
+    /// as the model sees it (escaped for SentencePiece).
     special: Option<(AhoCorasick, Vec<u32>)>,
     user_defined: Option<(AhoCorasick, Vec<u32>)>,
     bos: Option<u32>,
@@ -130,7 +152,7 @@ impl fmt::Debug for Tokenizer {
 
 // ---- GGUF metadata access with errors that name the key ----
 
-fn value_kind(v: &Value) -> String {
+pub(crate) fn value_kind(v: &Value) -> String {
     match v {
         Value::U8(_) => "u8".into(),
         Value::I8(_) => "i8".into(),
@@ -151,11 +173,11 @@ fn value_kind(v: &Value) -> String {
     }
 }
 
-fn meta_err(key: &str, detail: impl fmt::Display) -> PupilError {
+pub(crate) fn meta_err(key: &str, detail: impl fmt::Display) -> PupilError {
     PupilError::Format(format!("GGUF tokenizer metadata: `{key}` {detail}"))
 }
 
-fn wrong_type(key: &str, want: &str, v: &Value) -> PupilError {
+pub(crate) fn wrong_type(key: &str, want: &str, v: &Value) -> PupilError {
     meta_err(key, format_args!("should be {want}, found {}", value_kind(v)))
 }
 
@@ -203,6 +225,30 @@ fn tok_err(what: &str, e: impl fmt::Display) -> PupilError {
     PupilError::Format(format!("GGUF tokenizer metadata: {what}: {e}"))
 }
 
+/// What each byte-level BPE token decodes to: CONTROL and USER_DEFINED tokens are their text,
+/// others go through GPT-2's char → byte map (HF's ByteLevel decoder: a token with a char
+/// outside the map is its UTF-8).
+fn byte_level_bytes(tokens: &[String], types: &[TokenType]) -> Vec<Box<[u8]>> {
+    let table = pretok::byte_to_char_table();
+    let mut char_to_byte: HashMap<char, u8> = HashMap::with_capacity(256);
+    for (b, &c) in table.iter().enumerate() {
+        char_to_byte.insert(c, b as u8);
+    }
+    tokens
+        .iter()
+        .zip(types)
+        .map(|(t, ty)| match ty {
+            TokenType::Control | TokenType::UserDefined => t.as_bytes().into(),
+            _ => t
+                .chars()
+                .map(|c| char_to_byte.get(&c).copied())
+                .collect::<Option<Vec<u8>>>()
+                .unwrap_or_else(|| t.as_bytes().to_vec())
+                .into_boxed_slice(),
+        })
+        .collect()
+}
+
 impl Tokenizer {
     /// Build the tokenizer a GGUF file describes. Missing or ill-typed keys and unsupported
     /// models or pre-tokenizers are errors that name the key and value.
@@ -210,18 +256,26 @@ impl Tokenizer {
         let model = req_str(h, "tokenizer.ggml.model")?;
         if !pretok::MODELS.iter().any(|(m, _)| *m == model) {
             let list = pretok::MODELS.iter().map(|(m, d)| format!("{m} ({d})")).collect::<Vec<_>>().join(", ");
-            return Err(PupilError::Unsupported(format!(
-                "tokenizer.ggml.model `{model}`{}; supported: {list}",
-                if model == "llama" { " (SentencePiece)" } else { "" }
-            )));
+            return Err(PupilError::Unsupported(format!("tokenizer.ggml.model `{model}`; supported: {list}")));
         }
-        let pre = req_str(h, "tokenizer.ggml.pre")?;
-        let spec = pretok::find_pre_tokenizer(pre).ok_or_else(|| {
-            PupilError::Unsupported(format!(
-                "tokenizer.ggml.pre `{pre}` (model {model}); supported: {}",
-                pretok::supported_pre_tokenizers()
-            ))
-        })?;
+        let is_spm = model == "llama";
+        // SentencePiece does no pre-tokenization: llama.cpp reads `pre` for SPM files and
+        // ignores it (Gemma's is `default`), and older files lack it.
+        let pre = if is_spm {
+            opt_str(h, "tokenizer.ggml.pre")?.unwrap_or("default")
+        } else {
+            req_str(h, "tokenizer.ggml.pre")?
+        };
+        let spec = if is_spm {
+            None
+        } else {
+            Some(pretok::find_pre_tokenizer(pre).ok_or_else(|| {
+                PupilError::Unsupported(format!(
+                    "tokenizer.ggml.pre `{pre}` (model {model}); supported: {}",
+                    pretok::supported_pre_tokenizers()
+                ))
+            })?)
+        };
 
         let tokens: Vec<String> = str_array(h, "tokenizer.ggml.tokens")?.into_iter().map(str::to_owned).collect();
         let n = tokens.len();
@@ -263,6 +317,103 @@ impl Tokenizer {
             vocab.insert(t.clone(), i as u32);
         }
 
+        let id = |key: &str| opt_id(h, key, n);
+        let bos = id("tokenizer.ggml.bos_token_id")?;
+        let eos = id("tokenizer.ggml.eos_token_id")?;
+        let eot = id("tokenizer.ggml.eot_token_id")?;
+        let eom = id("tokenizer.ggml.eom_token_id")?;
+        let pad = id("tokenizer.ggml.padding_token_id")?;
+        let unk = id("tokenizer.ggml.unknown_token_id")?;
+        let add_bos = opt_bool(h, "tokenizer.ggml.add_bos_token")?.unwrap_or(false);
+        let add_eos = opt_bool(h, "tokenizer.ggml.add_eos_token")?.unwrap_or(false);
+        if add_bos && bos.is_none() {
+            return Err(meta_err("tokenizer.ggml.add_bos_token", "is true but tokenizer.ggml.bos_token_id is missing"));
+        }
+        if add_eos && eos.is_none() {
+            return Err(meta_err("tokenizer.ggml.add_eos_token", "is true but tokenizer.ggml.eos_token_id is missing"));
+        }
+
+        let (algo, bytes) = match spec {
+            Some(spec) => {
+                let bpe = Self::build_bpe(h, &vocab, spec.ignore_merges)?;
+                let pre_tokenizer = spec.build().map_err(|e| tok_err("building the pre-tokenizer", e))?;
+                (Algo::Bpe { bpe: Box::new(bpe), pre_tokenizer }, byte_level_bytes(&tokens, &types))
+            }
+            None => {
+                // llama.cpp's default for SPM files without the key is true (Llama 2's dummy
+                // prefix): refuse rather than tokenize such files differently from their model.
+                let key = "tokenizer.ggml.add_space_prefix";
+                if opt_bool(h, key)?.unwrap_or(true) {
+                    return Err(PupilError::Unsupported(format!(
+                        "SentencePiece with a dummy prefix (`{key}` is true or missing, as in Llama 2); \
+                         only `{key}` = false (Gemma) is supported"
+                    )));
+                }
+                let spm = spm::Spm::new(h, &tokens, &types, unk)?;
+                let bytes = tokens.iter().zip(&types).map(|(t, &ty)| spm::piece_bytes(t, ty)).collect();
+                (Algo::Spm(spm), bytes)
+            }
+        };
+
+        let matcher = |want: &dyn Fn(TokenType) -> bool| -> Result<Option<(AhoCorasick, Vec<u32>)>> {
+            // (text as matched, id); SentencePiece matches in the escaped text.
+            let mut texts: Vec<(Cow<str>, u32)> = tokens
+                .iter()
+                .zip(&types)
+                .enumerate()
+                .filter(|(_, (t, ty))| want(**ty) && !t.is_empty())
+                .map(|(i, (t, _))| (if is_spm { spm::escape(t) } else { Cow::Borrowed(t.as_str()) }, i as u32))
+                .collect();
+            // One id per text: the later duplicate, as the vocabulary map has it.
+            texts.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
+            texts.dedup_by(|a, b| a.0 == b.0);
+            if texts.is_empty() {
+                return Ok(None);
+            }
+            let ids = texts.iter().map(|(_, id)| *id).collect();
+            let ac = AhoCorasickBuilder::new()
+                .match_kind(MatchKind::LeftmostLongest)
+                .build(texts.iter().map(|(t, _)| t.as_ref()))
+                .map_err(|e| tok_err("building the special-token matcher", e))?;
+            Ok(Some((ac, ids)))
+        };
+        let special = matcher(&|t| matches!(t, TokenType::Control | TokenType::UserDefined))?;
+        let user_defined = matcher(&|t| t == TokenType::UserDefined)?;
+
+        let mut stop: Vec<u32> = [eos, eot, eom].into_iter().flatten().collect();
+        for (i, (t, ty)) in tokens.iter().zip(&types).enumerate() {
+            if matches!(ty, TokenType::Control | TokenType::UserDefined) && STOP_TOKEN_TEXTS.contains(&t.as_str()) {
+                stop.push(i as u32);
+            }
+        }
+        stop.sort_unstable();
+        stop.dedup();
+
+        Ok(Tokenizer {
+            inner: Arc::new(Inner {
+                model: model.to_owned(),
+                pre: pre.to_owned(),
+                tokens,
+                types,
+                bytes,
+                vocab,
+                algo,
+                special,
+                user_defined,
+                bos,
+                eos,
+                eot,
+                pad,
+                unk,
+                add_bos,
+                add_eos,
+                stop,
+            }),
+        })
+    }
+
+    /// HF `tokenizers`' BPE from the vocabulary and `tokenizer.ggml.merges`.
+    fn build_bpe(h: &GgufHeader, vocab: &HashMap<String, u32>, ignore_merges: bool) -> Result<BPE> {
         let merges_key = "tokenizer.ggml.merges";
         let merges = str_array(h, merges_key)?
             .into_iter()
@@ -288,101 +439,11 @@ impl Tokenizer {
             .collect::<Result<Vec<_>>>()?;
 
         let bpe_vocab: Vocab = vocab.iter().map(|(k, &v)| (k.clone(), v)).collect();
-        let bpe = BPE::builder()
+        BPE::builder()
             .vocab_and_merges(bpe_vocab, merges)
-            .ignore_merges(spec.ignore_merges)
+            .ignore_merges(ignore_merges)
             .build()
-            .map_err(|e| tok_err("building the BPE model", e))?;
-        let pre_tokenizer = spec.build().map_err(|e| tok_err("building the pre-tokenizer", e))?;
-
-        let table = pretok::byte_to_char_table();
-        let mut char_to_byte: HashMap<char, u8> = HashMap::with_capacity(256);
-        for (b, &c) in table.iter().enumerate() {
-            char_to_byte.insert(c, b as u8);
-        }
-        let bytes = tokens
-            .iter()
-            .zip(&types)
-            .map(|(t, ty)| match ty {
-                TokenType::Control | TokenType::UserDefined => t.as_bytes().into(),
-                // HF's ByteLevel decoder: a token with a char outside the map is its UTF-8.
-                _ => t
-                    .chars()
-                    .map(|c| char_to_byte.get(&c).copied())
-                    .collect::<Option<Vec<u8>>>()
-                    .unwrap_or_else(|| t.as_bytes().to_vec())
-                    .into_boxed_slice(),
-            })
-            .collect();
-
-        let matcher = |want: &dyn Fn(TokenType) -> bool| -> Result<Option<(AhoCorasick, Vec<u32>)>> {
-            let mut texts: Vec<&str> = tokens
-                .iter()
-                .zip(&types)
-                .filter(|(t, ty)| want(**ty) && !t.is_empty())
-                .map(|(t, _)| t.as_str())
-                .collect();
-            texts.sort_unstable();
-            texts.dedup();
-            if texts.is_empty() {
-                return Ok(None);
-            }
-            let ids = texts.iter().map(|t| vocab[*t]).collect();
-            let ac = AhoCorasickBuilder::new()
-                .match_kind(MatchKind::LeftmostLongest)
-                .build(&texts)
-                .map_err(|e| tok_err("building the special-token matcher", e))?;
-            Ok(Some((ac, ids)))
-        };
-        let special = matcher(&|t| matches!(t, TokenType::Control | TokenType::UserDefined))?;
-        let user_defined = matcher(&|t| t == TokenType::UserDefined)?;
-
-        let id = |key: &str| opt_id(h, key, n);
-        let bos = id("tokenizer.ggml.bos_token_id")?;
-        let eos = id("tokenizer.ggml.eos_token_id")?;
-        let eot = id("tokenizer.ggml.eot_token_id")?;
-        let eom = id("tokenizer.ggml.eom_token_id")?;
-        let pad = id("tokenizer.ggml.padding_token_id")?;
-        let unk = id("tokenizer.ggml.unknown_token_id")?;
-        let add_bos = opt_bool(h, "tokenizer.ggml.add_bos_token")?.unwrap_or(false);
-        let add_eos = opt_bool(h, "tokenizer.ggml.add_eos_token")?.unwrap_or(false);
-        if add_bos && bos.is_none() {
-            return Err(meta_err("tokenizer.ggml.add_bos_token", "is true but tokenizer.ggml.bos_token_id is missing"));
-        }
-        if add_eos && eos.is_none() {
-            return Err(meta_err("tokenizer.ggml.add_eos_token", "is true but tokenizer.ggml.eos_token_id is missing"));
-        }
-
-        let mut stop: Vec<u32> = [eos, eot, eom].into_iter().flatten().collect();
-        for (i, (t, ty)) in tokens.iter().zip(&types).enumerate() {
-            if matches!(ty, TokenType::Control | TokenType::UserDefined) && STOP_TOKEN_TEXTS.contains(&t.as_str()) {
-                stop.push(i as u32);
-            }
-        }
-        stop.sort_unstable();
-        stop.dedup();
-
-        Ok(Tokenizer {
-            inner: Arc::new(Inner {
-                model: model.to_owned(),
-                pre: pre.to_owned(),
-                tokens,
-                types,
-                bytes,
-                bpe,
-                pre_tokenizer,
-                special,
-                user_defined,
-                bos,
-                eos,
-                eot,
-                pad,
-                unk,
-                add_bos,
-                add_eos,
-                stop,
-            }),
-        })
+            .map_err(|e| tok_err("building the BPE model", e))
     }
 
     /// Token ids of `text`, without BOS/EOS. With `parse_special`, text of CONTROL tokens
@@ -413,6 +474,12 @@ impl Tokenizer {
     pub fn encode_into(&self, text: &str, parse_special: bool, out: &mut Vec<u32>) -> Result<()> {
         let i = &self.inner;
         let matcher = if parse_special { &i.special } else { &i.user_defined };
+        // SentencePiece works on the escaped text, special and user-defined pieces included.
+        let text = match i.algo {
+            Algo::Spm(_) => spm::escape(text),
+            Algo::Bpe { .. } => Cow::Borrowed(text),
+        };
+        let text = text.as_ref();
         let mut start = 0;
         if let Some((ac, ids)) = matcher {
             for m in ac.find_iter(text) {
@@ -428,25 +495,80 @@ impl Tokenizer {
         if text.is_empty() {
             return Ok(());
         }
-        let i = &self.inner;
-        let err = |e| PupilError::arg("Tokenizer::encode", format!("{e}"));
-        let mut pts = PreTokenizedString::from(text);
-        i.pre_tokenizer.apply(&mut pts).map_err(err)?;
-        pts.tokenize(|piece| i.bpe.tokenize(piece.get())).map_err(err)?;
-        for (_, _, tokens) in pts.get_splits(OffsetReferential::Original, OffsetType::None) {
-            out.extend(tokens.iter().flatten().map(|t| t.id));
+        let err = |e: &dyn fmt::Display| PupilError::arg("Tokenizer::encode", format!("{e}"));
+        match &self.inner.algo {
+            Algo::Bpe { bpe, pre_tokenizer } => {
+                let mut pts = PreTokenizedString::from(text);
+                pre_tokenizer.apply(&mut pts).map_err(|e| err(&e))?;
+                pts.tokenize(|piece| bpe.tokenize(piece.get())).map_err(|e| err(&e))?;
+                for (_, _, tokens) in pts.get_splits(OffsetReferential::Original, OffsetType::None) {
+                    out.extend(tokens.iter().flatten().map(|t| t.id));
+                }
+            }
+            Algo::Spm(spm) => {
+                // Symbols are indexed by u32 offsets.
+                if text.len() >= u32::MAX as usize {
+                    return Err(err(&format_args!(
+                        "{} bytes of text without a special token is over 4 GiB",
+                        text.len()
+                    )));
+                }
+                spm.encode(text, out);
+            }
         }
         Ok(())
     }
 
-    /// The text of `ids`. Invalid UTF-8 (a sequence cut inside a character) becomes U+FFFD.
-    /// `skip_special` leaves out CONTROL tokens. Ids outside the vocabulary are an error.
+    /// The text of `ids`. Invalid UTF-8 (a sequence cut inside a character) becomes U+FFFD:
+    /// one per maximal invalid sequence for byte-level BPE (as HF's ByteLevel decoder), one per
+    /// invalid byte for SentencePiece, where only consecutive byte pieces can form a character
+    /// (as `sentencepiece`: a skipped CONTROL token between two halves of a character still
+    /// separates them). `skip_special` leaves out CONTROL tokens. Ids outside the vocabulary
+    /// are an error.
     pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String> {
         let mut bytes = Vec::with_capacity(ids.len() * 4);
+        let mut text = String::new();
         for &id in ids {
-            bytes.extend_from_slice(self.piece(id, skip_special, "Tokenizer::decode")?);
+            let piece = self.piece(id, skip_special, "Tokenizer::decode")?;
+            if self.ends_byte_run(id) && !bytes.is_empty() {
+                text.push_str(&self.bytes_to_text(&bytes));
+                bytes.clear();
+            }
+            bytes.extend_from_slice(piece);
         }
-        Ok(String::from_utf8_lossy(&bytes).into_owned())
+        text.push_str(&self.bytes_to_text(&bytes));
+        Ok(text)
+    }
+
+    /// SentencePiece decodes each run of byte pieces on its own: any other token (even one
+    /// that decodes to nothing) ends the run, and an unfinished character in it is U+FFFD.
+    pub(crate) fn ends_byte_run(&self, id: u32) -> bool {
+        let i = &self.inner;
+        matches!(i.algo, Algo::Spm(_)) && i.types.get(id as usize).is_some_and(|&t| t != TokenType::Byte)
+    }
+
+    /// Decoded bytes as text, with this tokenizer's U+FFFD rule.
+    pub(crate) fn bytes_to_text(&self, bytes: &[u8]) -> String {
+        match self.inner.algo {
+            Algo::Spm(_) => {
+                let mut s = String::with_capacity(bytes.len());
+                spm::push_utf8_per_byte(&mut s, bytes);
+                s
+            }
+            Algo::Bpe { .. } => String::from_utf8_lossy(bytes).into_owned(),
+        }
+    }
+
+    /// Whether invalid UTF-8 becomes one U+FFFD per byte (SentencePiece) rather than one per
+    /// maximal invalid sequence.
+    pub(crate) fn replaces_per_byte(&self) -> bool {
+        matches!(self.inner.algo, Algo::Spm(_))
+    }
+
+    /// SentencePiece with all 256 byte pieces: every text round-trips through
+    /// `encode(text, false)` and `decode`.
+    pub(crate) fn has_byte_fallback(&self) -> bool {
+        matches!(&self.inner.algo, Algo::Spm(spm) if spm.byte_fallback())
     }
 
     /// The bytes token `id` decodes to (empty for a skipped special token).
@@ -463,12 +585,13 @@ impl Tokenizer {
         StreamDecoder::new(self.clone(), skip_special)
     }
 
-    /// The vocabulary entry of `id` as stored (byte-level BPE text, e.g. `Ġthe`).
+    /// The vocabulary entry of `id` as stored (byte-level BPE text, e.g. `Ġthe`; SentencePiece
+    /// pieces as `▁the`, `<0x0A>`).
     pub fn token_text(&self, id: u32) -> Option<&str> {
         self.inner.tokens.get(id as usize).map(String::as_str)
     }
 
-    /// The bytes `id` decodes to (`" the"` for `Ġthe`).
+    /// The bytes `id` decodes to (`" the"` for `Ġthe` and `▁the`).
     pub fn token_bytes(&self, id: u32) -> Option<&[u8]> {
         self.inner.bytes.get(id as usize).map(|b| &b[..])
     }
@@ -477,9 +600,9 @@ impl Tokenizer {
         self.inner.types.get(id as usize).copied()
     }
 
-    /// The id of a vocabulary entry (`"<|im_end|>"`, `"Ġthe"`).
+    /// The id of a vocabulary entry as stored (`"<|im_end|>"`, `"Ġthe"`, `"▁the"`).
     pub fn token_id(&self, text: &str) -> Option<u32> {
-        self.inner.bpe.token_to_id(text)
+        self.inner.vocab.get(text).copied()
     }
 
     pub fn vocab_size(&self) -> usize {

@@ -10,9 +10,9 @@ use tokenizers::pre_tokenizers::digits::Digits;
 use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
 use tokenizers::{PreTokenizedString, PreTokenizer, SplitDelimiterBehavior};
 
-/// `tokenizer.ggml.model` values and what they are. Only byte-level BPE is implemented so far;
-/// SentencePiece (`llama`: Llama 2, Gemma) will be a second model kind.
-pub(crate) const MODELS: &[(&str, &str)] = &[("gpt2", "byte-level BPE")];
+/// `tokenizer.ggml.model` values and what they are. Only byte-level BPE uses the pre-tokenizers
+/// below; SentencePiece (`llama`: Gemma) has none (`spm.rs`).
+pub(crate) const MODELS: &[(&str, &str)] = &[("gpt2", "byte-level BPE"), ("llama", "SentencePiece BPE")];
 
 /// One step of a pre-tokenizer. Concrete types rather than `tokenizers`' `PreTokenizerWrapper`,
 /// whose dispatch would link every pre-tokenizer the crate has (and their Unicode tables) into

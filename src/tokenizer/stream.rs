@@ -7,7 +7,8 @@ use crate::error::Result;
 /// unfinished UTF-8 sequence wait for the next token. The concatenation of everything
 /// [`push`](Self::push) and [`finish`](Self::finish) return equals
 /// `tokenizer.decode(all_ids, skip_special)`, however the ids are split (invalid bytes become
-/// U+FFFD exactly where `String::from_utf8_lossy` puts them).
+/// U+FFFD exactly where the whole decode puts them: per maximal invalid sequence as
+/// `String::from_utf8_lossy` for byte-level BPE, per byte for SentencePiece).
 #[derive(Clone, Debug)]
 pub struct StreamDecoder {
     tokenizer: Tokenizer,
@@ -24,8 +25,13 @@ impl StreamDecoder {
     /// the vocabulary is an error and leaves the decoder unchanged.
     pub fn push(&mut self, id: u32) -> Result<String> {
         let piece = self.tokenizer.piece(id, self.skip_special, "StreamDecoder::push")?;
-        self.pending.extend_from_slice(piece);
         let mut out = String::new();
+        if self.tokenizer.ends_byte_run(id) && !self.pending.is_empty() {
+            // SentencePiece: only consecutive byte pieces make a character.
+            out = self.tokenizer.bytes_to_text(&self.pending);
+            self.pending.clear();
+        }
+        self.pending.extend_from_slice(piece);
         let mut start = 0;
         loop {
             match std::str::from_utf8(&self.pending[start..]) {
@@ -42,7 +48,9 @@ impl StreamDecoder {
                     match e.error_len() {
                         Some(bad) => {
                             out.push(char::REPLACEMENT_CHARACTER);
-                            start += bad;
+                            // SentencePiece replaces only the first byte and tries again from
+                            // the next (F0 9F 'x' is two U+FFFD, not one).
+                            start += if self.tokenizer.replaces_per_byte() { 1 } else { bad };
                         }
                         // An unfinished character at the end: wait for more bytes.
                         None => break,
@@ -56,7 +64,7 @@ impl StreamDecoder {
 
     /// End of the stream: the bytes still waiting (an unfinished character) as U+FFFD, or "".
     pub fn finish(&mut self) -> String {
-        let out = String::from_utf8_lossy(&self.pending).into_owned();
+        let out = self.tokenizer.bytes_to_text(&self.pending);
         self.pending.clear();
         out
     }

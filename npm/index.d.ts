@@ -98,6 +98,9 @@ export interface SamplingOptions {
   stop?: string | string[];
   /** Without one a random seed is drawn; choice i of n uses seed + i. */
   seed?: number;
+  /** Separate a `<think>` thought from the answer (`reasoning_content`); default: when the
+   *  model's vocabulary has `</think>` (R1-Distill, Qwen3). */
+  split_reasoning?: boolean;
   /** Aborting rejects the request (or the stream's next step) with a DOMException 'AbortError'. */
   signal?: AbortSignal;
 }
@@ -125,7 +128,8 @@ export interface ChatCompletion {
   model: string;
   choices: Array<{
     index: number;
-    message: { role: 'assistant'; content: string };
+    /** `reasoning_content`: a reasoning model's `<think>` thought, apart from the answer. */
+    message: { role: 'assistant'; content: string; reasoning_content?: string };
     logprobs: null;
     finish_reason: FinishReason;
   }>;
@@ -139,8 +143,9 @@ export interface ChatCompletionChunk {
   model: string;
   choices: Array<{
     index: number;
-    /** The first chunk of a choice has the role; later ones content; the last one is empty. */
-    delta: { role?: 'assistant'; content?: string };
+    /** The first chunk of a choice has the role; later ones content (or, for a reasoning
+     *  model's `<think>` thought, reasoning_content); the last one is empty. */
+    delta: { role?: 'assistant'; content?: string; reasoning_content?: string };
     logprobs: null;
     finish_reason: FinishReason | null;
   }>;
@@ -157,7 +162,12 @@ export interface Completions {
 /** What the engine reports for one generation. */
 export interface GenerationResult {
   finishReason: 'stop' | 'length' | 'abort' | 'context';
+  /** The raw generated text. */
   text: string;
+  /** The answer: `text` without a reasoning model's `<think>` thought. */
+  content: string;
+  /** The thought ('' for other models). */
+  reasoning: string;
   tokens: number[];
   tokenIds: number[];
   prompt: string;
@@ -175,13 +185,13 @@ export interface GenerationResult {
 }
 
 export type GenerateEvent =
-  | { type: 'token'; text: string; tokenId: number }
+  | { type: 'token'; text: string; tokenId: number; reasoning: string }
   | { type: 'done'; result: GenerationResult };
 
 export interface GenerateOptions extends SamplingOptions {
   stream?: boolean;
   /** Called with each text delta (non-streaming calls). */
-  onToken?: (text: string, tokenId: number) => void;
+  onToken?: (text: string, tokenId: number, reasoning: string) => void;
 }
 
 export interface AdapterInfo {

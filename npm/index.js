@@ -30,7 +30,7 @@ class WorkerClient {
     worker.onmessage = ({ data }) => {
       const p = this.pending.get(data.id);
       if (!p) return;
-      if (data.type === 'token') p.onToken?.(data.text, data.tokenId);
+      if (data.type === 'token') p.onToken?.(data.text, data.tokenId, data.reasoning || '');
       else if (data.type === 'progress') p.onProgress?.({ done: data.done, total: data.total, phase: data.phase });
       else {
         this.pending.delete(data.id);
@@ -104,7 +104,7 @@ function generateOptions(req, seed) {
   const stop = req.stop == null ? undefined : [].concat(req.stop);
   const o = {
     maxTokens: req.max_tokens, temperature: req.temperature, topP: req.top_p, topK: req.top_k,
-    minP: req.min_p, repetitionPenalty: req.repetition_penalty, seed, stop,
+    minP: req.min_p, repetitionPenalty: req.repetition_penalty, seed, stop, splitReasoning: req.split_reasoning,
   };
   for (const k of Object.keys(o)) if (o[k] === undefined) delete o[k];
   return o;
@@ -157,14 +157,15 @@ export class Engine {
     return job;
   }
 
-  // Stream a command's tokens: yields { type: 'token', text, tokenId }, then { type: 'done',
-  // result }. Leaving the loop early stops the generation.
+  // Stream a command's tokens: yields { type: 'token', text, tokenId, reasoning }, then
+  // { type: 'done', result }. Leaving the loop early stops the generation.
   #stream(cmd, args, signal) {
     const inner = new AbortController();
     const forward = () => inner.abort();
     if (signal?.aborted) inner.abort(); else signal?.addEventListener('abort', forward, { once: true });
     const ch = channel(() => inner.abort());
-    this.#run(cmd, args, { signal: inner.signal, onToken: (text, tokenId) => ch.push({ type: 'token', text, tokenId }) })
+    const onToken = (text, tokenId, reasoning) => ch.push({ type: 'token', text, tokenId, reasoning });
+    this.#run(cmd, args, { signal: inner.signal, onToken })
       .then((result) => { ch.push({ type: 'done', result }); ch.end(); }, (e) => ch.fail(e))
       .finally(() => signal?.removeEventListener('abort', forward));
     return ch;
@@ -197,7 +198,10 @@ export class Engine {
     const usage = { prompt_tokens: 0, completion_tokens: 0, total_tokens: 0 };
     for (const [index, args] of calls.entries()) {
       const r = await this.#run('chat', args, { signal });
-      choices.push({ index, message: { role: 'assistant', content: r.text }, logprobs: null,
+      // A reasoning model's thought rides apart, as OpenAI-compatible servers send it.
+      const message = { role: 'assistant', content: r.content ?? r.text };
+      if (r.reasoning) message.reasoning_content = r.reasoning;
+      choices.push({ index, message, logprobs: null,
         finish_reason: FINISH[r.finishReason] ?? r.finishReason });
       if (index === 0) usage.prompt_tokens = r.promptTokens; // the same prompt for every choice
       usage.completion_tokens += r.generatedTokens;
@@ -217,7 +221,10 @@ export class Engine {
       let result;
       for await (const ev of this.#stream('chat', args, signal)) {
         if (ev.type === 'done') result = ev.result;
-        else if (ev.text) yield chunk(index, { content: ev.text });
+        else {
+          if (ev.reasoning) yield chunk(index, { reasoning_content: ev.reasoning });
+          if (ev.text) yield chunk(index, { content: ev.text });
+        }
       }
       if (index === 0) usage.prompt_tokens = result.promptTokens;
       usage.completion_tokens += result.generatedTokens;

@@ -91,11 +91,14 @@ fn synthetic_model_stream_for_the_browser() {
 fn smollm2_chat_answer_for_the_demo_page() {
     let Some(file) = common::smollm2() else { return };
     let ctx = browser_like_context();
-    let messages = vec![ChatMessage::user("What is the capital of France?")];
+    // A question whose answer outlasts 32 tokens, so all 32 are compared (a one-line answer
+    // would end at its end-of-turn token after a few).
+    let messages = vec![ChatMessage::user("Tell me about the city of Paris.")];
     let template = ChatTemplate::from_gguf(&parse_header(&file).unwrap()).unwrap();
     let prompt = template.render(&messages, true).unwrap();
     let out = greedy_text(&ctx, &file, &prompt, true, 32);
     assert!(out.text.contains("Paris"), "{:?}", out.text);
+    assert_eq!(out.tokens.len(), 32, "the answer must run the whole 32 tokens: {:?}", out.text);
     write(
         "pupil-web-expected.json",
         json!({

@@ -313,8 +313,19 @@ async function send(text) {
   const t0 = performance.now();
   let count = 0;
   let firstAt = 0;
-  const onToken = ({ text: delta }) => {
+  let thought = null; // a reasoning model's <think> text, shown dimmed above the answer
+  const onToken = ({ text: delta, reasoning }) => {
     state.events.push('token');
+    if (reasoning) {
+      if (!thought) {
+        thought = document.createElement('div');
+        thought.className = 'thought';
+        thought.style.opacity = '0.6';
+        thought.style.fontStyle = 'italic';
+        bubble.firstChild.before(thought);
+      }
+      thought.append(reasoning);
+    }
     textNode.appendData(delta);
     count++;
     const now = performance.now();

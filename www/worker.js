@@ -3,7 +3,8 @@
 // Protocol. The page posts { id, cmd, ...args }; the worker answers with messages carrying the
 // same id:
 //   { id, type: 'progress', done, total, phase }   load: 'download', then the engine's phases
-//   { id, type: 'token', text, tokenId }           chat/generate: one per streamed token
+//   { id, type: 'token', text, tokenId, reasoning } chat/generate: one per streamed token (a
+//                                                  reasoning model's <think> text in `reasoning`)
 //   { id, type: 'done', result }                   the command finished
 //   { id, type: 'error', error: { name, message } } it failed; name is the error kind
 // Commands: init {options} (create the engine; result: adapter info), info, load {source,
@@ -81,10 +82,10 @@ async function generate(id, prompt, options) {
   stopRequested = false;
   const tokenIds = [];
   try {
-    const json = await engine.generate(prompt, JSON.stringify(options || {}), (text, tokenId) => {
+    const json = await engine.generate(prompt, JSON.stringify(options || {}), (text, tokenId, reasoning) => {
       if (stopRequested) return false;
       tokenIds.push(tokenId);
-      post({ id, type: 'token', text, tokenId });
+      post({ id, type: 'token', text, tokenId, reasoning });
       return true;
     });
     return { ...JSON.parse(json), tokenIds, prompt };

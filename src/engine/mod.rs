@@ -1,12 +1,15 @@
 //! Running a loaded model: sessions (a KV cache and the tokens in it), the generation loop,
-//! text generation with stop strings over it, and perplexity scoring.
+//! text generation with stop strings over it, the split of a reasoning model's `<think>` thought
+//! from its answer, and perplexity scoring.
 
 pub mod generate;
 pub mod perplexity;
+pub mod reasoning;
 pub mod session;
 pub mod text;
 
 pub use generate::{generate, Flow, GenerateOptions, GenerationStats, StopReason, TokenPicker};
 pub use perplexity::{perplexity, PerplexityReport};
+pub use reasoning::{split_reasoning, ReasoningSplit, SplitDelta};
 pub use session::Session;
 pub use text::{generate_text, FinishReason, TextGeneration, TextOptions};

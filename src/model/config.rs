@@ -270,6 +270,12 @@ impl ModelConfig {
         })
     }
 
+    /// Whether f16 activations would overflow: Gemma's residual stream holds values past f16's
+    /// 65504 (its "massive activations"), so its activations stay f32, as llama.cpp keeps them.
+    pub fn needs_f32_activations(&self) -> bool {
+        self.architecture == "gemma3"
+    }
+
     /// Whether layer `i` attends through a sliding window (and which).
     pub fn layer_window(&self, i: usize) -> Option<usize> {
         self.sliding_window.as_ref().filter(|s| s.local.get(i).copied().unwrap_or(false)).map(|s| s.window)

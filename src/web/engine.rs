@@ -19,10 +19,12 @@ use serde_json::json;
 use wasm_bindgen::prelude::*;
 
 use super::{js_error, named_error};
-use crate::engine::{generate_text, Flow, Session, TextOptions};
+use crate::engine::{
+    generate_text, split_reasoning as split_reasoning_text, Flow, ReasoningSplit, Session, SplitDelta, TextOptions,
+};
 use crate::error::PupilError;
 use crate::gpu::{ContextOptions, DType, GpuContext};
-use crate::model::{read_header, LlamaModel, ModelOptions, Overflow};
+use crate::model::{read_header, LlamaModel, ModelConfig, ModelOptions, Overflow};
 use crate::sampling::{Sampler, SamplerConfig};
 use crate::tokenizer::{ChatMessage, ChatTemplate, Tokenizer};
 
@@ -65,6 +67,8 @@ struct GenerateJsOptions {
     seed: Option<u64>,
     stop: Option<Vec<String>>,
     parse_special: Option<bool>,
+    /// Split a `<think>` thought from the answer (default: when the vocabulary has `</think>`).
+    split_reasoning: Option<bool>,
 }
 
 impl GenerateJsOptions {
@@ -203,7 +207,7 @@ impl Engine {
             let o: LoadOptions = options("Engine.loadModel", &options_json)?;
             // Free the old model first so its GPU memory is back before the new one is planned.
             inner.loaded.replace(None);
-            let opts = model_options(&inner.ctx, &o).map_err(|e| js_error(&e))?;
+            let opts = model_options(&o).map_err(|e| js_error(&e))?;
             let mut callback_error = None;
             let mut progress = |done: u64, total: u64, phase: &str| {
                 let r = on_progress.call3(&JsValue::NULL, &(done as f64).into(), &(total as f64).into(), &phase.into());
@@ -215,6 +219,13 @@ impl Engine {
             progress(header.data_offset, header.data_offset, "header");
             let tokenizer = Tokenizer::from_gguf(&header).map_err(|e| js_error(&e))?;
             let template = ChatTemplate::from_gguf(&header).ok();
+            let mut opts = opts;
+            if opts.dtype.is_none() {
+                // Unspecified: f16 where the adapter has it and the model's activations fit it.
+                let cfg = ModelConfig::from_gguf(&header).map_err(|e| js_error(&e))?;
+                let f16 = inner.ctx.caps.f16 && !cfg.needs_f32_activations();
+                opts.dtype = Some(if f16 { DType::F16 } else { DType::F32 });
+            }
             let model = LlamaModel::load_with_header(&inner.ctx, &header, &source, &opts, &mut |d, t| {
                 progress(d, t, "weights")
             })
@@ -265,15 +276,20 @@ impl Engine {
     }
 
     /// Generate after `prompt` (BOS added if the model asks for it and the text lacks it),
-    /// reusing the cached prefix from the previous call. `onToken(textDelta, tokenId)` once per
-    /// token; returning `false` stops (finish reason `"abort"`). Resolves to JSON (see
-    /// `generation_json`).
+    /// reusing the cached prefix from the previous call. `onToken(textDelta, tokenId,
+    /// reasoningDelta)` once per token: for a reasoning model the `<think>` thought goes to
+    /// `reasoningDelta` and the answer to `textDelta` (`engine::ReasoningSplit`); returning
+    /// `false` stops (finish reason `"abort"`). Resolves to JSON: `text` (raw), `content` and
+    /// `reasoning` (split), finish reason, token ids and statistics.
     #[wasm_bindgen(unchecked_return_type = "Promise<string>")]
     pub fn generate(
         &self,
         prompt: String,
         #[wasm_bindgen(js_name = optionsJson)] options_json: String,
-        #[wasm_bindgen(js_name = onToken, unchecked_param_type = "(textDelta: string, tokenId: number) => boolean | void")]
+        #[wasm_bindgen(
+            js_name = onToken,
+            unchecked_param_type = "(textDelta: string, tokenId: number, reasoningDelta: string) => boolean | void"
+        )]
         on_token: js_sys::Function,
     ) -> js_sys::Promise {
         let inner = self.inner.clone();
@@ -295,17 +311,26 @@ impl Engine {
                 skip_special: true,
             };
             let mut callback_error = None;
+            let split_reasoning = o.split_reasoning.unwrap_or(tokenizer.token_id("</think>").is_some());
+            let mut split = ReasoningSplit::for_prompt(&prompt);
             let result = match tokenizer.encode_for_model(&prompt, o.parse_special.unwrap_or(true)) {
                 Ok(ids) => {
-                    let mut on_text =
-                        |delta: &str, id: u32| match on_token.call2(&JsValue::NULL, &delta.into(), &id.into()) {
+                    let mut on_text = |delta: &str, id: u32| {
+                        let d = if split_reasoning {
+                            split.push(delta)
+                        } else {
+                            SplitDelta { content: delta.to_string(), reasoning: String::new() }
+                        };
+                        let (content, reasoning) = (JsValue::from_str(&d.content), JsValue::from_str(&d.reasoning));
+                        match on_token.call3(&JsValue::NULL, &content, &id.into(), &reasoning) {
                             Ok(v) if v.as_bool() == Some(false) => Flow::Stop,
                             Ok(_) => Flow::Continue,
                             Err(e) => {
                                 callback_error = Some(e);
                                 Flow::Stop
                             }
-                        };
+                        }
+                    };
                     let ctx = &inner.ctx;
                     generate_text(ctx, &mut session, &tokenizer, &ids, &text_opts, &mut sampler, &mut on_text).await
                 }
@@ -319,12 +344,19 @@ impl Engine {
                 return Err(e);
             }
             let out = result.map_err(|e| js_error(&e))?;
+            let (reasoning, content) = if split_reasoning {
+                split_reasoning_text(&prompt, &out.text)
+            } else {
+                (String::new(), out.text.clone())
+            };
             let s = &out.stats;
             Ok(JsValue::from_str(
                 &json!({
                     "finishReason": out.finish,
                     "tokens": out.tokens,
                     "text": out.text,
+                    "content": content,
+                    "reasoning": reasoning,
                     "promptTokens": s.prompt_tokens,
                     "reusedTokens": s.reused_tokens,
                     "generatedTokens": s.generated_tokens,
@@ -376,12 +408,13 @@ impl Engine {
     }
 }
 
-fn model_options(ctx: &GpuContext, o: &LoadOptions) -> crate::Result<ModelOptions> {
+fn model_options(o: &LoadOptions) -> crate::Result<ModelOptions> {
     const OP: &str = "Engine.loadModel";
+    // None: chosen once the model's header is read (f16 when the adapter and the model allow).
     let dtype = match o.dtype.as_deref() {
-        None if ctx.caps.f16 => DType::F16,
-        None | Some("f32") => DType::F32,
-        Some("f16") => DType::F16,
+        None => None,
+        Some("f32") => Some(DType::F32),
+        Some("f16") => Some(DType::F16),
         Some(other) => return Err(PupilError::arg(OP, format!("dtype `{other}` (f32 or f16)"))),
     };
     let overflow = match o.overflow.as_deref() {
@@ -389,13 +422,7 @@ fn model_options(ctx: &GpuContext, o: &LoadOptions) -> crate::Result<ModelOption
         Some("streaming") => Overflow::Streaming { sink_tokens: o.sink_tokens.unwrap_or(4) },
         Some(other) => return Err(PupilError::arg(OP, format!("overflow `{other}` (error or streaming)"))),
     };
-    Ok(ModelOptions {
-        dtype: Some(dtype),
-        context: o.context,
-        overflow,
-        memory_budget: o.memory_budget,
-        ..ModelOptions::default()
-    })
+    Ok(ModelOptions { dtype, context: o.context, overflow, memory_budget: o.memory_budget, ..ModelOptions::default() })
 }
 
 fn model_info(m: &LlamaModel, t: &Tokenizer, name: &str, has_template: bool) -> serde_json::Value {

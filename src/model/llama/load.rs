@@ -98,6 +98,12 @@ fn resolve(ctx: &GpuContext, cfg: &ModelConfig, opts: &ModelOptions) -> Result<S
     if dtype == DType::F16 && !ctx.caps.f16 {
         return Err(PupilError::MissingFeature("shader-f16"));
     }
+    if dtype == DType::F16 && cfg.needs_f32_activations() {
+        return Err(PupilError::Unsupported(format!(
+            "f16 activations for {}: its residual stream exceeds f16's range; load it with f32",
+            cfg.architecture
+        )));
+    }
     let context = opts.context.unwrap_or(cfg.context_length.min(4096));
     if context == 0 {
         return Err(PupilError::arg(OP, "context must be at least 1 position"));

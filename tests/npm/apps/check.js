@@ -61,6 +61,10 @@ async function run() {
   check(aborted?.name === 'AbortError', 'AbortSignal aborts a stream with AbortError', aborted?.name);
   const raw = await engine.generate('Once upon a time', { max_tokens: 3, temperature: 0 });
   check(raw.generatedTokens > 0 && typeof raw.text === 'string', 'generate() works after the abort', JSON.stringify(raw.text));
+  // A prompt that leaves a <think> open: everything generated is the thought, none the answer.
+  const thinking = await engine.generate('Question: 2+2?\n<think>\n', { max_tokens: 8, temperature: 0, split_reasoning: true });
+  check(thinking.content === '' && thinking.reasoning === thinking.text.replace(/^\n+/, '').replace(/\n+$/, ''),
+    'split_reasoning puts an open thought in reasoning, not content', JSON.stringify(thinking.reasoning));
 
   check(Array.isArray(await listCachedModels()), 'listCachedModels() answers');
   // dispose() while generating: the running request ends early with finish_reason 'abort',

@@ -119,7 +119,7 @@ struct Scratch {
     v: Tensor,
     attn: Tensor,
     lse: Tensor,
-    /// gate|up outputs (2F) and the gated product (F).
+    /// gate|up outputs (2F), or a QK-norm model's raw K (max(2F, K width) columns).
     gu: Tensor,
     h: Tensor,
     /// K or up projection when its format differs from Q's (gate's).
@@ -349,7 +349,7 @@ impl LlamaModel {
                             // Project into buffers free until the attention output and the MLP
                             // (`attn`, `gu`), then normalise each head into where RoPE (or the
                             // streaming kernels) read: a kernel may not read and write one buffer.
-                            let (q_raw, k_raw) = (attn.view(0, &[m, qd])?, gu.view(0, &[m, kd])?);
+                            let (q_raw, k_raw) = (attn.view(0, &[m, qd])?, v(&sc.gu, &[m, kd])?);
                             matmul_forward(b, &xn, wq, l.q_bias.as_ref(), &q_raw, false)?;
                             matmul_forward(b, &xn, wk, l.k_bias.as_ref(), &k_raw, false)?;
                             let heads = |t: &Tensor, n: usize| t.view(0, &[m * n, hd]);

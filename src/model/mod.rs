@@ -5,11 +5,13 @@
 pub mod config;
 pub mod gguf;
 pub mod llama;
+pub mod safetensors;
 pub mod source;
 pub mod split;
 pub mod synth;
 
 pub use config::{ModelConfig, RopeScaling};
 pub use llama::{LlamaModel, LoadPlan, Logits, ModelOptions, Overflow};
+pub use safetensors::{index_shards, read_safetensors, to_gguf, SafetensorsSource};
 pub use source::{read_header, ModelSource};
 pub use split::{read_split, shard_paths, ShardedSource};

@@ -189,7 +189,8 @@ fn plan(t: &Tensors, cfg: &ModelConfig, s: &Sizes, max_batch: usize) -> Result<(
         ("one layer's K (or V) cache (lower the context)", kv_layer),
         ("the RoPE table (lower the context)", (s.context * cfg.n_rot) as u64 * 4),
         ("the logits scratch (lower the chunk)", r * cfg.vocab_size as u64 * el),
-        ("the MLP scratch (lower the chunk)", r * 2 * f as u64 * el),
+        // gate|up outputs; QK-norm models also project K into it, however wide K is.
+        ("the MLP scratch (lower the chunk)", r * (2 * f).max(kd) as u64 * el),
     ];
     let largest = buffers.iter().max_by_key(|b| b.1).map(|b| (b.0.to_string(), b.1)).unwrap_or_default();
     let local_rope = if cfg.sliding_window.is_some() { buffers[1].1 } else { 0 };
@@ -486,7 +487,7 @@ impl<S: ModelSource + ?Sized> Loader<'_, S> {
             v: e(&[r, cfg.n_kv_heads, hd], dt)?,
             attn: e(&[r, qd], dt)?,
             lse: e(&[r, cfg.n_heads], DType::F32)?,
-            gu: e(&[r, 2 * f], dt)?,
+            gu: e(&[r, (2 * f).max(kd)], dt)?,
             h: e(&[r, f], dt)?,
             aux: e(&[r, f.max(kd)], dt)?,
             post: if cfg.post_norms { Some(e(&[r, h], dt)?) } else { None },

@@ -110,6 +110,11 @@ export interface ChatCompletionCreateParams extends SamplingOptions {
   /** Choices to generate, one after another with seeds seed, seed+1, ... Default 1. */
   n?: number;
   stream?: boolean;
+  /**
+   * The chat template's `enable_thinking` variable, as transformers' `apply_chat_template`
+   * kwarg: `false` makes Qwen3 answer without thinking. Left out, the template's default.
+   */
+  enable_thinking?: boolean;
 }
 
 /** 'abort': only when dispose() cut the generation short (an AbortSignal rejects instead). */

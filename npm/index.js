@@ -187,7 +187,9 @@ export class Engine {
     if (!Number.isInteger(n) || n < 1) return Promise.reject(namedError('TypeError', 'n must be a positive integer'));
     const base = req.seed ?? randomSeed();
     const messages = req.messages.map(({ role, content }) => ({ role, content }));
-    const calls = Array.from({ length: n }, (_, i) => ({ messages, options: generateOptions(req, base + i) }));
+    // enable_thinking goes to the chat template (as transformers' apply_chat_template kwarg).
+    const enableThinking = req.enable_thinking == null ? undefined : !!req.enable_thinking;
+    const calls = Array.from({ length: n }, (_, i) => ({ messages, options: generateOptions(req, base + i), enableThinking }));
     const meta = { id: completionId(), created: Math.floor(Date.now() / 1000), model: this.model.name || 'pupil' };
     if (req.stream) return Promise.resolve(this.#chunks(calls, meta, req.signal));
     return this.#completion(calls, meta, req.signal);

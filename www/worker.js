@@ -124,10 +124,11 @@ const commands = {
   },
   // The chat template turns the conversation into the prompt; the engine reuses the KV cache
   // for the part of it the previous turn already processed.
-  chat({ messages, options }, id) {
+  chat({ messages, options, enableThinking }, id) {
     requireModel();
-    // A model without a template gets ChatML from the engine.
-    const prompt = engine.applyChatTemplate(JSON.stringify(messages), true);
+    // A model without a template gets ChatML from the engine. enableThinking (Qwen3's
+    // enable_thinking) is passed only when set: undefined leaves the template's default.
+    const prompt = engine.applyChatTemplate(JSON.stringify(messages), true, enableThinking ?? undefined);
     return generate(id, prompt, options);
   },
   generate: ({ prompt, options }, id) => generate(id, prompt, options),

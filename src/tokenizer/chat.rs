@@ -12,7 +12,8 @@
 //!   sort_keys=…)`: no HTML escaping, `", "`/`": "` separators);
 //! - variables: `messages` (list of `{role, content}`), `add_generation_prompt`,
 //!   `bos_token`/`eos_token`/`unk_token`/`pad_token` (token text, when the model has the id),
-//!   `tools` and `documents` (none).
+//!   `tools` and `documents` (none), and any extra ones the caller passes
+//!   ([`ChatTemplate::render_with`]: Qwen3's `enable_thinking`).
 //!
 //! Not supported: transformers' `{% generation %}` block (assistant masks for training) — such a
 //! template fails to load with a clear error.
@@ -28,6 +29,10 @@ use serde::{Deserialize, Serialize};
 use super::{opt_id, opt_str, str_array};
 use crate::error::{PupilError, Result};
 use crate::model::gguf::GgufHeader;
+
+/// A value for an extra template variable ([`ChatTemplate::render_with`]): minijinja's `Value`
+/// (`Value::from(false)`, `Value::from("text")`, `Value::from_serialize(&x)`).
+pub use minijinja::Value as TemplateValue;
 
 /// One chat message (`role` is usually `system`, `user` or `assistant`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -199,6 +204,20 @@ impl ChatTemplate {
     /// reply begins. A template's `raise_exception` (e.g. roles not alternating) is an error
     /// carrying its message. Tokenize the result with `parse_special = true`.
     pub fn render(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
+        self.render_with(messages, add_generation_prompt, &[])
+    }
+
+    /// [`render`](Self::render) with extra template variables, as transformers'
+    /// `apply_chat_template(..., **kwargs)` passes its keyword arguments into the template:
+    /// `&[("enable_thinking", false.into())]` is Qwen3's non-thinking mode. A name the template
+    /// does not read is ignored; one that is also a built-in variable (`tools`, `bos_token`, ...)
+    /// replaces it, as transformers' kwargs replace the special-token variables.
+    pub fn render_with(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+        extra: &[(&str, TemplateValue)],
+    ) -> Result<String> {
         let mut ctx: Vec<(&str, Value)> = vec![
             ("messages", Value::from_serialize(messages)),
             ("add_generation_prompt", Value::from(add_generation_prompt)),
@@ -206,6 +225,8 @@ impl ChatTemplate {
             ("documents", Value::from(())),
         ];
         ctx.extend(self.tokens.iter().map(|(n, t)| (*n, Value::from(t.as_str()))));
+        // Last, so that they win: collecting into a map keeps the last value of a name.
+        ctx.extend(extra.iter().map(|(n, v)| (*n, v.clone())));
         let ctx: Value = ctx.into_iter().collect();
         let template = self
             .env

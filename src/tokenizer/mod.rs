@@ -45,7 +45,7 @@ use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
 use tokenizers::models::bpe::{Vocab, BPE};
 use tokenizers::{Model, OffsetReferential, OffsetType, PreTokenizedString};
 
-pub use chat::{ChatMessage, ChatTemplate, CHATML_TEMPLATE, GEMMA3_TEMPLATE};
+pub use chat::{ChatMessage, ChatTemplate, TemplateValue, CHATML_TEMPLATE, GEMMA3_TEMPLATE};
 pub(crate) use pretok::byte_to_char_table;
 pub use stream::StreamDecoder;
 

@@ -26,7 +26,7 @@ use crate::error::PupilError;
 use crate::gpu::{ContextOptions, DType, GpuContext};
 use crate::model::{read_header, LlamaModel, ModelConfig, ModelOptions, Overflow};
 use crate::sampling::{Sampler, SamplerConfig};
-use crate::tokenizer::{ChatMessage, ChatTemplate, Tokenizer};
+use crate::tokenizer::{ChatMessage, ChatTemplate, TemplateValue, Tokenizer};
 
 /// Parse an options object; `""` means `{}`.
 fn options<T: for<'de> Deserialize<'de>>(op: &'static str, text: &str) -> Result<T, JsValue> {
@@ -246,18 +246,23 @@ impl Engine {
     }
 
     /// Render `[{role, content}]` with the model's chat template (ChatML if it has none).
+    /// `enableThinking`, when given, is the template's `enable_thinking` variable (Qwen3:
+    /// `false` pre-closes the think block); left out, the template sees it undefined.
     #[wasm_bindgen(js_name = applyChatTemplate)]
     pub fn apply_chat_template(
         &self,
         #[wasm_bindgen(js_name = messagesJson)] messages_json: String,
         #[wasm_bindgen(js_name = addGenerationPrompt)] add_generation_prompt: bool,
+        #[wasm_bindgen(js_name = enableThinking)] enable_thinking: Option<bool>,
     ) -> Result<String, JsValue> {
         const OP: &str = "Engine.applyChatTemplate";
         let messages: Vec<ChatMessage> = serde_json::from_str(&messages_json)
             .map_err(|e| js_error(&PupilError::arg(OP, format!("messages: {e}"))))?;
+        let extra: Vec<(&str, TemplateValue)> =
+            enable_thinking.map(|b| ("enable_thinking", TemplateValue::from(b))).into_iter().collect();
         self.inner.with_text(OP, |l| match &l.template {
-            Some(t) => t.render(&messages, add_generation_prompt),
-            None => ChatTemplate::chatml().render(&messages, add_generation_prompt),
+            Some(t) => t.render_with(&messages, add_generation_prompt, &extra),
+            None => ChatTemplate::chatml().render_with(&messages, add_generation_prompt, &extra),
         })
     }
 

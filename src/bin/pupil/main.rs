@@ -2,20 +2,23 @@
 //! prints. Without `--model` the model commands fetch and cache the default model
 //! (SmolLM2-135M-Instruct Q4_1) first.
 
+mod convert;
 mod fetch;
 
-use std::io::{BufRead, Write};
+use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
-use pupil::engine::{generate_text, perplexity, Flow, GenerationStats, Session, TextOptions};
+use pupil::engine::{
+    generate_text, perplexity, Flow, GenerationStats, ReasoningSplit, Session, SplitDelta, TextOptions,
+};
 use pupil::model::gguf::GgufHeader;
 use pupil::model::{read_split, shard_paths, ShardedSource};
 use pupil::model::{synth, LlamaModel, ModelConfig, ModelOptions};
 use pupil::sampling::{Sampler, SamplerConfig};
-use pupil::tokenizer::{ChatMessage, ChatTemplate, Tokenizer};
+use pupil::tokenizer::{ChatMessage, ChatTemplate, TemplateValue, Tokenizer};
 use pupil::{selftest, ContextOptions, DType, GpuContext, PupilError};
 
 #[derive(Parser)]
@@ -113,6 +116,9 @@ enum Command {
         /// System message for the chat template.
         #[arg(long)]
         system: Option<String>,
+        /// Render the chat template with enable_thinking=false (Qwen3: answer without thinking).
+        #[arg(long)]
+        no_think: bool,
         /// Print the statistics as JSON on standard error.
         #[arg(long)]
         json_stats: bool,
@@ -125,6 +131,9 @@ enum Command {
         sample: SampleArgs,
         #[arg(long)]
         system: Option<String>,
+        /// Render the chat template with enable_thinking=false (Qwen3: answer without thinking).
+        #[arg(long)]
+        no_think: bool,
     },
     /// Perplexity of a text file (or --text) under the model.
     Perplexity {
@@ -144,6 +153,19 @@ enum Command {
         out: PathBuf,
         #[arg(long, default_value_t = 1)]
         seed: u64,
+    },
+    /// Convert a Hugging Face checkpoint (config.json + safetensors, f32/f16/bf16; llama, qwen2,
+    /// qwen3, gemma3) to GGUF, without a tokenizer.
+    Convert {
+        /// The checkpoint's folder (config.json and model.safetensors, or the shards that
+        /// model.safetensors.index.json lists), or one .safetensors file beside its config.json.
+        input: PathBuf,
+        /// The GGUF file to write.
+        #[arg(short, long)]
+        out: PathBuf,
+        /// Quantise the matrices whose rows are whole blocks of 32 (the others keep their dtype).
+        #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(["q8_0", "q4_0", "q4_1", "q5_0", "q5_1"]))]
+        quantize: Option<String>,
     },
 }
 
@@ -200,6 +222,16 @@ fn model_file(path: &Option<PathBuf>) -> pupil::Result<ModelFile> {
     Ok(ModelFile { path, header, source })
 }
 
+/// Extra chat-template variables: `--no-think` is transformers' `enable_thinking=False`; without
+/// it the variable stays undefined, so each template keeps its own default.
+fn template_vars(no_think: bool) -> Vec<(&'static str, TemplateValue)> {
+    if no_think {
+        vec![("enable_thinking", TemplateValue::from(false))]
+    } else {
+        Vec::new()
+    }
+}
+
 struct Loaded {
     model: LlamaModel,
     tokenizer: Tokenizer,
@@ -208,6 +240,13 @@ struct Loaded {
 
 fn load(ctx: &GpuContext, args: &ModelArgs) -> pupil::Result<Loaded> {
     let ModelFile { path, header, source } = model_file(&args.model)?;
+    if header.get("tokenizer.ggml.model").is_none() {
+        return Err(PupilError::Unsupported(format!(
+            "{} has no tokenizer (no tokenizer.ggml.* metadata, as in a file `pupil convert` made): \
+             generate, chat and perplexity need one",
+            path.display()
+        )));
+    }
     let tokenizer = Tokenizer::from_gguf(&header)?;
     let template = match ChatTemplate::from_gguf(&header) {
         Ok(t) => t,
@@ -293,16 +332,37 @@ async fn answer(
         stop_strings: sample.stop.clone(),
         skip_special: true,
     };
+    // A reasoning model's thought (`<think> … </think>`) is shown dimmed on a terminal; piped
+    // output stays the raw text. The prompt's tail says whether the template opened a thought.
+    let dim_thoughts = std::io::stdout().is_terminal() && l.tokenizer.token_id("</think>").is_some();
+    let tail = l.tokenizer.decode(&prompt[prompt.len().saturating_sub(16)..], false).unwrap_or_default();
+    let mut split = ReasoningSplit::for_prompt(&tail);
+    let show = |d: SplitDelta| {
+        if !d.reasoning.is_empty() {
+            print!("\x1b[2m{}\x1b[0m", d.reasoning);
+        }
+        print!("{}", d.content);
+    };
     let mut printed = String::new();
     let out = generate_text(ctx, session, &l.tokenizer, prompt, &opts, sampler, &mut |delta, _| {
-        print!("{delta}");
+        if dim_thoughts {
+            show(split.push(delta));
+        } else {
+            print!("{delta}");
+        }
         let _ = std::io::stdout().flush();
         printed.push_str(delta);
         Flow::Continue
     })
     .await?;
     // Text held back as a possible stop-string start when generation ended otherwise.
-    print!("{}", out.text.get(printed.len()..).unwrap_or_default());
+    let rest = out.text.get(printed.len()..).unwrap_or_default();
+    if dim_thoughts {
+        show(split.push(rest));
+        show(split.finish());
+    } else {
+        print!("{rest}");
+    }
     println!();
     Ok((out.text, out.stats))
 }
@@ -319,6 +379,10 @@ async fn run(command: Command, options: ContextOptions) -> pupil::Result<ExitCod
         bar.finish_and_clear();
         std::fs::write(out, &file).map_err(|e| other(format!("{}: {e}", out.display())))?;
         eprintln!("{}: {} ({} bytes)", out.display(), spec.name, file.len());
+        return Ok(ExitCode::SUCCESS);
+    }
+    if let Command::Convert { input, out, quantize } = &command {
+        convert::convert(input, out, quantize.as_deref())?;
         return Ok(ExitCode::SUCCESS);
     }
     let ctx = GpuContext::new(options).await?;
@@ -353,7 +417,7 @@ async fn run(command: Command, options: ContextOptions) -> pupil::Result<ExitCod
             println!("kernel selftest: {passed} passed, {failed} failed");
             Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
-        Command::Generate { model, sample, prompt, raw, system, json_stats } => {
+        Command::Generate { model, sample, prompt, raw, system, no_think, json_stats } => {
             let prompt = match prompt {
                 Some(p) => p,
                 None => std::io::read_to_string(std::io::stdin()).map_err(other)?,
@@ -365,7 +429,7 @@ async fn run(command: Command, options: ContextOptions) -> pupil::Result<ExitCod
                 let mut messages = Vec::new();
                 messages.extend(system.map(ChatMessage::system));
                 messages.push(ChatMessage::user(prompt));
-                l.tokenizer.encode(&l.template.render(&messages, true)?, true)?
+                l.tokenizer.encode(&l.template.render_with(&messages, true, &template_vars(no_think))?, true)?
             };
             let mut session = Session::new(&ctx, &l.model)?;
             let mut sampler = Sampler::new(sampler_config(&sample))?;
@@ -373,7 +437,7 @@ async fn run(command: Command, options: ContextOptions) -> pupil::Result<ExitCod
             print_stats(&stats, json_stats);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Chat { model, sample, system } => {
+        Command::Chat { model, sample, system, no_think } => {
             let l = load(&ctx, &model)?;
             let mut session = Session::new(&ctx, &l.model)?;
             let mut sampler = Sampler::new(sampler_config(&sample))?;
@@ -399,7 +463,8 @@ async fn run(command: Command, options: ContextOptions) -> pupil::Result<ExitCod
                     _ => {}
                 }
                 messages.push(ChatMessage::user(line));
-                let ids = l.tokenizer.encode(&l.template.render(&messages, true)?, true)?;
+                let ids =
+                    l.tokenizer.encode(&l.template.render_with(&messages, true, &template_vars(no_think))?, true)?;
                 match answer(&ctx, &l, &mut session, &ids, &sample, &mut sampler).await {
                     Ok((text, stats)) => {
                         messages.push(ChatMessage::assistant(text.trim()));
@@ -431,6 +496,8 @@ async fn run(command: Command, options: ContextOptions) -> pupil::Result<ExitCod
             );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Fetch { .. } | Command::Synth { .. } => unreachable!("handled before opening the GPU"),
+        Command::Fetch { .. } | Command::Synth { .. } | Command::Convert { .. } => {
+            unreachable!("handled before opening the GPU")
+        }
     }
 }

@@ -52,28 +52,29 @@ fn read_header(path: &PathBuf) -> std::io::Result<GgufHeader> {
     }
 }
 
+/// A real model's header and tokenizer, or None (skip) when the file is absent — a failure
+/// instead when `PUPIL_REQUIRE_MODELS` is set (as CI does).
+fn header_and_tokenizer(path: &PathBuf, fetch: &str) -> Option<(GgufHeader, Tokenizer)> {
+    match read_header(path) {
+        Ok(h) => {
+            let t = Tokenizer::from_gguf(&h).unwrap_or_else(|e| panic!("{}: the tokenizer loads: {e}", path.display()));
+            Some((h, t))
+        }
+        Err(e) => {
+            assert!(
+                std::env::var("PUPIL_REQUIRE_MODELS").is_err(),
+                "{}: {e} (run scripts/fetch-model.sh {fetch})",
+                path.display()
+            );
+            eprintln!("skipped: {} not found (scripts/fetch-model.sh {fetch} fetches it)", path.display());
+            None
+        }
+    }
+}
+
 fn smollm2() -> Option<&'static (GgufHeader, Tokenizer)> {
     static MODEL: OnceLock<Option<(GgufHeader, Tokenizer)>> = OnceLock::new();
-    MODEL
-        .get_or_init(|| {
-            let path = common::smollm2_path();
-            match read_header(&path) {
-                Ok(h) => {
-                    let t = Tokenizer::from_gguf(&h).expect("SmolLM2's tokenizer loads");
-                    Some((h, t))
-                }
-                Err(e) => {
-                    assert!(
-                        std::env::var("PUPIL_REQUIRE_MODELS").is_err(),
-                        "{}: {e} (run scripts/fetch-model.sh)",
-                        path.display()
-                    );
-                    eprintln!("skipped: {} not found (scripts/fetch-model.sh fetches it)", path.display());
-                    None
-                }
-            }
-        })
-        .as_ref()
+    MODEL.get_or_init(|| header_and_tokenizer(&common::smollm2_path(), "smollm2")).as_ref()
 }
 
 fn fixture() -> &'static Json {
@@ -324,30 +325,10 @@ fn encode_speed(name: &str, h: &GgufHeader, s: &str) {
 const GEMMA_FIXTURE: &str = include_str!("fixtures/tokenizer/gemma3.json");
 const GEMMA_CHAT_FIXTURE: &str = include_str!("fixtures/tokenizer/gemma3_chat.json");
 
-/// Gemma 3's header and tokenizer, or None (skip) when the file is absent — a failure instead
-/// when `PUPIL_REQUIRE_MODELS` is set.
+/// Gemma 3's header and tokenizer (see [`header_and_tokenizer`]).
 fn gemma3() -> Option<&'static (GgufHeader, Tokenizer)> {
     static MODEL: OnceLock<Option<(GgufHeader, Tokenizer)>> = OnceLock::new();
-    MODEL
-        .get_or_init(|| {
-            let path = common::gemma3_path();
-            match read_header(&path) {
-                Ok(h) => {
-                    let t = Tokenizer::from_gguf(&h).expect("Gemma 3's tokenizer loads");
-                    Some((h, t))
-                }
-                Err(e) => {
-                    assert!(
-                        std::env::var("PUPIL_REQUIRE_MODELS").is_err(),
-                        "{}: {e} (run scripts/fetch-model.sh gemma3)",
-                        path.display()
-                    );
-                    eprintln!("skipped: {} not found (scripts/fetch-model.sh gemma3 fetches it)", path.display());
-                    None
-                }
-            }
-        })
-        .as_ref()
+    MODEL.get_or_init(|| header_and_tokenizer(&common::gemma3_path(), "gemma3")).as_ref()
 }
 
 fn gemma_fixture() -> &'static Json {

@@ -104,12 +104,9 @@ impl ReasoningSplit {
                 }
                 State::Thinking { fresh } => {
                     if fresh {
-                        let trimmed = self.held.trim_start_matches('\n');
-                        if trimmed.is_empty() {
-                            self.held.clear();
+                        if !self.drop_leading_newlines() {
                             return out;
                         }
-                        self.held = trimmed.to_string();
                         self.state = State::Thinking { fresh: false };
                     }
                     if let Some(at) = self.held.find(CLOSE) {
@@ -127,12 +124,9 @@ impl ReasoningSplit {
                 }
                 State::Answer { fresh } => {
                     if fresh {
-                        let trimmed = self.held.trim_start_matches('\n');
-                        if trimmed.is_empty() {
-                            self.held.clear();
+                        if !self.drop_leading_newlines() {
                             return out;
                         }
-                        self.held = trimmed.to_string();
                         self.state = State::Answer { fresh: false };
                     }
                     let text = std::mem::take(&mut self.held);
@@ -142,6 +136,17 @@ impl ReasoningSplit {
                 }
             }
         }
+    }
+
+    /// Drop the newlines a template puts after a tag; false while nothing else has come yet.
+    fn drop_leading_newlines(&mut self) -> bool {
+        let trimmed = self.held.trim_start_matches('\n');
+        if trimmed.is_empty() {
+            self.held.clear();
+            return false;
+        }
+        self.held = trimmed.to_string();
+        true
     }
 
     fn emit_reasoning(&mut self, text: &str, out: &mut SplitDelta) {

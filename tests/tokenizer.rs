@@ -137,22 +137,27 @@ fn smollm2_ids_match_hf_tokenizers() {
     assert!(failures.is_empty(), "{} mismatches:\n{}", failures.len(), failures.join("\n"));
 }
 
-#[test]
-fn smollm2_decode_matches_hf_tokenizers() {
-    let Some((_, t)) = smollm2() else { return };
-    let f = fixture();
+/// A fixture's decodes: each case's ids (with and without special tokens skipped, and the ids
+/// made without special parsing), then its arbitrary id sequences.
+fn check_decodes(t: &Tokenizer, f: &Json) {
     for c in f["cases"].as_array().unwrap() {
         let s = text(&c["text"]);
         assert_eq!(t.decode(&ids(&c["ids"]), false).unwrap(), text(&c["decoded"]), "{s:?}");
         assert_eq!(t.decode(&ids(&c["ids"]), true).unwrap(), text(&c["decoded_skip_special"]), "{s:?}");
         assert_eq!(t.decode(&ids(&c["ids_no_special"]), false).unwrap(), text(&c["decoded_no_special"]), "{s:?}");
     }
-    // Arbitrary id sequences, incl. lone bytes of multi-byte characters (U+FFFD placement).
     for c in f["decodes"].as_array().unwrap() {
         let v = ids(&c["ids"]);
         assert_eq!(t.decode(&v, false).unwrap(), text(&c["text"]), "{v:?}");
         assert_eq!(t.decode(&v, true).unwrap(), text(&c["text_skip_special"]), "{v:?}");
     }
+}
+
+/// Decodes, incl. lone bytes of multi-byte characters (U+FFFD placement).
+#[test]
+fn smollm2_decode_matches_hf_tokenizers() {
+    let Some((_, t)) = smollm2() else { return };
+    check_decodes(t, fixture());
 }
 
 /// Stream `v` one id at a time; after every prefix, what came out plus a flush must equal the
@@ -395,22 +400,11 @@ fn gemma3_ids_match_sentencepiece() {
     }
 }
 
+/// Decodes, incl. byte pieces that are not UTF-8 and bytes split by special tokens.
 #[test]
 fn gemma3_decode_matches_sentencepiece() {
     let Some((_, t)) = gemma3() else { return };
-    let f = gemma_fixture();
-    for c in f["cases"].as_array().unwrap() {
-        let s = text(&c["text"]);
-        assert_eq!(t.decode(&ids(&c["ids"]), false).unwrap(), text(&c["decoded"]), "{s:?}");
-        assert_eq!(t.decode(&ids(&c["ids"]), true).unwrap(), text(&c["decoded_skip_special"]), "{s:?}");
-        assert_eq!(t.decode(&ids(&c["ids_no_special"]), false).unwrap(), text(&c["decoded_no_special"]), "{s:?}");
-    }
-    // Arbitrary ids, byte pieces that are not UTF-8, bytes split by special tokens.
-    for c in f["decodes"].as_array().unwrap() {
-        let v = ids(&c["ids"]);
-        assert_eq!(t.decode(&v, false).unwrap(), text(&c["text"]), "{v:?}");
-        assert_eq!(t.decode(&v, true).unwrap(), text(&c["text_skip_special"]), "{v:?}");
-    }
+    check_decodes(t, gemma_fixture());
 }
 
 #[test]

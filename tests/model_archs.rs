@@ -7,7 +7,8 @@
 //!
 //! qwen2 checks what llama does not: Q/K/V biases, NeoX RoPE on unpermuted Q/K rows, GQA and
 //! the tied head; qwen3 adds QK-norm and a head size that is not hidden / heads; gemma3 its
-//! sliding-window layers, sandwich norms, scaled embedding and GELU-tanh.
+//! sliding-window layers, sandwich norms, scaled embedding and GELU-tanh; qwen3next the
+//! gated-attention output gate packed into q_proj and partial RoPE.
 
 mod common;
 
@@ -16,7 +17,8 @@ use std::path::Path;
 use common::{json_ids as ids, rel_err};
 use pupil::engine::{generate, Flow, GenerateOptions, Session};
 use pupil::gpu::DType;
-use pupil::model::{synth, LlamaModel, Logits, ModelOptions, Overflow};
+use pupil::model::gguf::parse_header;
+use pupil::model::{synth, LlamaModel, Logits, ModelConfig, ModelOptions, Overflow};
 use pupil::sampling::{Sampler, SamplerConfig};
 use serde_json::Value as Json;
 use sha2::{Digest, Sha256};
@@ -114,6 +116,36 @@ fn qwen3_matches_transformers_every_position() {
 #[test]
 fn gemma3_matches_transformers_every_position() {
     matches_transformers("tiny-gemma3");
+}
+
+/// qwen3next (gated attention): `attn_q` packs each head's query and output-gate rows, the
+/// attention output is multiplied by σ(gate) elementwise inside the attention kernels' epilogue
+/// (prefill and decode), QK-norm and every RMSNorm scale by 1 + w (stored so), RoPE turns a
+/// quarter of each head. transformers' GGUF reader lacks qwen3next, so the fixture script reads
+/// this file with gguf-py into transformers' Qwen3NextForCausalLM (qwen3next_gguf.py).
+#[test]
+fn qwen3next_gated_attention_matches_transformers_every_position() {
+    matches_transformers("tiny-qwen3next");
+}
+
+/// A qwen3next file with what Pupil does not run — a Gated DeltaNet layer, experts, attention
+/// biases — is refused by name (Unsupported) when its header is read.
+#[test]
+fn qwen3next_linear_attention_and_experts_are_refused() {
+    let file = synth::synthesize(&synth::preset("tiny-qwen3next").unwrap(), 1, &mut |_, _| {}).unwrap();
+    let header = parse_header(&file).unwrap();
+    assert!(ModelConfig::from_gguf(&header).unwrap().output_gate);
+    for (from, to, says) in [
+        ("blk.1.attn_q.weight", "blk.1.ssm_in.weight", "Gated DeltaNet"),
+        ("blk.0.ffn_gate.weight", "blk.0.ffn_gate_exps.weight", "mixture-of-experts"),
+        ("blk.0.attn_q_norm.weight", "blk.0.attn_q.bias", "attention biases"),
+    ] {
+        let mut h = header.clone();
+        h.tensors.iter_mut().find(|t| t.name == from).unwrap().name = to.to_string();
+        let e = ModelConfig::from_gguf(&h).unwrap_err();
+        assert_eq!(e.kind(), "Unsupported", "{e}");
+        assert!(e.to_string().contains(says), "{e}");
+    }
 }
 
 /// A streaming (StreamingLLM) qwen3 keeps Q and K raw for the attention kernels to rotate, so

@@ -188,6 +188,38 @@ fn gemma3_bf16_matches_transformers() {
     matches_transformers("tiny_gemma3");
 }
 
+/// Qwen3-Next's gated attention (all layers full attention, dense MLPs): q_proj packing each
+/// head's query and output-gate rows, QK-norm and RMSNorms as 1 + w, RoPE on a quarter of each
+/// head, f32. (The fixture script reads Pupil's GGUF with gguf-py: transformers' GGUF reader
+/// lacks qwen3next.)
+#[test]
+fn qwen3next_f32_matches_transformers() {
+    matches_transformers("tiny_qwen3next");
+}
+
+/// A real Qwen3-Next config (hybrid Gated DeltaNet layers, experts) is refused by name, before
+/// any tensor is read.
+#[test]
+fn qwen3next_hybrid_and_sparse_configs_are_refused() {
+    let fx = fixture("tiny_qwen3next");
+    let mut cfg: Json = serde_json::from_str(&fx.config).unwrap();
+    let refuse = |cfg: &Json, says: &str| {
+        let e = pollster::block_on(read_safetensors(&cfg.to_string(), fx.shards.clone(), None)).err().unwrap();
+        refused(e, "Unsupported", says);
+    };
+    cfg["layer_types"] = json!(["linear_attention", "full_attention"]);
+    refuse(&cfg, "Gated DeltaNet");
+    cfg.as_object_mut().unwrap().remove("layer_types");
+    refuse(&cfg, "layer 0 is not full attention"); // transformers' default: every 4th layer full
+    cfg["layer_types"] = json!(["full_attention", "full_attention"]);
+    cfg["num_experts"] = json!(8);
+    refuse(&cfg, "mixture-of-experts");
+    cfg["mlp_only_layers"] = json!([0, 1]);
+    assert!(pollster::block_on(read_safetensors(&cfg.to_string(), fx.shards.clone(), None)).is_ok());
+    cfg["partial_rotary_factor"] = json!(0.3);
+    refuse(&cfg, "partial_rotary_factor");
+}
+
 /// Records the length of its largest read.
 struct Counting {
     bytes: Vec<u8>,

@@ -6,7 +6,9 @@ use crate::error::{PupilError, Result};
 use crate::ops::{Activation, RopeLayout};
 
 /// Architectures this build can run, by their `general.architecture` name.
-pub const SUPPORTED_ARCHITECTURES: [&str; 4] = ["llama", "qwen2", "qwen3", "gemma3"];
+/// `qwen3next` runs as its full-attention, dense-MLP subset: the gated-attention output gate
+/// with Qwen3-Next's q_proj packing (files with Gated DeltaNet layers or experts are refused).
+pub const SUPPORTED_ARCHITECTURES: [&str; 5] = ["llama", "qwen2", "qwen3", "gemma3", "qwen3next"];
 
 /// Gemma 3's local (sliding-window) layers rotate with this base whatever the global base is
 /// (Hugging Face `rope_local_base_freq`; llama.cpp hard-codes it too).
@@ -74,6 +76,10 @@ pub struct ModelConfig {
     pub sliding_window: Option<SlidingWindow>,
     /// Attention logits soft-capped as `cap·tanh(s/cap)` (Gemma 2 style; absent for Gemma 3).
     pub attn_softcap: Option<f32>,
+    /// Gated attention (Qwen3-Next): `attn_q` holds 2·head_dim rows per head, the head's query
+    /// then its output-gate logits, and the attention output is multiplied by σ(gate)
+    /// elementwise before `attn_output`.
+    pub output_gate: bool,
 }
 
 fn key<'a>(h: &'a GgufHeader, name: &str) -> Result<&'a Value> {
@@ -143,6 +149,29 @@ fn gemma3_window(h: &GgufHeader, arch: &str, n_layers: usize) -> Result<SlidingW
         return Err(PupilError::Format(format!("{arch} model: rope.freq_base_swa {rope_base} must exceed 1")));
     }
     Ok(SlidingWindow { window, local, rope_base })
+}
+
+/// A qwen3next file Pupil can run has only full-attention layers with dense MLPs (Qwen3-Next
+/// itself interleaves Gated DeltaNet linear attention and routes a mixture of experts).
+fn qwen3next_dense_only(h: &GgufHeader, n_layers: usize) -> Result<()> {
+    for i in 0..n_layers {
+        let has = |s: &str| h.tensors.iter().any(|t| t.name.starts_with(&format!("blk.{i}.{s}")));
+        if has("ssm_") || !has("attn_q.") {
+            return Err(PupilError::Unsupported(format!(
+                "qwen3next layer {i} is a linear-attention (Gated DeltaNet) layer; Pupil runs qwen3next models \
+                 whose layers are all full (gated) attention"
+            )));
+        }
+        if has("attn_q.bias") || has("attn_output.bias") {
+            return Err(PupilError::Unsupported(format!("qwen3next layer {i}: attention biases")));
+        }
+        if has("ffn_gate_inp") || has("ffn_gate_exps") || has("ffn_up_exps") {
+            return Err(PupilError::Unsupported(format!(
+                "qwen3next layer {i} has a mixture-of-experts MLP; Pupil runs qwen3next models with dense MLPs"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// `general.architecture`, checked against what this build runs.
@@ -225,7 +254,11 @@ impl ModelConfig {
         // Gemma's GGUF converter keeps HF's row order (NeoX pairs), like qwen.
         let rope_layout = if arch == "llama" { RopeLayout::Normal } else { RopeLayout::NeoX };
         let gemma = arch == "gemma3";
-        let qk_norm = arch == "qwen3" || gemma;
+        let gated = arch == "qwen3next";
+        if gated {
+            qwen3next_dense_only(h, n_layers)?;
+        }
+        let qk_norm = arch == "qwen3" || gemma || gated;
         let sliding_window = if gemma { Some(gemma3_window(h, &arch, n_layers)?) } else { None };
         if h.get(&k("final_logit_softcapping")).is_some() {
             return Err(PupilError::Unsupported(format!("{arch}: final logit soft-capping")));
@@ -267,7 +300,23 @@ impl ModelConfig {
             post_norms: gemma,
             sliding_window,
             attn_softcap,
+            output_gate: gated,
         })
+    }
+
+    /// The GGUF name (in `blk.N.…`) of the MLP's input norm: llama.cpp calls HF's
+    /// `post_attention_layernorm` `ffn_norm`, except for qwen3next (`post_attention_norm`).
+    pub fn ffn_norm_name(&self) -> &'static str {
+        if self.architecture == "qwen3next" {
+            "post_attention_norm"
+        } else {
+            "ffn_norm"
+        }
+    }
+
+    /// Rows of `attn_q`: the queries, and with an output gate as many gate logits.
+    pub fn q_rows(&self) -> usize {
+        self.n_heads * self.head_dim * if self.output_gate { 2 } else { 1 }
     }
 
     /// Whether f16 activations would overflow: Gemma's residual stream holds values past f16's
@@ -284,7 +333,8 @@ impl ModelConfig {
     /// Parameters of the weights (for summaries).
     pub fn parameter_count(&self) -> u64 {
         let (h, f, v) = (self.hidden as u64, self.ffn_hidden as u64, self.vocab_size as u64);
-        let qkvo = h * (self.n_heads * self.head_dim) as u64 * 2 + h * (self.n_kv_heads * self.head_dim) as u64 * 2;
+        let qkvo = h * (self.q_rows() + self.n_heads * self.head_dim) as u64
+            + h * (self.n_kv_heads * self.head_dim) as u64 * 2;
         let per_layer = qkvo + 3 * h * f + 2 * h;
         per_layer * self.n_layers as u64 + v * h * if self.tied_embeddings { 1 } else { 2 } + h
     }

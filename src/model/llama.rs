@@ -2,8 +2,10 @@
 //! and with their options qwen2, qwen3 and gemma3): pre-norm decoder blocks of RMSNorm → GQA
 //! attention with RoPE → residual, RMSNorm → gated MLP → residual; final RMSNorm and a
 //! (possibly tied) output head. The options: Q/K/V biases (qwen2), per-head QK-norm (qwen3,
-//! gemma3), and Gemma 3's scaled embedding, GELU-tanh gate, "sandwich" norms on the attention
-//! and MLP outputs, and interleaved sliding-window layers with their own RoPE base.
+//! gemma3), Gemma 3's scaled embedding, GELU-tanh gate, "sandwich" norms on the attention
+//! and MLP outputs, and interleaved sliding-window layers with their own RoPE base; and
+//! gated attention (qwen3next: an elementwise σ(gate) on the attention output, the gate logits
+//! packed into q_proj beside each head's query).
 //!
 //! Weights stay in their GGUF block format on the GPU (`ops::QuantWeight`); activations are the
 //! path's dtype (f32, or f16 storage with f32 accumulation). Q|K (and gate|up) are stacked
@@ -23,8 +25,8 @@ use crate::gpu::{Batch, DType, GpuContext, Tensor};
 use crate::ops::activation::{gated_activation_forward, gated_activation_fused_forward};
 use crate::ops::add::add_inplace;
 use crate::ops::attention::{
-    attention_decode_forward, attention_prefill_forward, kv_write, kv_write_chunk, AttentionConfig, CacheSeq, KvCache,
-    KvCacheKind,
+    attention_decode_forward_with, attention_prefill_forward_with, kv_write, kv_write_chunk, AttentionConfig,
+    AttentionInputs, CacheSeq, GateInput, GateMode, KvCache, KvCacheKind,
 };
 use crate::ops::embedding::embedding_quant_scaled_forward;
 use crate::ops::matmul::{matmul_forward, matmul_glu_forward, GEMV_MAX_M};
@@ -91,6 +93,8 @@ struct Layer {
     k_bias: Option<Tensor>,
     /// Per-head RMSNorm weights of Q and K, applied before RoPE (qwen3; Q and K then apart).
     qk_norm: Option<(Tensor, Tensor)>,
+    /// Output-gate projection (gated attention: the gate rows of Qwen3-Next's packed q_proj).
+    q_gate: Option<QuantWeight>,
     v: QuantWeight,
     v_bias: Option<Tensor>,
     o: QuantWeight,
@@ -126,6 +130,8 @@ struct Scratch {
     aux: Tensor,
     /// An attention or MLP output normalised before the residual add (post-norm models).
     post: Option<Tensor>,
+    /// Output-gate logits `[rows, heads, head_dim]` (gated-attention models).
+    gate: Option<Tensor>,
     /// The rows whose logits are wanted, copied out of `x`.
     last: Tensor,
     last_n: Tensor,
@@ -383,17 +389,28 @@ impl LlamaModel {
                 rope_forward(b, k_in, &positions, rope, kin, &k)?;
             }
             matmul_forward(b, &xn, &l.v, l.v_bias.as_ref(), &vv, false)?;
+            let gate_logits = match (&l.q_gate, &sc.gate) {
+                (Some(w), Some(g)) => {
+                    let g = v(g, &[m, nh, hd])?;
+                    matmul_forward(b, &xn, w, None, &g.view(0, &[m, qd])?, false)?;
+                    Some(g)
+                }
+                _ => None,
+            };
+            // The attention kernels apply σ(gate) in their epilogue.
+            let gate = gate_logits.as_ref().map(|g| GateInput::contiguous(g, GateMode::Elementwise, nh, hd));
             match step {
                 Step::Prefill { seq, pos0 } => {
                     let at = Some(CacheSeq { cache, layer: li, seq });
-                    attention_prefill_forward(b, attn_cfg, &q, &k, &vv, at, pos0, &attn_heads, &lse)?;
+                    let inputs = AttentionInputs { gate, doc_start: None };
+                    attention_prefill_forward_with(b, attn_cfg, &q, &k, &vv, at, pos0, &attn_heads, &lse, inputs)?;
                     kv_write_chunk(b, cache, li, seq, pos0, &k, &vv)?;
                 }
                 Step::Decode => {
                     let dest = v(&sc.dest, &[m, 2])?;
                     let (k2, v2) = (k.view(0, &[m, kd])?, vv.view(0, &[m, kd])?);
                     kv_write(b, cache, li, &k2, &v2, &dest)?;
-                    attention_decode_forward(b, attn_cfg, &q, &dest, cache, li, &attn_heads)?;
+                    attention_decode_forward_with(b, attn_cfg, &q, &dest, cache, li, &attn_heads, gate)?;
                 }
             }
             // Without post-norms the output projection accumulates straight into the residual;

@@ -22,8 +22,10 @@ pub enum QuantMix {
 #[derive(Clone, Debug)]
 pub struct SynthSpec {
     pub name: &'static str,
-    /// `llama`, `qwen2` (Q/K/V biases, NeoX RoPE), `qwen3` (QK-norm, NeoX RoPE) or `gemma3`
-    /// (QK-norm, post-norms, GELU-tanh, scaled embedding, interleaved sliding windows).
+    /// `llama`, `qwen2` (Q/K/V biases, NeoX RoPE), `qwen3` (QK-norm, NeoX RoPE), `gemma3`
+    /// (QK-norm, post-norms, GELU-tanh, scaled embedding, interleaved sliding windows) or
+    /// `qwen3next` (qwen3 with the gated-attention output gate packed into `attn_q`, RoPE on a
+    /// quarter of each head).
     pub architecture: &'static str,
     pub n_layers: usize,
     pub hidden: usize,
@@ -168,6 +170,23 @@ pub fn presets() -> Vec<SynthSpec> {
             sliding_window: Some(16),
         },
         SynthSpec {
+            name: "tiny-qwen3next",
+            architecture: "qwen3next",
+            n_layers: 2,
+            hidden: 256,
+            ffn_hidden: 512,
+            n_heads: 4,
+            n_kv_heads: 2,
+            head_dim: Some(64),
+            vocab: 512,
+            context: 1024,
+            rope_base: 1e7,
+            rms_eps: 1e-6,
+            tied: false,
+            mix: QuantMix::Uniform(QuantType::Q8_0),
+            sliding_window: None,
+        },
+        SynthSpec {
             name: "tiny-llama",
             architecture: "llama",
             n_layers: 2,
@@ -197,6 +216,19 @@ pub fn preset(name: &str) -> Result<SynthSpec> {
 impl SynthSpec {
     fn head_dim(&self) -> usize {
         self.head_dim.unwrap_or(self.hidden / self.n_heads)
+    }
+
+    fn gated(&self) -> bool {
+        self.architecture == "qwen3next"
+    }
+
+    /// Rotated dims per head (Qwen3-Next's partial_rotary_factor is 0.25).
+    fn n_rot(&self) -> usize {
+        if self.gated() {
+            self.head_dim() / 4
+        } else {
+            self.head_dim()
+        }
     }
 
     /// The format of one matrix, by llama-quantize's rules for the mix.
@@ -236,14 +268,15 @@ impl SynthSpec {
         for i in 0..self.n_layers {
             let n = |s: &str| format!("blk.{i}.{s}");
             t.push((n("attn_norm.weight"), vec![h], QuantType::F32));
-            for (name, rows, cols) in [("attn_q", qd, h), ("attn_k", kd, h), ("attn_v", kd, h)] {
+            let q_rows = if self.gated() { 2 * qd } else { qd };
+            for (name, rows, cols) in [("attn_q", q_rows, h), ("attn_k", kd, h), ("attn_v", kd, h)] {
                 t.push((n(&format!("{name}.weight")), vec![cols, rows], self.matrix_type(name, Some(i))));
                 if self.architecture == "qwen2" {
                     t.push((n(&format!("{name}.bias")), vec![rows], QuantType::F32));
                 }
             }
             let gemma = self.architecture == "gemma3";
-            if self.architecture == "qwen3" || gemma {
+            if self.architecture == "qwen3" || gemma || self.gated() {
                 t.push((n("attn_q_norm.weight"), vec![hd], QuantType::F32));
                 t.push((n("attn_k_norm.weight"), vec![hd], QuantType::F32));
             }
@@ -251,7 +284,8 @@ impl SynthSpec {
             if gemma {
                 t.push((n("post_attention_norm.weight"), vec![h], QuantType::F32));
             }
-            t.push((n("ffn_norm.weight"), vec![h], QuantType::F32));
+            let ffn_norm = if self.gated() { "post_attention_norm.weight" } else { "ffn_norm.weight" };
+            t.push((n(ffn_norm), vec![h], QuantType::F32));
             t.push((n("ffn_gate.weight"), vec![h, f], self.matrix_type("ffn_gate", Some(i))));
             t.push((n("ffn_up.weight"), vec![h, f], self.matrix_type("ffn_up", Some(i))));
             t.push((n("ffn_down.weight"), vec![f, h], self.matrix_type("ffn_down", Some(i))));
@@ -298,7 +332,7 @@ pub fn synthesize(spec: &SynthSpec, seed: u64, progress: &mut dyn FnMut(u64, u64
     w.add(&k("attention.head_count_kv"), Value::U32(spec.n_kv_heads as u32));
     w.add(&k("rope.freq_base"), Value::F32(spec.rope_base as f32));
     w.add(&k("attention.layer_norm_rms_epsilon"), Value::F32(spec.rms_eps));
-    w.add(&k("rope.dimension_count"), Value::U32(spec.head_dim() as u32));
+    w.add(&k("rope.dimension_count"), Value::U32(spec.n_rot() as u32));
     if let Some(hd) = spec.head_dim {
         w.add(&k("attention.key_length"), Value::U32(hd as u32));
         w.add(&k("attention.value_length"), Value::U32(hd as u32));

@@ -159,7 +159,7 @@ fn plan(t: &Tensors, cfg: &ModelConfig, s: &Sizes, max_batch: usize) -> Result<(
     for i in 0..cfg.n_layers {
         let n = |s: &str| format!("blk.{i}.{s}.weight");
         for (name, rows, cols) in [
-            (n("attn_q"), qd, h),
+            (n("attn_q"), cfg.q_rows(), h),
             (n("attn_k"), kd, h),
             (n("attn_v"), kd, h),
             (n("attn_output"), h, qd),
@@ -170,7 +170,7 @@ fn plan(t: &Tensors, cfg: &ModelConfig, s: &Sizes, max_batch: usize) -> Result<(
             weights += matrix(&name, rows, cols)?;
         }
         t.vector(&n("attn_norm"), h)?;
-        t.vector(&n("ffn_norm"), h)?;
+        t.vector(&n(cfg.ffn_norm_name()), h)?;
         weights += 2 * h as u64 * el;
         if cfg.post_norms {
             t.vector(&n("post_attention_norm"), h)?;
@@ -195,9 +195,11 @@ fn plan(t: &Tensors, cfg: &ModelConfig, s: &Sizes, max_batch: usize) -> Result<(
     let largest = buffers.iter().max_by_key(|b| b.1).map(|b| (b.0.to_string(), b.1)).unwrap_or_default();
     let local_rope = if cfg.sliding_window.is_some() { buffers[1].1 } else { 0 };
     let post = if cfg.post_norms { r * h as u64 * el } else { 0 };
+    let gate = if cfg.output_gate { r * qd as u64 * el } else { 0 };
     let scratch = buffers[1..].iter().map(|b| b.1).sum::<u64>()
         + local_rope
         + post
+        + gate
         + r * 4 * 4
         + r * el * (4 * h + (qd + kd) + 2 * qd + 2 * kd + 2 * f.max(kd)) as u64
         + r * cfg.n_heads as u64 * 4;
@@ -367,6 +369,32 @@ impl<S: ModelSource + ?Sized> Loader<'_, S> {
         Ok(s)
     }
 
+    /// A gated-attention model's `attn_q` (per head: head_dim query rows, then head_dim gate
+    /// rows, as Qwen3-Next's q_proj packs them) as two weights, the queries' and the gates',
+    /// each with its heads contiguous: QK-norm and RoPE then see plain query heads, and the gate
+    /// logits come out `[tokens, heads, head_dim]`. Rows are whole blocks, so this moves bytes.
+    async fn query_and_gate(
+        &mut self,
+        name: &str,
+        heads: usize,
+        head_dim: usize,
+        cols: usize,
+    ) -> Result<(QuantWeight, QuantWeight)> {
+        let info = self.t.matrix(name, 2 * heads * head_dim, cols)?;
+        let raw = self.bytes(info).await?;
+        let row = info.ty.row_bytes(cols)?;
+        let (mut q, mut g) = (Vec::with_capacity(raw.len() / 2), Vec::with_capacity(raw.len() / 2));
+        for (i, rows) in raw.chunks_exact(row * head_dim).enumerate() {
+            if i % 2 == 0 { &mut q } else { &mut g }.extend_from_slice(rows);
+        }
+        drop(raw);
+        let qd = heads * head_dim;
+        let query = QuantWeight::upload(self.ctx, info.ty, qd, cols, &q)?;
+        let gate = QuantWeight::upload(self.ctx, info.ty, qd, cols, &g)?;
+        self.report(query.gpu_bytes() + gate.gpu_bytes());
+        Ok((query, gate))
+    }
+
     /// Q|K (and V) biases: stacked like the weights, absent halves zero.
     async fn biases(&self, i: usize, qk: &Stacked, qd: usize, kd: usize) -> Result<[Option<Tensor>; 4]> {
         let (ctx, dt) = (self.ctx, self.dtype);
@@ -416,7 +444,12 @@ impl<S: ModelSource + ?Sized> Loader<'_, S> {
             let attn_norm = self.vector(&n("attn_norm"), h).await?;
             // A streaming model keeps Q and K apart: raw Q and K go straight to the attention
             // kernels, which rotate them. So does a QK-norm model: each is normalised apart.
-            let qk = self.stacked((&n("attn_q"), qd), (&n("attn_k"), kd), h, streaming || cfg.qk_norm).await?;
+            let (qk, q_gate) = if cfg.output_gate {
+                let (q, gate) = self.query_and_gate(&n("attn_q"), cfg.n_heads, hd, h).await?;
+                (Stacked::Two(q, self.matrix(&n("attn_k"), kd, h).await?), Some(gate))
+            } else {
+                (self.stacked((&n("attn_q"), qd), (&n("attn_k"), kd), h, streaming || cfg.qk_norm).await?, None)
+            };
             let qk_norm = if cfg.qk_norm {
                 Some((self.vector(&n("attn_q_norm"), hd).await?, self.vector(&n("attn_k_norm"), hd).await?))
             } else {
@@ -425,7 +458,7 @@ impl<S: ModelSource + ?Sized> Loader<'_, S> {
             let [qk_bias, q_bias, k_bias, v_bias] = self.biases(i, &qk, qd, kd).await?;
             let v = self.matrix(&n("attn_v"), kd, h).await?;
             let o = self.matrix(&n("attn_output"), h, qd).await?;
-            let ffn_norm = self.vector(&n("ffn_norm"), h).await?;
+            let ffn_norm = self.vector(&n(cfg.ffn_norm_name()), h).await?;
             let gate_up = self.stacked((&n("ffn_gate"), f), (&n("ffn_up"), f), h, false).await?;
             let down = self.matrix(&n("ffn_down"), h, f).await?;
             let post_norms = if cfg.post_norms {
@@ -440,6 +473,7 @@ impl<S: ModelSource + ?Sized> Loader<'_, S> {
                 q_bias,
                 k_bias,
                 qk_norm,
+                q_gate,
                 v,
                 v_bias,
                 o,
@@ -491,6 +525,7 @@ impl<S: ModelSource + ?Sized> Loader<'_, S> {
             h: e(&[r, f], dt)?,
             aux: e(&[r, f.max(kd)], dt)?,
             post: if cfg.post_norms { Some(e(&[r, h], dt)?) } else { None },
+            gate: if cfg.output_gate { Some(e(&[r, qd], dt)?) } else { None },
             last: e(&[r, h], dt)?,
             last_n: e(&[r, h], dt)?,
             logits: e(&[r, cfg.vocab_size], dt)?,
@@ -512,6 +547,7 @@ impl<S: ModelSource + ?Sized> Loader<'_, S> {
                         + 2 * l.attn_norm.buffer_size()
                         + l.post_norms.as_ref().map_or(0, |(a, b)| a.buffer_size() + b.buffer_size())
                         + l.qk_norm.as_ref().map_or(0, |(a, b)| a.buffer_size() + b.buffer_size())
+                        + l.q_gate.as_ref().map_or(0, |w| w.gpu_bytes())
                 })
                 .sum::<u64>();
         Ok(LlamaModel {

@@ -20,6 +20,9 @@ pub enum Arch {
     Qwen2,
     Qwen3,
     Gemma3,
+    /// Qwen3-Next's gated attention, as a model whose layers are all full attention with dense
+    /// MLPs (the Gated DeltaNet layers and the experts are refused).
+    Qwen3Next,
 }
 
 impl Arch {
@@ -30,6 +33,7 @@ impl Arch {
             Arch::Qwen2 => "qwen2",
             Arch::Qwen3 => "qwen3",
             Arch::Gemma3 => "gemma3",
+            Arch::Qwen3Next => "qwen3next",
         }
     }
 }
@@ -113,13 +117,14 @@ impl Fields<'_> {
 
 /// The architecture from `model_type` (or, without one, `architectures`).
 fn architecture(f: &Fields) -> Result<Arch> {
-    let supported = "llama, qwen2, qwen3, gemma3_text (LlamaForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, \
-                     Gemma3ForCausalLM)";
+    let supported = "llama, qwen2, qwen3, gemma3_text, qwen3_next (LlamaForCausalLM, Qwen2ForCausalLM, \
+                     Qwen3ForCausalLM, Gemma3ForCausalLM, Qwen3NextForCausalLM)";
     let by_type = |t: &str| match t {
         "llama" => Some(Arch::Llama),
         "qwen2" => Some(Arch::Qwen2),
         "qwen3" => Some(Arch::Qwen3),
         "gemma3_text" => Some(Arch::Gemma3),
+        "qwen3_next" => Some(Arch::Qwen3Next),
         _ => None,
     };
     if let Some(t) = f.str_opt("model_type")? {
@@ -139,6 +144,7 @@ fn architecture(f: &Fields) -> Result<Arch> {
         "Qwen2ForCausalLM" => Ok(Arch::Qwen2),
         "Qwen3ForCausalLM" => Ok(Arch::Qwen3),
         "Gemma3ForCausalLM" => Ok(Arch::Gemma3),
+        "Qwen3NextForCausalLM" => Ok(Arch::Qwen3Next),
         other => Err(PupilError::Unsupported(format!("architecture `{other}`; Pupil converts {supported}"))),
     }
 }
@@ -203,6 +209,53 @@ fn rope_scaling(f: &Fields, base: f64, n_rot: usize) -> Result<Rope> {
     }
 }
 
+/// Qwen3-Next as Pupil runs it: every layer full (gated) attention, every MLP dense, no
+/// attention biases — checked with transformers' defaults (`full_attention_interval` 4,
+/// `num_experts` 512, `decoder_sparse_step` 1), which make a real Qwen3-Next hybrid and sparse.
+fn qwen3_next_dense_full_attention(f: &Fields, n_layers: usize) -> Result<()> {
+    let full: Vec<bool> = match f.get("layer_types") {
+        Some(v) => {
+            let items = v.as_array().ok_or_else(|| field_err("layer_types", "an array", v))?;
+            if items.len() != n_layers {
+                return Err(PupilError::Format(format!(
+                    "config.json: `layer_types` has {} entries for {n_layers} layers",
+                    items.len()
+                )));
+            }
+            items.iter().map(|v| v.as_str() == Some("full_attention")).collect()
+        }
+        None => {
+            let interval = f.uint_opt("full_attention_interval")?.unwrap_or(4).max(1);
+            (0..n_layers).map(|i| (i + 1) % interval == 0).collect()
+        }
+    };
+    if let Some(i) = full.iter().position(|&x| !x) {
+        return Err(PupilError::Unsupported(format!(
+            "qwen3_next layer {i} is not full attention (Gated DeltaNet linear attention); Pupil runs qwen3_next \
+             checkpoints whose `layer_types` are all \"full_attention\""
+        )));
+    }
+    let experts = f.uint_opt("num_experts")?.unwrap_or(512);
+    let step = f.uint_opt("decoder_sparse_step")?.unwrap_or(1).max(1);
+    let dense_only: Vec<usize> = match f.get("mlp_only_layers") {
+        None => Vec::new(),
+        Some(v) => v
+            .as_array()
+            .and_then(|a| a.iter().map(|x| x.as_u64().map(|n| n as usize)).collect::<Option<Vec<_>>>())
+            .ok_or_else(|| field_err("mlp_only_layers", "an array of layer indices", v))?,
+    };
+    if let Some(i) = (0..n_layers).find(|&i| !dense_only.contains(&i) && experts > 0 && (i + 1) % step == 0) {
+        return Err(PupilError::Unsupported(format!(
+            "qwen3_next layer {i} has a mixture-of-experts MLP; Pupil runs dense MLPs (num_experts 0, or every \
+             layer in mlp_only_layers)"
+        )));
+    }
+    if f.bool_or("attention_bias", false)? {
+        return Err(PupilError::Unsupported("attention_bias for qwen3_next".into()));
+    }
+    Ok(())
+}
+
 impl HfConfig {
     /// Parse and check `config.json`.
     pub fn parse(config_json: &str) -> Result<HfConfig> {
@@ -226,16 +279,32 @@ impl HfConfig {
         // transformers' class defaults; every attention class reads `head_dim` when present.
         let head_dim = f.uint_opt("head_dim")?.unwrap_or(match arch {
             Arch::Qwen3 => 128,
-            Arch::Gemma3 => 256,
+            Arch::Gemma3 | Arch::Qwen3Next => 256,
             _ => hidden / n_heads,
         });
         if head_dim == 0 || !head_dim.is_multiple_of(2) {
             return Err(PupilError::Format(format!("config.json: head_dim {head_dim} must be positive and even")));
         }
-        if let Some(p) = f.float_opt("partial_rotary_factor")? {
-            if p != 1.0 {
-                return Err(PupilError::Unsupported(format!("partial_rotary_factor {p} (RoPE on part of each head)")));
+        // Rotated dims per head: all, except Qwen3-Next's (default a quarter), as transformers
+        // sizes its rotary embedding (`int(head_dim * partial_rotary_factor)`).
+        let n_rot = match (arch, f.float_opt("partial_rotary_factor")?) {
+            (Arch::Qwen3Next, p) => {
+                let p = p.unwrap_or(0.25);
+                let n = (head_dim as f64 * p) as usize;
+                if !(p > 0.0 && p <= 1.0) || n == 0 || !n.is_multiple_of(2) {
+                    return Err(PupilError::Unsupported(format!(
+                        "partial_rotary_factor {p}: head_dim {head_dim} × it must be a positive even number of dims"
+                    )));
+                }
+                n
             }
+            (_, None | Some(1.0)) => head_dim,
+            (_, Some(p)) => {
+                return Err(PupilError::Unsupported(format!("partial_rotary_factor {p} (RoPE on part of each head)")))
+            }
+        };
+        if arch == Arch::Qwen3Next {
+            qwen3_next_dense_full_attention(&f, n_layers)?;
         }
         let act_key = if gemma { "hidden_activation" } else { "hidden_act" };
         let want_act = if gemma { "gelu_pytorch_tanh" } else { "silu" };
@@ -260,11 +329,11 @@ impl HfConfig {
         if !(rope_base > 1.0) {
             return Err(PupilError::Format(format!("config.json: rope_theta {rope_base} must exceed 1")));
         }
-        let rope = rope_scaling(&f, rope_base, head_dim)?;
+        let rope = rope_scaling(&f, rope_base, n_rot)?;
         let rms_eps = f.float_opt("rms_norm_eps")?.unwrap_or(1e-6);
         let context = f.uint_opt("max_position_embeddings")?.unwrap_or(match arch {
             Arch::Llama => 2048,
-            Arch::Qwen2 | Arch::Qwen3 => 32768,
+            Arch::Qwen2 | Arch::Qwen3 | Arch::Qwen3Next => 32768,
             Arch::Gemma3 => 131072,
         });
         let tied = f.bool_or("tie_word_embeddings", gemma)?;
@@ -282,7 +351,7 @@ impl HfConfig {
             (k("attention.head_count_kv"), u(n_kv_heads)),
             (k("attention.key_length"), u(head_dim)),
             (k("attention.value_length"), u(head_dim)),
-            (k("rope.dimension_count"), u(head_dim)),
+            (k("rope.dimension_count"), u(n_rot)),
             (k("rope.freq_base"), Value::F32(rope_base as f32)),
             (k("attention.layer_norm_rms_epsilon"), Value::F32(rms_eps as f32)),
             (k("vocab_size"), u(vocab)),

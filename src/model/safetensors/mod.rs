@@ -10,8 +10,9 @@
 //! - llama's `q_proj`/`k_proj` rows (weights and biases) are permuted as `LlamaModel.permute`
 //!   does (`n_head`, resp. `n_head_kv` heads), so that the "normal" RoPE pairs Pupil rotates for
 //!   llama GGUF files are HF's rotate-half pairs; qwen and gemma keep HF's order (NeoX RoPE);
-//! - gemma3's norm weights become 1 + w (GGUF stores the plain RMSNorm weight), added in f32
-//!   as transformers does (`1.0 + weight.float()`);
+//! - gemma3's and qwen3next's norm weights become 1 + w (GGUF stores the plain RMSNorm
+//!   weight), added in f32 as transformers does (`1.0 + weight.float()`); qwen3next's q_proj
+//!   stays packed (each head's query rows, then its gate rows) as in llama.cpp's files;
 //! - 1-D tensors are stored as F32 (exact from f16/bf16); matrices keep their dtype (F32, F16
 //!   and BF16 are GGUF types, bit for bit), or are quantised to the requested type when their
 //!   rows are whole blocks of it (the rest stay as they were: [`SafetensorsSource::kept`]);
@@ -185,7 +186,7 @@ fn wanted(cfg: &HfConfig) -> Vec<Want> {
                 ..w(hf(&format!("self_attn.{proj}_proj.bias")), gg(&format!("{name}.bias")))
             });
         }
-        if matches!(cfg.arch, Arch::Qwen3 | Arch::Gemma3) {
+        if matches!(cfg.arch, Arch::Qwen3 | Arch::Gemma3 | Arch::Qwen3Next) {
             out.push(w(hf("self_attn.q_norm.weight"), gg("attn_q_norm.weight")));
             out.push(w(hf("self_attn.k_norm.weight"), gg("attn_k_norm.weight")));
         }
@@ -195,6 +196,9 @@ fn wanted(cfg: &HfConfig) -> Vec<Want> {
             // is pre_feedforward_layernorm. llama/qwen's post_attention_layernorm *is* that input.
             out.push(w(hf("post_attention_layernorm.weight"), gg("post_attention_norm.weight")));
             out.push(w(hf("pre_feedforward_layernorm.weight"), gg("ffn_norm.weight")));
+        } else if cfg.arch == Arch::Qwen3Next {
+            // llama.cpp's qwen3next keeps HF's name for the MLP's input norm.
+            out.push(w(hf("post_attention_layernorm.weight"), gg("post_attention_norm.weight")));
         } else {
             out.push(w(hf("post_attention_layernorm.weight"), gg("ffn_norm.weight")));
         }
@@ -316,12 +320,18 @@ pub async fn read_safetensors<S: ModelSource>(
             offset: 0,
             size: 0,
         };
-        let add_one = cfg.arch == Arch::Gemma3 && hf.ends_with("norm.weight");
+        // Gemma 3's and Qwen3-Next's RMSNorms scale by 1 + w.
+        let add_one = matches!(cfg.arch, Arch::Gemma3 | Arch::Qwen3Next) && hf.ends_with("norm.weight");
         tensors.push((info, Payload::Hf { shard, src, permute: want.permute, add_one }));
     }
     // What is left must be something the model does not need.
     // (old llama checkpoints store RoPE's inverse frequencies; a tied head may be saved too)
-    found.retain(|name, _| !(name.ends_with("rotary_emb.inv_freq") || cfg.tied && name == "lm_head.weight"));
+    // (Qwen3-Next's multi-token-prediction head, `mtp.*`, is skipped as llama.cpp skips it)
+    found.retain(|name, _| {
+        !(name.ends_with("rotary_emb.inv_freq")
+            || cfg.tied && name == "lm_head.weight"
+            || cfg.arch == Arch::Qwen3Next && name.starts_with("mtp."))
+    });
     if let Some(name) = found.keys().min() {
         return Err(PupilError::Unsupported(format!(
             "tensor `{name}` is not part of a {} model as Pupil runs it",

@@ -35,7 +35,10 @@ macro_rules! kernel_tests {
     )*};
 }
 
-kernel_tests!(rms_norm, rope, activation, add, softmax, embedding, argmax, topk, matmul, attention, gate, sampling);
+kernel_tests!(
+    rms_norm, rope, activation, add, softmax, embedding, argmax, topk, matmul, attention, gate, sampling, backward,
+    optim
+);
 
 #[test]
 fn every_family_has_tests_here() {
@@ -53,6 +56,8 @@ fn every_family_has_tests_here() {
         "attention",
         "gate",
         "sampling",
+        "backward",
+        "optim",
     ];
     assert_eq!(selftest::FAMILIES, here);
 }

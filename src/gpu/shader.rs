@@ -47,6 +47,8 @@ pub const SHADER_FILES: &[(&str, &str)] = &[
     ("attention_kv_write", include_str!("../../shaders/attention_kv_write.wgsl")),
     ("attention_gate", include_str!("../../shaders/attention_gate.wgsl")),
     ("running_mean", include_str!("../../shaders/running_mean.wgsl")),
+    ("cross_entropy", include_str!("../../shaders/cross_entropy.wgsl")),
+    ("adamw", include_str!("../../shaders/adamw.wgsl")),
 ];
 
 /// Which WGSL compiler will read the source.

@@ -4,16 +4,18 @@
 //!
 //! Names pair up across the tree: `shaders/rms_norm.wgsl` ↔ `ops/rms_norm.rs`
 //! (`rms_norm_forward`) ↔ `reference/rms_norm.rs` ↔ `selftest/rms_norm.rs`. Backward passes
-//! will sit beside their forwards as `*_backward`.
+//! sit beside their forwards as `*_backward` (in the same WGSL file, their own variant).
 
 pub mod activation;
 pub mod add;
 pub mod argmax;
 pub mod attention;
 pub mod bench;
+pub mod cross_entropy;
 pub mod embedding;
 pub mod gate;
 pub mod matmul;
+pub mod optim;
 pub mod qweight;
 pub mod rms_norm;
 pub mod rope;
@@ -124,6 +126,8 @@ pub fn all_variants() -> Vec<KernelKey> {
     v.extend(attention::variants());
     v.extend(gate::variants());
     v.extend(sampling::variants());
+    v.extend(cross_entropy::variants());
+    v.extend(optim::variants());
     v
 }
 

@@ -14,10 +14,12 @@ mod activation;
 mod add;
 mod argmax;
 mod attention;
+mod backward;
 mod embedding;
 mod gate;
 mod harness;
 mod matmul;
+mod optim;
 mod rms_norm;
 mod rope;
 mod sampling;
@@ -44,6 +46,8 @@ pub const FAMILIES: &[&str] = &[
     "attention",
     "gate",
     "sampling",
+    "backward",
+    "optim",
 ];
 
 /// Run one family's cases with `dtype` storage (F32, or F16 if the device has it).
@@ -61,6 +65,8 @@ pub async fn run_family(ctx: &GpuContext, family: &str, dtype: DType) -> Result<
         "attention" => attention::check(ctx, dtype).await,
         "gate" => gate::check(ctx, dtype).await,
         "sampling" => sampling::check(ctx, dtype).await,
+        "backward" => backward::check(ctx, dtype).await,
+        "optim" => optim::check(ctx, dtype).await,
         other => Err(crate::PupilError::arg("selftest", format!("unknown kernel family {other}"))),
     }
 }

@@ -1,0 +1,146 @@
+//! Checks of the backward kernels against their references (`reference::rms_norm`,
+//! `reference::activation`, `reference::cross_entropy`), whose analytic gradients are
+//! themselves checked against finite differences (`reference::finite_difference`, unit tests).
+//! Same inputs, poisoning, canaries and tolerances as the forward checks; f32 gradient outputs
+//! (weights' gradients) take the f32 tolerance on both paths.
+
+use super::harness::{check_float, inputs, poisoned, write_keeping_canary, CaseReport};
+use crate::error::Result;
+use crate::gpu::{Batch, DType, GpuContext, Tensor};
+use crate::ops::activation::{gated_activation_backward, gated_activation_fused_backward};
+use crate::ops::cross_entropy::{cross_entropy_forward_backward, IGNORE_TARGET};
+use crate::ops::rms_norm::{rms_norm_backward, rms_norm_backward_weight};
+use crate::ops::{Activation, NormWeight};
+use crate::reference;
+use crate::rng::SplitMix64;
+
+pub async fn check(ctx: &GpuContext, dt: DType) -> Result<Vec<CaseReport>> {
+    let mut out = rms_norm(ctx, dt).await?;
+    out.extend(gated(ctx, dt).await?);
+    out.extend(cross_entropy(ctx, dt).await?);
+    Ok(out)
+}
+
+async fn rms_norm(ctx: &GpuContext, dt: DType) -> Result<Vec<CaseReport>> {
+    use NormWeight::*;
+    let cases: &[(usize, usize, NormWeight, bool, &str)] = &[
+        // Not width 1: there y = sign(x)·w and dx = r·g·eps/(x² + eps) is all cancellation, an
+        // f32 kernel cannot meet 1e-5 on it (nor needs to: no model normalises one value).
+        (1, 3, Plain, false, "1 row, odd width"),
+        (3, 257, OnePlus, false, "WG+1, Gemma"),
+        (2, 576, Plain, true, "SmolLM2 hidden, dx +="),
+        (36, 64, Plain, true, "QK-norm 4 tokens x 9 heads, dx +="),
+        (5, 4099, OnePlus, false, "long odd row"),
+    ];
+    let mut rng = SplitMix64::new(0x5EED_0B01);
+    let mut out = Vec::new();
+    for &(rows, width, weight, accumulate, what) in cases {
+        let x = inputs(&mut rng, rows * width, -3.0, 3.0, dt);
+        let w = inputs(&mut rng, width, -1.5, 1.5, dt);
+        let dy = inputs(&mut rng, rows * width, -1.0, 1.0, dt);
+        let eps = 1e-5;
+        let (mut want_dx, mut want_dw) = reference::rms_norm::rms_norm_backward(&x, &w, &dy, eps, weight.bias() as f64);
+        let t = |v: &[f32], shape: &[usize]| Tensor::from_f32(ctx, v, shape, dt);
+        let (xt, wt, dyt) = (t(&x, &[rows, width])?, t(&w, &[width])?, t(&dy, &[rows, width])?);
+        let dx = poisoned(ctx, &[rows, width], dt)?;
+        let rstd = poisoned(ctx, &[rows], DType::F32)?;
+        let dw = poisoned(ctx, &[width], DType::F32)?;
+        if accumulate {
+            // Gradients already there (the residual stream's; an earlier micro-batch's dw).
+            let prior = inputs(&mut rng, rows * width, -1.0, 1.0, dt);
+            write_keeping_canary(ctx, &dx, &prior)?;
+            want_dx.iter_mut().zip(&prior).for_each(|(d, &p)| *d += p as f64);
+            let prior_dw = inputs(&mut rng, width, -1.0, 1.0, DType::F32);
+            write_keeping_canary(ctx, &dw, &prior_dw)?;
+            want_dw.iter_mut().zip(&prior_dw).for_each(|(d, &p)| *d += p as f64);
+        }
+        let mut b = Batch::new(ctx);
+        rms_norm_backward(&mut b, &xt, &wt, &dyt, &dx, &rstd, eps as f32, weight, accumulate)?;
+        rms_norm_backward_weight(&mut b, &xt, &dyt, &rstd, &dw, accumulate)?;
+        b.submit();
+        let case = |s: &str| format!("{s} {rows}x{width} {weight:?} ({what})");
+        out.push(check_float(ctx, "rms_norm_backward", case("dx"), &dx, &want_dx).await?);
+        let want_rstd: Vec<f64> = x
+            .chunks(width)
+            .map(|r| 1.0 / (r.iter().map(|&v| (v as f64).powi(2)).sum::<f64>() / width as f64 + eps).sqrt())
+            .collect();
+        out.push(check_float(ctx, "rms_norm_backward", case("rstd"), &rstd, &want_rstd).await?);
+        out.push(check_float(ctx, "rms_norm_backward", case("dw"), &dw, &want_dw).await?);
+    }
+    Ok(out)
+}
+
+async fn gated(ctx: &GpuContext, dt: DType) -> Result<Vec<CaseReport>> {
+    let mut rng = SplitMix64::new(0x5EED_0B02);
+    let mut out = Vec::new();
+    for act in Activation::ALL {
+        // One fused [rows, 2w] gate|up in, one fused gradient out.
+        let (rows, width) = (3, 999);
+        let gu = inputs(&mut rng, rows * 2 * width, -8.0, 8.0, dt);
+        let dy = inputs(&mut rng, rows * width, -1.0, 1.0, dt);
+        let (g, u): (Vec<f32>, Vec<f32>) = gu.chunks(2 * width).fold((vec![], vec![]), |(mut g, mut u), row| {
+            g.extend_from_slice(&row[..width]);
+            u.extend_from_slice(&row[width..]);
+            (g, u)
+        });
+        let (dg, du) = reference::activation::gated_activation_backward(act, &g, &u, &dy);
+        let want: Vec<f64> = (0..rows)
+            .flat_map(|r| dg[r * width..(r + 1) * width].iter().chain(&du[r * width..(r + 1) * width]))
+            .copied()
+            .collect();
+        let gut = Tensor::from_f32(ctx, &gu, &[rows, 2 * width], dt)?;
+        let dyt = Tensor::from_f32(ctx, &dy, &[rows, width], dt)?;
+        let dgu = poisoned(ctx, &[rows, 2 * width], dt)?;
+        let mut b = Batch::new(ctx);
+        gated_activation_fused_backward(&mut b, act, &gut, &dyt, &dgu)?;
+        b.submit();
+        out.push(check_float(ctx, "activation_backward", format!("{act:?} fused {rows}x{width}"), &dgu, &want).await?);
+        // Separate gate and up in, [2, rows, w] out.
+        let (rows, width) = (2, 1536);
+        let g = inputs(&mut rng, rows * width, -8.0, 8.0, dt);
+        let u = inputs(&mut rng, rows * width, -2.0, 2.0, dt);
+        let dy = inputs(&mut rng, rows * width, -1.0, 1.0, dt);
+        let (dg, du) = reference::activation::gated_activation_backward(act, &g, &u, &dy);
+        let want: Vec<f64> = dg.into_iter().chain(du).collect();
+        let t = |v: &[f32]| Tensor::from_f32(ctx, v, &[rows, width], dt);
+        let (gt, ut, dyt) = (t(&g)?, t(&u)?, t(&dy)?);
+        let dgu = poisoned(ctx, &[2, rows, width], dt)?;
+        let mut b = Batch::new(ctx);
+        gated_activation_backward(&mut b, act, &gt, &ut, &dyt, &dgu)?;
+        b.submit();
+        out.push(check_float(ctx, "activation_backward", format!("{act:?} apart {rows}x{width}"), &dgu, &want).await?);
+    }
+    Ok(out)
+}
+
+async fn cross_entropy(ctx: &GpuContext, dt: DType) -> Result<Vec<CaseReport>> {
+    let mut rng = SplitMix64::new(0x5EED_0B03);
+    let mut out = Vec::new();
+    // (rows, vocab, targets: None = random, Some(i) = row i ignored)
+    let cases: &[(usize, usize, Option<usize>, &str)] = &[
+        (1, 7, None, "one row"),
+        (3, 1000, Some(1), "odd vocab, one row ignored"),
+        (4, 49152, Some(3), "SmolLM2 vocab"),
+        (2, 262144, None, "Gemma 3 vocab"),
+    ];
+    for &(rows, vocab, ignored, what) in cases {
+        let logits = inputs(&mut rng, rows * vocab, -8.0, 8.0, dt);
+        let targets: Vec<u32> = (0..rows)
+            .map(|r| if Some(r) == ignored { IGNORE_TARGET } else { (rng.next_u64() % vocab as u64) as u32 })
+            .collect();
+        let counted = targets.iter().filter(|&&t| t != IGNORE_TARGET).count();
+        let scale = 1.0 / counted as f32;
+        let (want_loss, want_grad) = reference::cross_entropy::cross_entropy(&logits, vocab, &targets, scale as f64);
+        let lt = poisoned(ctx, &[rows, vocab], dt)?;
+        write_keeping_canary(ctx, &lt, &logits)?;
+        let tt = Tensor::from_u32(ctx, &targets, &[rows])?;
+        let loss = poisoned(ctx, &[rows], DType::F32)?;
+        let mut b = Batch::new(ctx);
+        cross_entropy_forward_backward(&mut b, &lt, &tt, &loss, scale)?;
+        b.submit();
+        let case = |s: &str| format!("{s} {rows}x{vocab} ({what})");
+        out.push(check_float(ctx, "cross_entropy", case("loss"), &loss, &want_loss).await?);
+        out.push(check_float(ctx, "cross_entropy", case("dlogits"), &lt, &want_grad).await?);
+    }
+    Ok(out)
+}

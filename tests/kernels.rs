@@ -36,8 +36,21 @@ macro_rules! kernel_tests {
 }
 
 kernel_tests!(
-    rms_norm, rope, activation, add, softmax, embedding, argmax, topk, matmul, attention, gate, sampling, backward,
-    optim
+    rms_norm,
+    rope,
+    activation,
+    add,
+    softmax,
+    embedding,
+    argmax,
+    topk,
+    matmul,
+    attention,
+    gate,
+    sampling,
+    backward,
+    optim,
+    matmul_dense
 );
 
 #[test]
@@ -56,6 +69,7 @@ fn every_family_has_tests_here() {
         "attention",
         "gate",
         "sampling",
+        "matmul_dense",
         "backward",
         "optim",
     ];

@@ -49,6 +49,7 @@ pub const SHADER_FILES: &[(&str, &str)] = &[
     ("running_mean", include_str!("../../shaders/running_mean.wgsl")),
     ("cross_entropy", include_str!("../../shaders/cross_entropy.wgsl")),
     ("adamw", include_str!("../../shaders/adamw.wgsl")),
+    ("matmul_dense", include_str!("../../shaders/matmul_dense.wgsl")),
 ];
 
 /// Which WGSL compiler will read the source.

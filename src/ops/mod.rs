@@ -15,6 +15,7 @@ pub mod cross_entropy;
 pub mod embedding;
 pub mod gate;
 pub mod matmul;
+pub mod matmul_dense;
 pub mod optim;
 pub mod qweight;
 pub mod rms_norm;
@@ -128,6 +129,7 @@ pub fn all_variants() -> Vec<KernelKey> {
     v.extend(sampling::variants());
     v.extend(cross_entropy::variants());
     v.extend(optim::variants());
+    v.extend(matmul_dense::variants());
     v
 }
 

@@ -11,6 +11,7 @@ pub mod embedding;
 pub mod finite_difference;
 pub mod gate;
 pub mod matmul;
+pub mod matmul_dense;
 pub mod optim;
 pub mod rms_norm;
 pub mod rope;

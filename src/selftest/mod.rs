@@ -19,6 +19,7 @@ mod embedding;
 mod gate;
 mod harness;
 mod matmul;
+mod matmul_dense;
 mod optim;
 mod rms_norm;
 mod rope;
@@ -46,6 +47,7 @@ pub const FAMILIES: &[&str] = &[
     "attention",
     "gate",
     "sampling",
+    "matmul_dense",
     "backward",
     "optim",
 ];
@@ -65,6 +67,7 @@ pub async fn run_family(ctx: &GpuContext, family: &str, dtype: DType) -> Result<
         "attention" => attention::check(ctx, dtype).await,
         "gate" => gate::check(ctx, dtype).await,
         "sampling" => sampling::check(ctx, dtype).await,
+        "matmul_dense" => matmul_dense::check(ctx, dtype).await,
         "backward" => backward::check(ctx, dtype).await,
         "optim" => optim::check(ctx, dtype).await,
         other => Err(crate::PupilError::arg("selftest", format!("unknown kernel family {other}"))),

@@ -5,7 +5,12 @@
 //   NeoX layout: the pair is (j, j + n_rot/2).
 // The cos/sin table is computed on the host in f64 (see ops/rope.rs): in-shader sin/cos of
 // large angles is not accurate enough (WGSL only promises 2^-11 absolute error).
-// Input rows may be strided (Q or K read from a fused QKV row at in_offset).
+// Input rows may be strided (Q or K read from a fused QKV row at in_offset), and so may output
+// rows (out_offset).
+//
+// BACKWARD: the transpose (the rotation by -angle), for the gradient: dx = R^T dy, reading the
+// contiguous gradient of the rotated heads and writing where the projection's gradient goes
+// (out_stride/out_offset: the Q or K columns of a fused projection's gradient).
 #include "common/ids"
 
 struct Params {
@@ -17,6 +22,7 @@ struct Params {
     in_offset: u32,   // first element of head 0 of token 0 in x
     out_stride: u32,  // elements between tokens in y
     neox: u32,
+    out_offset: u32,  // first element of head 0 of token 0 in y
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -36,7 +42,7 @@ fn rope_forward(ids: Ids, @builtin(workgroup_id) wg: vec3<u32>, @builtin(num_wor
     let head = (gid / half_dim) % p.heads;
     let tok = gid / (half_dim * p.heads);
     let src = tok * p.in_stride + p.in_offset + head * p.head_dim;
-    let dst = tok * p.out_stride + head * p.head_dim;
+    let dst = tok * p.out_stride + p.out_offset + head * p.head_dim;
     let half_rot = p.n_rot / 2u;
     if (j >= half_rot) {
         // Pass-through dims: pair j copies elements n_rot + 2(j - half_rot) and the next.
@@ -52,8 +58,13 @@ fn rope_forward(ids: Ids, @builtin(workgroup_id) wg: vec3<u32>, @builtin(num_wor
         i1 = j + half_rot;
     }
     let cs = table[positions[tok] * half_rot + j];
+#ifdef BACKWARD
+    let sin_t = -cs.y;
+#else
+    let sin_t = cs.y;
+#endif
     let x0 = f32(x[src + i0]);
     let x1 = f32(x[src + i1]);
-    y[dst + i0] = T(x0 * cs.x - x1 * cs.y);
-    y[dst + i1] = T(x0 * cs.y + x1 * cs.x);
+    y[dst + i0] = T(x0 * cs.x - x1 * sin_t);
+    y[dst + i1] = T(x0 * sin_t + x1 * cs.x);
 }

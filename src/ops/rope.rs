@@ -112,6 +112,8 @@ struct Params {
     in_offset: u32,
     out_stride: u32,
     neox: u32,
+    out_offset: u32,
+    _pad: [u32; 3],
 }
 
 /// Rotate the heads described by `input` inside `x` by the angles at `positions` (u32, one
@@ -153,12 +155,66 @@ pub fn rope_forward(
         in_offset: to_u32(OP, offset)?,
         out_stride: to_u32(OP, heads * head_dim)?,
         neox: (table.config.layout == RopeLayout::NeoX) as u32,
+        out_offset: 0,
+        _pad: [0; 3],
     };
     let pairs = tokens * heads * head_dim / 2;
     let grid = crate::gpu::grid_for(b.context(), to_u32(OP, pairs.div_ceil(64))?);
     b.dispatch(&key, bytemuck::bytes_of(&params), &[x, positions, &table.table, y], grid)
 }
 
+/// The backward pass of [`rope_forward`]: `dx = Rᵀ·dy` from the contiguous gradient `dy`
+/// `[tokens, heads, head_dim]` of the rotated heads, written into `dx` at the layout `output`
+/// describes (e.g. the Q or K columns of a fused projection's gradient; other elements of `dx`
+/// are left alone).
+pub fn rope_backward(
+    b: &mut Batch,
+    dy: &Tensor,
+    positions: &Tensor,
+    table: &RopeTable,
+    output: RopeInput,
+    dx: &Tensor,
+) -> Result<()> {
+    const OP: &str = "rope_backward";
+    let dt = float_dtype(b.context(), OP, &[dy, dx])?;
+    expect_dtype(OP, "positions", positions, DType::U32)?;
+    expect_len(OP, "positions", positions, output.tokens)?;
+    let RopeInput { tokens, heads, head_dim, stride, offset } = output;
+    let n_rot = table.config.n_rot;
+    if head_dim % 2 != 0 || n_rot > head_dim || tokens == 0 || heads == 0 {
+        return Err(PupilError::shape(
+            OP,
+            format!("head_dim {head_dim} (even, ≥ n_rot {n_rot}), tokens {tokens}, heads {heads}"),
+        ));
+    }
+    if stride < heads * head_dim || offset + (tokens - 1) * stride + heads * head_dim > dx.len() {
+        return Err(PupilError::shape(
+            OP,
+            format!("output layout (stride {stride}, offset {offset}) runs past dx of {}", dx.len()),
+        ));
+    }
+    expect_len(OP, "dy", dy, tokens * heads * head_dim)?;
+    let key = kernel(b.context(), "rope", "rope_forward", dt, false, 64).flag("BACKWARD", true);
+    let params = Params {
+        tokens: to_u32(OP, tokens)?,
+        heads: to_u32(OP, heads)?,
+        head_dim: to_u32(OP, head_dim)?,
+        n_rot: to_u32(OP, n_rot)?,
+        in_stride: to_u32(OP, heads * head_dim)?,
+        in_offset: 0,
+        out_stride: to_u32(OP, stride)?,
+        neox: (table.config.layout == RopeLayout::NeoX) as u32,
+        out_offset: to_u32(OP, offset)?,
+        _pad: [0; 3],
+    };
+    let pairs = tokens * heads * head_dim / 2;
+    let grid = crate::gpu::grid_for(b.context(), to_u32(OP, pairs.div_ceil(64))?);
+    b.dispatch(&key, bytemuck::bytes_of(&params), &[dy, positions, &table.table, dx], grid)
+}
+
 pub fn variants() -> Vec<KernelKey> {
-    dtype_and_reduction_variants(KernelKey::new("rope", "rope_forward").define("WG", 64), false)
+    let base = KernelKey::new("rope", "rope_forward").define("WG", 64);
+    let mut v = dtype_and_reduction_variants(base.clone(), false);
+    v.extend(dtype_and_reduction_variants(base.flag("BACKWARD", true), false));
+    v
 }

@@ -10,13 +10,15 @@ use crate::gpu::{Batch, DType, GpuContext, Tensor};
 use crate::ops::activation::{gated_activation_backward, gated_activation_fused_backward};
 use crate::ops::cross_entropy::{cross_entropy_forward_backward, IGNORE_TARGET};
 use crate::ops::rms_norm::{rms_norm_backward, rms_norm_backward_weight};
-use crate::ops::{Activation, NormWeight};
+use crate::ops::rope::{rope_backward, RopeInput};
+use crate::ops::{Activation, NormWeight, RopeConfig, RopeLayout, RopeTable};
 use crate::reference;
 use crate::rng::SplitMix64;
 
 pub async fn check(ctx: &GpuContext, dt: DType) -> Result<Vec<CaseReport>> {
     let mut out = rms_norm(ctx, dt).await?;
     out.extend(gated(ctx, dt).await?);
+    out.extend(rope(ctx, dt).await?);
     out.extend(cross_entropy(ctx, dt).await?);
     Ok(out)
 }
@@ -141,6 +143,55 @@ async fn cross_entropy(ctx: &GpuContext, dt: DType) -> Result<Vec<CaseReport>> {
         let case = |s: &str| format!("{s} {rows}x{vocab} ({what})");
         out.push(check_float(ctx, "cross_entropy", case("loss"), &loss, &want_loss).await?);
         out.push(check_float(ctx, "cross_entropy", case("dlogits"), &lt, &want_grad).await?);
+    }
+    Ok(out)
+}
+
+/// RoPE's transpose into strided outputs: the Q and K columns of a fused Q|K gradient row, the
+/// elements outside them left as they were.
+async fn rope(ctx: &GpuContext, dt: DType) -> Result<Vec<CaseReport>> {
+    let mut rng = SplitMix64::new(0x5EED_0B04);
+    let mut out = Vec::new();
+    // (layout, heads, kv heads, head_dim, n_rot, tokens)
+    let cases = [
+        (RopeLayout::Normal, 9, 3, 64, 64, 5),
+        (RopeLayout::NeoX, 4, 2, 64, 16, 3),
+        (RopeLayout::NeoX, 2, 1, 256, 256, 1),
+    ];
+    for (layout, heads, kv_heads, head_dim, n_rot, tokens) in cases {
+        let mut cfg = RopeConfig::new(n_rot, 100000.0, layout);
+        cfg.freq_scale = 0.25;
+        let table = RopeTable::new(ctx, cfg.clone(), 2048)?;
+        let positions: Vec<u32> = (0..tokens).map(|t| ((t * 397 + 11) % 2048) as u32).collect();
+        let pt = Tensor::from_u32(ctx, &positions, &[tokens])?;
+        let (qd, kd) = (heads * head_dim, kv_heads * head_dim);
+        let stride = qd + kd;
+        let prior = inputs(&mut rng, tokens * stride, -1.0, 1.0, dt);
+        let dqk = poisoned(ctx, &[tokens, stride], dt)?;
+        write_keeping_canary(ctx, &dqk, &prior)?;
+        let dq = inputs(&mut rng, tokens * qd, -1.0, 1.0, dt);
+        let dk = inputs(&mut rng, tokens * kd, -1.0, 1.0, dt);
+        let mut want: Vec<f64> = prior.iter().map(|&v| v as f64).collect();
+        for (g, h, offset) in [(&dq, heads, 0), (&dk, kv_heads, qd)] {
+            let r = reference::rope::rope_backward(g, &positions, &cfg, h, head_dim, stride, offset);
+            for t in 0..tokens {
+                let at = t * stride + offset;
+                want[at..at + h * head_dim].copy_from_slice(&r[at..at + h * head_dim]);
+            }
+        }
+        let (dqt, dkt) = (
+            Tensor::from_f32(ctx, &dq, &[tokens, heads, head_dim], dt)?,
+            Tensor::from_f32(ctx, &dk, &[tokens, kv_heads, head_dim], dt)?,
+        );
+        let mut b = Batch::new(ctx);
+        let q_out = RopeInput { tokens, heads, head_dim, stride, offset: 0 };
+        let k_out = RopeInput { tokens, heads: kv_heads, head_dim, stride, offset: qd };
+        rope_backward(&mut b, &dqt, &pt, &table, q_out, &dqk)?;
+        rope_backward(&mut b, &dkt, &pt, &table, k_out, &dqk)?;
+        b.submit();
+        let case =
+            format!("{layout:?} {tokens} tokens, {heads}+{kv_heads} heads x {head_dim}, n_rot {n_rot}, into Q|K rows");
+        out.push(check_float(ctx, "rope_backward", case, &dqk, &want).await?);
     }
     Ok(out)
 }

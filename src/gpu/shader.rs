@@ -50,6 +50,7 @@ pub const SHADER_FILES: &[(&str, &str)] = &[
     ("cross_entropy", include_str!("../../shaders/cross_entropy.wgsl")),
     ("adamw", include_str!("../../shaders/adamw.wgsl")),
     ("matmul_dense", include_str!("../../shaders/matmul_dense.wgsl")),
+    ("attention_backward", include_str!("../../shaders/attention_backward.wgsl")),
 ];
 
 /// Which WGSL compiler will read the source.

@@ -301,7 +301,7 @@ impl AttentionConfig {
         self.scale.unwrap_or(1.0 / (self.head_dim as f32).sqrt())
     }
 
-    fn validate(&self, op: &'static str) -> Result<()> {
+    pub(crate) fn validate(&self, op: &'static str) -> Result<()> {
         if !HEAD_DIMS.contains(&self.head_dim) {
             return Err(PupilError::arg(op, format!("head_dim {} is not one of {HEAD_DIMS:?}", self.head_dim)));
         }

@@ -10,6 +10,7 @@ pub mod activation;
 pub mod add;
 pub mod argmax;
 pub mod attention;
+pub mod attention_backward;
 pub mod bench;
 pub mod cross_entropy;
 pub mod embedding;
@@ -130,6 +131,7 @@ pub fn all_variants() -> Vec<KernelKey> {
     v.extend(cross_entropy::variants());
     v.extend(optim::variants());
     v.extend(matmul_dense::variants());
+    v.extend(attention_backward::variants());
     v
 }
 

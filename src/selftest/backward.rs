@@ -8,6 +8,8 @@ use super::harness::{check_float, inputs, poisoned, write_keeping_canary, CaseRe
 use crate::error::Result;
 use crate::gpu::{Batch, DType, GpuContext, Tensor};
 use crate::ops::activation::{gated_activation_backward, gated_activation_fused_backward};
+use crate::ops::attention::AttentionConfig;
+use crate::ops::attention_backward::{attention_backward, attention_backward_stats, doc_bounds};
 use crate::ops::cross_entropy::{cross_entropy_forward_backward, IGNORE_TARGET};
 use crate::ops::rms_norm::{rms_norm_backward, rms_norm_backward_weight};
 use crate::ops::rope::{rope_backward, RopeInput};
@@ -19,6 +21,7 @@ pub async fn check(ctx: &GpuContext, dt: DType) -> Result<Vec<CaseReport>> {
     let mut out = rms_norm(ctx, dt).await?;
     out.extend(gated(ctx, dt).await?);
     out.extend(rope(ctx, dt).await?);
+    out.extend(attention(ctx, dt).await?);
     out.extend(cross_entropy(ctx, dt).await?);
     Ok(out)
 }
@@ -192,6 +195,62 @@ async fn rope(ctx: &GpuContext, dt: DType) -> Result<Vec<CaseReport>> {
         let case =
             format!("{layout:?} {tokens} tokens, {heads}+{kv_heads} heads x {head_dim}, n_rot {n_rot}, into Q|K rows");
         out.push(check_float(ctx, "rope_backward", case, &dqk, &want).await?);
+    }
+    Ok(out)
+}
+
+/// Attention's two-pass backward against the f64 chain rule, from the reference forward's
+/// output and log-sum-exp: GQA, head sizes 64/128/256, windows, packed documents, 1 token.
+async fn attention(ctx: &GpuContext, dt: DType) -> Result<Vec<CaseReport>> {
+    let mut rng = SplitMix64::new(0x5EED_0B05);
+    let mut out = Vec::new();
+    // (tokens, heads, kv heads, head_dim, window, document lengths)
+    type Case = (usize, usize, usize, usize, Option<usize>, &'static [usize]);
+    let cases: &[Case] = &[
+        (1, 1, 1, 64, None, &[]),
+        (37, 9, 3, 64, None, &[]),
+        (40, 4, 2, 128, Some(8), &[]),
+        (33, 2, 1, 256, Some(16), &[10, 23]),
+        (50, 4, 4, 64, None, &[17, 1, 32]),
+    ];
+    for &(tokens, nh, nkv, hd, window, docs) in cases {
+        let q = inputs(&mut rng, tokens * nh * hd, -1.0, 1.0, dt);
+        let k = inputs(&mut rng, tokens * nkv * hd, -1.0, 1.0, dt);
+        let v = inputs(&mut rng, tokens * nkv * hd, -1.0, 1.0, dt);
+        let g = inputs(&mut rng, tokens * nh * hd, -1.0, 1.0, dt);
+        let mut cfg = AttentionConfig::new(nh, nkv, hd);
+        cfg.window = window;
+        let mut spec = reference::AttentionSpec::new(nh, nkv, hd, cfg.scale_value() as f64);
+        spec.window = window;
+        if !docs.is_empty() {
+            let starts = crate::ops::attention::doc_starts(docs);
+            spec.doc_start = Some(starts.iter().map(|&s| s as usize).collect());
+        }
+        let positions: Vec<usize> = (0..tokens).collect();
+        let (o, lse) = reference::attention(&q, &positions, &k, &v, &spec);
+        let f64s = |x: &[f32]| x.iter().map(|&a| a as f64).collect::<Vec<f64>>();
+        let (want_dq, want_dk, want_dv) =
+            reference::attention::attention_backward(&f64s(&q), &f64s(&k), &f64s(&v), &f64s(&g), &spec);
+        let t = |x: &[f32], heads: usize| Tensor::from_f32(ctx, x, &[tokens, heads, hd], dt);
+        let (qt, kt, vt, gt) = (t(&q, nh)?, t(&k, nkv)?, t(&v, nkv)?, t(&g, nh)?);
+        let o32: Vec<f32> = o.iter().map(|&x| x as f32).collect();
+        let ot = t(&o32, nh)?;
+        let lse32: Vec<f32> = lse.iter().map(|&x| x as f32).collect();
+        let lt = Tensor::from_f32(ctx, &lse32, &[tokens, nh], DType::F32)?;
+        let bounds = if docs.is_empty() { None } else { Some(Tensor::from_u32(ctx, &doc_bounds(docs), &[tokens, 2])?) };
+        let stats = attention_backward_stats(ctx, tokens, nh)?;
+        let (dq, dk, dv) = (
+            poisoned(ctx, &[tokens, nh, hd], dt)?,
+            poisoned(ctx, &[tokens, nkv, hd], dt)?,
+            poisoned(ctx, &[tokens, nkv, hd], dt)?,
+        );
+        let mut b = Batch::new(ctx);
+        attention_backward(&mut b, &cfg, (&qt, &kt, &vt), &ot, &lt, &gt, bounds.as_ref(), &stats, (&dq, &dk, &dv))?;
+        b.submit();
+        let case = |s: &str| format!("{s} {tokens} tok {nh}/{nkv} heads x {hd}, window {window:?}, docs {docs:?}");
+        out.push(check_float(ctx, "attention_backward", case("dq"), &dq, &want_dq).await?);
+        out.push(check_float(ctx, "attention_backward", case("dk"), &dk, &want_dk).await?);
+        out.push(check_float(ctx, "attention_backward", case("dv"), &dv, &want_dv).await?);
     }
     Ok(out)
 }

@@ -4,6 +4,8 @@
 //   A(i, k) = a[i * K + k]            or, TRANS_A, a[k * M + i]   (dW = dY^T X: A = dY [K, M])
 //   B(k, j) = b[k * N + j] (B_KN)     or           b[j * K + k]   (the Linear convention: y = x W^T)
 // so forward (x W^T) is the default, dX = dY W is B_KN, and dW = dY^T X is TRANS_A + B_KN.
+// A and C may be column blocks of wider rows (lda, a_offset; ldc, c_offset: e.g. the Q columns
+// of a fused Q|K projection); the formulas above are for lda = K (M with TRANS_A), ldc = N.
 // A is T; B is T or, B_F32, f32 (f32 master weights on the f16 path); C is T or, C_F32, f32
 // (f32 gradients). Accumulation f32.
 //
@@ -30,6 +32,10 @@ struct Params {
     k: u32,
     accumulate: u32,
     alpha: f32,
+    lda: u32,
+    a_offset: u32,
+    ldc: u32,
+    c_offset: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -45,9 +51,9 @@ fn load_a(i: u32, kk: u32) -> f32 {
         return 0.0;
     }
 #ifdef TRANS_A
-    return f32(a[kk * p.m + i]);
+    return f32(a[p.a_offset + kk * p.lda + i]);
 #else
-    return f32(a[i * p.k + kk]);
+    return f32(a[p.a_offset + i * p.lda + kk]);
 #endif
 }
 
@@ -84,10 +90,11 @@ fn matmul_dense(ids: Ids, @builtin(workgroup_id) wg: vec3<u32>, @builtin(num_wor
     let i = i0 + li;
     let j = j0 + lj;
     if (i < p.m && j < p.n) {
+        let at = p.c_offset + i * p.ldc + j;
         var out = p.alpha * acc;
         if (p.accumulate != 0u) {
-            out += f32(c[i * p.n + j]);
+            out += f32(c[at]);
         }
-        c[i * p.n + j] = TC(out);
+        c[at] = TC(out);
     }
 }

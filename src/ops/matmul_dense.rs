@@ -39,7 +39,19 @@ struct Params {
     k: u32,
     accumulate: u32,
     alpha: f32,
+    lda: u32,
+    a_offset: u32,
+    ldc: u32,
+    c_offset: u32,
     _pad: [u32; 3],
+}
+
+/// Where a matrix operand sits inside its tensor: row stride and first element (a column block
+/// of wider rows, e.g. the Q columns of a fused Q|K projection or its gradient).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Strided {
+    pub row_stride: usize,
+    pub offset: usize,
 }
 
 fn key(layout: DenseLayout, dt: DType, b_f32: bool, c_f32: bool) -> KernelKey {
@@ -62,6 +74,22 @@ pub fn matmul_dense_forward(
     b: &Tensor,
     c: &Tensor,
     layout: DenseLayout,
+    mnk: (usize, usize, usize),
+    alpha: f32,
+    accumulate: bool,
+) -> Result<()> {
+    matmul_dense_strided(bt, (a, None), b, (c, None), layout, mnk, alpha, accumulate)
+}
+
+/// [`matmul_dense_forward`] with A and/or C as column blocks of wider rows (`None`: contiguous).
+/// A's rows are its `m` rows (`k` rows with [`DenseLayout::Tn`]).
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_dense_strided(
+    bt: &mut Batch,
+    (a, a_at): (&Tensor, Option<Strided>),
+    b: &Tensor,
+    (c, c_at): (&Tensor, Option<Strided>),
+    layout: DenseLayout,
     (m, n, k): (usize, usize, usize),
     alpha: f32,
     accumulate: bool,
@@ -79,9 +107,23 @@ pub fn matmul_dense_forward(
     if m == 0 || n == 0 || k == 0 {
         return Err(PupilError::shape(OP, format!("empty product {m}x{n}x{k}")));
     }
-    expect_len(OP, "a", a, m * k)?;
+    let (a_rows, a_cols) = if layout == DenseLayout::Tn { (k, m) } else { (m, k) };
+    let a_at = a_at.unwrap_or(Strided { row_stride: a_cols, offset: 0 });
+    let c_at = c_at.unwrap_or(Strided { row_stride: n, offset: 0 });
+    for (what, t, (rows, cols), at) in [("a", a, (a_rows, a_cols), a_at), ("c", c, (m, n), c_at)] {
+        if at.row_stride < cols || at.offset + (rows - 1) * at.row_stride + cols > t.len() {
+            return Err(PupilError::shape(
+                OP,
+                format!(
+                    "{what}: {rows}x{cols} at stride {} offset {} runs past its {} elements",
+                    at.row_stride,
+                    at.offset,
+                    t.len()
+                ),
+            ));
+        }
+    }
     expect_len(OP, "b", b, k * n)?;
-    expect_len(OP, "c", c, m * n)?;
     if !alpha.is_finite() {
         return Err(PupilError::arg(OP, format!("alpha {alpha} is not finite")));
     }
@@ -91,6 +133,10 @@ pub fn matmul_dense_forward(
         k: to_u32(OP, k)?,
         accumulate: accumulate as u32,
         alpha,
+        lda: to_u32(OP, a_at.row_stride)?,
+        a_offset: to_u32(OP, a_at.offset)?,
+        ldc: to_u32(OP, c_at.row_stride)?,
+        c_offset: to_u32(OP, c_at.offset)?,
         _pad: [0; 3],
     };
     let tiles = to_u32(OP, m.div_ceil(16) * n.div_ceil(16))?;

@@ -16,6 +16,8 @@
 //! logits stay on the GPU ([`LlamaModel::logits`]) for the sampler or a readback.
 
 mod load;
+mod lora;
+mod train;
 
 use std::sync::Arc;
 
@@ -34,6 +36,8 @@ use crate::ops::rope::{rope_forward, RopeInput};
 use crate::ops::{rms_norm::rms_norm_forward, NormWeight, QuantWeight, RopeTable};
 
 pub use load::LoadPlan;
+pub use lora::{Lora, LoraConfig, LoraPair, LoraTarget};
+pub use train::{StepReport, Trainer};
 
 /// Choices made when loading a model.
 #[derive(Clone, Debug)]

@@ -11,7 +11,7 @@ pub mod split;
 pub mod synth;
 
 pub use config::{ModelConfig, RopeScaling};
-pub use llama::{LlamaModel, LoadPlan, Logits, ModelOptions, Overflow};
+pub use llama::{LlamaModel, LoadPlan, Logits, LoraConfig, LoraTarget, ModelOptions, Overflow, StepReport, Trainer};
 pub use safetensors::{index_shards, read_safetensors, to_gguf, SafetensorsSource};
 pub use source::{read_header, ModelSource};
 pub use split::{read_split, shard_paths, ShardedSource};

@@ -1,0 +1,580 @@
+//! Training a llama-family model's LoRA adapters on the GPU: the forward pass over a packed
+//! batch that keeps only each layer's input, and the backward pass that recomputes one layer's
+//! forward at a time from it (activation checkpointing per layer: memory for the residual
+//! stream of every layer plus one layer's activations), then AdamW. Read top to bottom:
+//! [`Trainer::forward_backward`] is the whole step, op by op, each backward the mirror of a
+//! forward (llm.c's layout).
+//!
+//! A batch is documents packed into one row of `tokens` (attention never crosses a document,
+//! positions restart at each), with a target per token (the next token, or
+//! `IGNORE_TARGET`); the loss is the mean cross-entropy over the counted targets, as
+//! transformers computes it with `labels` (`ignore_index`).
+//!
+//! Supported now: llama and qwen2 blocks (biases are frozen), f32 activations. QK-norm,
+//! post-norms (gemma3), gated attention and sliding windows refuse to train (`Unsupported`).
+
+use super::lora::{Lora, LoraConfig, LoraPair, LoraTarget};
+use super::{Layer, LlamaModel, Stacked};
+use crate::error::{PupilError, Result};
+use crate::gpu::{Batch, DType, GpuContext, Tensor};
+use crate::ops::activation::{gated_activation_fused_backward, gated_activation_fused_forward};
+use crate::ops::attention::{attention_packed_forward, doc_starts};
+use crate::ops::attention_backward::{attention_backward, attention_backward_stats, doc_bounds};
+use crate::ops::cross_entropy::{cross_entropy_forward_backward, IGNORE_TARGET};
+use crate::ops::matmul::{matmul_forward, matmul_transposed_forward};
+use crate::ops::matmul_dense::{matmul_dense_strided, DenseLayout, Strided};
+use crate::ops::optim::{adamw_step, grad_sum_squares, sum_squares_slots, AdamW, GradStats};
+use crate::ops::rms_norm::{rms_norm_backward, rms_norm_forward};
+use crate::ops::rope::{rope_backward, rope_forward, RopeInput};
+use crate::ops::{NormWeight, QuantWeight};
+
+/// Rows of logits computed at a time for the loss (a multiple of 64 keeps every row view's
+/// byte offset aligned for binding).
+const HEAD_ROWS: usize = 64;
+
+/// One layer's activations (recomputed in the backward pass) and gradients.
+struct Work {
+    xn: Tensor,
+    rstd: Tensor,
+    qk: Tensor,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    o: Tensor,
+    lse: Tensor,
+    x_mid: Tensor,
+    xn2: Tensor,
+    gu: Tensor,
+    h: Tensor,
+    /// x·Aᵀ per adapter (LoraTarget::ALL order), `[tokens, rank]`.
+    lora_h: Vec<Tensor>,
+    dlora_h: Tensor,
+    dx: Tensor,
+    dxn: Tensor,
+    dqk: Tensor,
+    dq: Tensor,
+    dk: Tensor,
+    dv: Tensor,
+    d_o: Tensor,
+    dgu: Tensor,
+    dh: Tensor,
+    stats: Tensor,
+    logits: Tensor,
+    loss: Tensor,
+}
+
+/// The result of one optimizer step.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StepReport {
+    /// Mean loss of the batch the gradients came from.
+    pub loss: f64,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f64,
+    /// NaN/Inf gradient values: when non-zero the step was skipped (weights and moments
+    /// unchanged) and `applied` is false.
+    pub nonfinite: u64,
+    pub applied: bool,
+}
+
+/// LoRA training of one model: the adapters, their optimizer state and the work buffers for
+/// batches of up to `max_tokens` tokens.
+pub struct Trainer<'m> {
+    model: &'m LlamaModel,
+    pub lora: Lora,
+    pub max_tokens: usize,
+    /// Residual stream entering each layer, and after the last (`n_layers + 1`).
+    xs: Vec<Tensor>,
+    w: Work,
+    ids: Tensor,
+    positions: Tensor,
+    targets: Tensor,
+    doc_start: Tensor,
+    doc_bounds: Tensor,
+    partials: Tensor,
+    /// Optimizer steps applied so far (AdamW's t).
+    pub steps: u64,
+    last_loss: Option<f64>,
+}
+
+impl<'m> Trainer<'m> {
+    /// Adapters per `config` on every layer of `model` (seeded init), buffers for `max_tokens`.
+    pub fn new(
+        ctx: &GpuContext,
+        model: &'m LlamaModel,
+        config: LoraConfig,
+        max_tokens: usize,
+        seed: u64,
+    ) -> Result<Self> {
+        const OP: &str = "Trainer::new";
+        let c = &model.config;
+        let unsupported =
+            |what: &str| Err(PupilError::Unsupported(format!("training {} models ({what})", c.architecture)));
+        if c.qk_norm {
+            return unsupported("QK-norm backward is not wired into training yet");
+        }
+        if c.post_norms || c.output_gate || c.sliding_window.is_some() || c.attn_softcap.is_some() {
+            return unsupported(
+                "post-norms, gated attention, sliding windows and softcaps are not wired into training yet",
+            );
+        }
+        if model.dtype != DType::F32 {
+            return Err(PupilError::Unsupported("training with f16 activations (load the model with f32)".into()));
+        }
+        if model.attn.streaming.is_some() {
+            return Err(PupilError::arg(OP, "a streaming model cannot train: load it with the error overflow policy"));
+        }
+        for l in &model.layers {
+            if matches!(l.qk, Stacked::Two(..)) || matches!(l.gate_up, Stacked::Two(..)) {
+                return unsupported("Q and K, or gate and up, stored in different formats");
+            }
+        }
+        if max_tokens == 0 || u32::try_from(max_tokens).is_err() {
+            return Err(PupilError::arg(OP, format!("max_tokens must be at least 1, got {max_tokens}")));
+        }
+        let (h, f, hd) = (c.hidden, c.ffn_hidden, c.head_dim);
+        let (nh, nkv) = (c.n_heads, c.n_kv_heads);
+        let (qd, kd) = (nh * hd, nkv * hd);
+        let dims = |t: LoraTarget| match t {
+            LoraTarget::Q => (h, qd),
+            LoraTarget::K | LoraTarget::V => (h, kd),
+            LoraTarget::O => (qd, h),
+            LoraTarget::Gate | LoraTarget::Up => (h, f),
+            LoraTarget::Down => (f, h),
+        };
+        let lora = Lora::new(ctx, config, c.n_layers, dims, seed)?;
+        let t = max_tokens;
+        let r = lora.config.rank;
+        let e = |shape: &[usize]| Tensor::empty(ctx, shape, DType::F32);
+        let w = Work {
+            xn: e(&[t, h])?,
+            rstd: e(&[t])?,
+            qk: e(&[t, qd + kd])?,
+            q: e(&[t, nh, hd])?,
+            k: e(&[t, nkv, hd])?,
+            v: e(&[t, nkv, hd])?,
+            o: e(&[t, nh, hd])?,
+            lse: e(&[t, nh])?,
+            x_mid: e(&[t, h])?,
+            xn2: e(&[t, h])?,
+            gu: e(&[t, 2 * f])?,
+            h: e(&[t, f])?,
+            lora_h: (0..LoraTarget::ALL.len()).map(|_| e(&[t, r])).collect::<Result<_>>()?,
+            dlora_h: e(&[t, r])?,
+            dx: e(&[t, h])?,
+            dxn: e(&[t, h])?,
+            dqk: e(&[t, qd + kd])?,
+            dq: e(&[t, nh, hd])?,
+            dk: e(&[t, nkv, hd])?,
+            dv: e(&[t, nkv, hd])?,
+            d_o: e(&[t, qd])?,
+            dgu: e(&[t, 2 * f])?,
+            dh: e(&[t, f])?,
+            stats: attention_backward_stats(ctx, t, nh)?,
+            logits: e(&[HEAD_ROWS.min(t), c.vocab_size])?,
+            loss: e(&[t])?,
+        };
+        let slots: usize = lora.pairs().map(|(_, p)| sum_squares_slots(p.a.len()) + sum_squares_slots(p.b.len())).sum();
+        Ok(Trainer {
+            model,
+            xs: (0..=c.n_layers).map(|_| e(&[t, h])).collect::<Result<_>>()?,
+            w,
+            ids: Tensor::empty(ctx, &[t], DType::U32)?,
+            positions: Tensor::empty(ctx, &[t], DType::U32)?,
+            targets: Tensor::empty(ctx, &[t], DType::U32)?,
+            doc_start: Tensor::empty(ctx, &[t], DType::U32)?,
+            doc_bounds: Tensor::empty(ctx, &[t, 2], DType::U32)?,
+            partials: e(&[slots, 2])?,
+            lora,
+            max_tokens,
+            steps: 0,
+            last_loss: None,
+        })
+    }
+
+    /// Set adapter weights (layer, target) from host values: A `[rank, in]`, B `[out, rank]`
+    /// (tests and resumed runs; B's rows in the file's order, see `lora`).
+    pub fn set_adapter(&self, ctx: &GpuContext, layer: usize, target: LoraTarget, a: &[f32], b: &[f32]) -> Result<()> {
+        let p = self.lora.get(layer, target).ok_or_else(|| {
+            PupilError::arg("Trainer::set_adapter", format!("no {target:?} adapter on layer {layer}"))
+        })?;
+        if a.len() != p.a.len() || b.len() != p.b.len() {
+            return Err(PupilError::shape(
+                "Trainer::set_adapter",
+                format!("A {} and B {} values, expected {} and {}", a.len(), b.len(), p.a.len(), p.b.len()),
+            ));
+        }
+        p.a.write_f32(ctx, a)?;
+        p.b.write_f32(ctx, b)
+    }
+
+    /// Write one batch: `ids` packed documents of `doc_lengths` (summing to ids.len()), one
+    /// target per token (`IGNORE_TARGET` for none). Returns the number of counted targets.
+    fn write_batch(&self, ctx: &GpuContext, ids: &[u32], targets: &[u32], doc_lengths: &[usize]) -> Result<usize> {
+        const OP: &str = "Trainer::forward_backward";
+        let n = ids.len();
+        if n == 0 || n > self.max_tokens {
+            return Err(PupilError::arg(OP, format!("1..={} tokens per batch, got {n}", self.max_tokens)));
+        }
+        if targets.len() != n || doc_lengths.iter().sum::<usize>() != n || doc_lengths.contains(&0) {
+            return Err(PupilError::arg(
+                OP,
+                "one target per token, and document lengths (each ≥ 1) that sum to the tokens",
+            ));
+        }
+        let vocab = self.model.config.vocab_size as u32;
+        if let Some(&bad) = ids.iter().chain(targets.iter().filter(|&&t| t != IGNORE_TARGET)).find(|&&t| t >= vocab) {
+            return Err(PupilError::arg(OP, format!("token id {bad} outside the vocabulary of {vocab}")));
+        }
+        if let Some(&long) = doc_lengths.iter().find(|&&l| l > self.model.context) {
+            return Err(PupilError::ContextOverflow { needed: long, context: self.model.context });
+        }
+        let counted = targets.iter().filter(|&&t| t != IGNORE_TARGET).count();
+        if counted == 0 {
+            return Err(PupilError::arg(OP, "no target counts (all are IGNORE_TARGET)"));
+        }
+        let positions: Vec<u32> = doc_lengths.iter().flat_map(|&l| 0..l as u32).collect();
+        let u = |t: &Tensor, v: &[u32]| t.view(0, &[v.len()])?.write_bytes(ctx, bytemuck::cast_slice(v));
+        u(&self.ids, ids)?;
+        u(&self.targets, targets)?;
+        u(&self.positions, &positions)?;
+        u(&self.doc_start, &doc_starts(doc_lengths))?;
+        u(&self.doc_bounds, &doc_bounds(doc_lengths))?;
+        Ok(counted)
+    }
+
+    /// The loss of a batch and the adapters' gradients, **added** to what they hold (zero them
+    /// with [`zero_grads`](Self::zero_grads); several calls accumulate micro-batches). `scale`
+    /// multiplies this batch's gradient: 1/counted tokens gives the batch's mean (what
+    /// [`forward_backward`](Self::forward_backward) uses).
+    pub async fn forward_backward(
+        &mut self,
+        ctx: &GpuContext,
+        ids: &[u32],
+        targets: &[u32],
+        doc_lengths: &[usize],
+    ) -> Result<f64> {
+        let counted = self.write_batch(ctx, ids, targets, doc_lengths)?;
+        let n = ids.len();
+        let mut b = Batch::new(ctx);
+        let emb = &self.model.embd;
+        let c = &self.model.config;
+        let x0 = self.xs[0].view(0, &[n, c.hidden])?;
+        crate::ops::embedding::embedding_quant_scaled_forward(
+            &mut b,
+            &self.ids.view(0, &[n])?,
+            emb,
+            c.embedding_scale.unwrap_or(1.0),
+            &x0,
+        )?;
+        for l in 0..c.n_layers {
+            self.layer_forward(&mut b, l, n, true)?;
+        }
+        self.head_forward_backward(&mut b, n, 1.0 / counted as f32)?;
+        for l in (0..c.n_layers).rev() {
+            self.layer_forward(&mut b, l, n, false)?;
+            self.layer_backward(&mut b, l, n)?;
+        }
+        b.submit();
+        let losses = self.w.loss.view(0, &[n])?.read_f32(ctx).await?;
+        let loss = losses.iter().map(|&x| x as f64).sum::<f64>() / counted as f64;
+        self.last_loss = Some(loss);
+        Ok(loss)
+    }
+
+    /// Zero every adapter gradient.
+    pub fn zero_grads(&self, ctx: &GpuContext) {
+        for (_, p) in self.lora.pairs() {
+            p.da.fill_buffer_u32(ctx, 0);
+            p.db.fill_buffer_u32(ctx, 0);
+        }
+    }
+
+    /// One AdamW step over the gradients held (global-norm clipped to `max_norm`), skipped when
+    /// any gradient value is NaN or infinite. Gradients are zeroed afterwards either way.
+    pub async fn step(&mut self, ctx: &GpuContext, opt: &AdamW, max_norm: Option<f64>) -> Result<StepReport> {
+        let mut b = Batch::new(ctx);
+        let mut slot = 0;
+        for (_, p) in self.lora.pairs() {
+            slot += grad_sum_squares(&mut b, &p.da, &self.partials, slot)?;
+            slot += grad_sum_squares(&mut b, &p.db, &self.partials, slot)?;
+        }
+        b.submit();
+        let stats = GradStats::from_partials(&self.partials.read_f32(ctx).await?);
+        let loss = self.last_loss.unwrap_or(f64::NAN);
+        if stats.nonfinite > 0 {
+            self.zero_grads(ctx);
+            return Ok(StepReport { loss, grad_norm: stats.norm, nonfinite: stats.nonfinite, applied: false });
+        }
+        self.steps += 1;
+        let scale = stats.clip_scale(max_norm) as f32;
+        let mut b = Batch::new(ctx);
+        for (_, p) in self.lora.pairs() {
+            let [ma, va, mb, vb] = &p.moments;
+            adamw_step(&mut b, opt, self.steps, &p.a, &p.da, ma, va, scale)?;
+            adamw_step(&mut b, opt, self.steps, &p.b, &p.db, mb, vb, scale)?;
+        }
+        b.submit();
+        self.zero_grads(ctx);
+        Ok(StepReport { loss, grad_norm: stats.norm, nonfinite: 0, applied: true })
+    }
+
+    fn layer(&self, l: usize) -> &'m Layer {
+        &self.model.layers[l]
+    }
+
+    /// `y (+)= x·Wᵀ` through a frozen weight with its bias, then the adapter of `target` (if
+    /// any) into the same output columns: `y[:, cols] += s·(x·Aᵀ)·Bᵀ`, keeping x·Aᵀ for the
+    /// backward pass.
+    #[allow(clippy::too_many_arguments)]
+    fn project(
+        &self,
+        b: &mut Batch,
+        n: usize,
+        x: &Tensor,
+        w: &QuantWeight,
+        bias: Option<&Tensor>,
+        y: &Tensor,
+        accumulate: bool,
+        adapters: &[(usize, LoraTarget, Strided)],
+    ) -> Result<()> {
+        matmul_forward(b, x, w, bias, y, accumulate)?;
+        for &(l, target, at) in adapters {
+            if let Some(p) = self.lora.get(l, target) {
+                let lh = self.lora_h(target, n)?;
+                let r = self.lora.config.rank;
+                matmul_dense_strided(b, (x, None), &p.a, (&lh, None), DenseLayout::Nt, (n, r, p.in_dim), 1.0, false)?;
+                let s = self.lora.config.scale();
+                matmul_dense_strided(b, (&lh, None), &p.b, (y, Some(at)), DenseLayout::Nt, (n, p.out_dim, r), s, true)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn lora_h(&self, target: LoraTarget, n: usize) -> Result<Tensor> {
+        let i = LoraTarget::ALL.iter().position(|&t| t == target).unwrap_or(0);
+        self.w.lora_h[i].view(0, &[n, self.lora.config.rank])
+    }
+
+    /// The adapter's gradients for an output gradient `dy` (at `dy_at`) of a projection of `x`:
+    /// `dB += s·dyᵀ·(x·Aᵀ)`, `dA += (s·dy·B)ᵀ·x`, and `dx += s·dy·B·A`.
+    #[allow(clippy::too_many_arguments)]
+    fn lora_backward(
+        &self,
+        b: &mut Batch,
+        n: usize,
+        p: &LoraPair,
+        x: &Tensor,
+        dy: &Tensor,
+        dy_at: Strided,
+        dx: &Tensor,
+    ) -> Result<()> {
+        let (r, s) = (self.lora.config.rank, self.lora.config.scale());
+        let lh = self.lora_h(p.target, n)?;
+        let dlh = self.w.dlora_h.view(0, &[n, r])?;
+        matmul_dense_strided(b, (dy, Some(dy_at)), &lh, (&p.db, None), DenseLayout::Tn, (p.out_dim, r, n), s, true)?;
+        matmul_dense_strided(b, (dy, Some(dy_at)), &p.b, (&dlh, None), DenseLayout::Nn, (n, r, p.out_dim), s, false)?;
+        matmul_dense_strided(b, (&dlh, None), x, (&p.da, None), DenseLayout::Tn, (r, p.in_dim, n), 1.0, true)?;
+        matmul_dense_strided(b, (&dlh, None), &p.a, (dx, None), DenseLayout::Nn, (n, p.in_dim, r), 1.0, true)
+    }
+
+    /// Layer l's forward from `xs[l]`: every activation into the work buffers, and (`store`)
+    /// its output into `xs[l + 1]` (the backward's recomputation skips that last product).
+    fn layer_forward(&self, b: &mut Batch, l: usize, n: usize, store: bool) -> Result<()> {
+        let c = &self.model.config;
+        let (h, f, hd, nh, nkv) = (c.hidden, c.ffn_hidden, c.head_dim, c.n_heads, c.n_kv_heads);
+        let (qd, kd) = (nh * hd, nkv * hd);
+        let lay = self.layer(l);
+        let w = &self.w;
+        let v = |t: &Tensor, shape: &[usize]| t.view(0, shape);
+        let x = v(&self.xs[l], &[n, h])?;
+        let xn = v(&w.xn, &[n, h])?;
+        let qk = v(&w.qk, &[n, qd + kd])?;
+        let cols = |stride: usize, offset: usize| Strided { row_stride: stride, offset };
+        rms_norm_forward(b, &x, &lay.attn_norm, &xn, c.rms_eps, NormWeight::Plain)?;
+        let Stacked::One(wqk) = &lay.qk else { unreachable!("checked in Trainer::new") };
+        let qk_adapters = [(l, LoraTarget::Q, cols(qd + kd, 0)), (l, LoraTarget::K, cols(qd + kd, qd))];
+        self.project(b, n, &xn, wqk, lay.qk_bias.as_ref(), &qk, false, &qk_adapters)?;
+        let pos = v(&self.positions, &[n])?;
+        let (q, k, vv) = (v(&w.q, &[n, nh, hd])?, v(&w.k, &[n, nkv, hd])?, v(&w.v, &[n, nkv, hd])?);
+        rope_forward(
+            b,
+            &qk,
+            &pos,
+            &self.model.rope,
+            RopeInput { tokens: n, heads: nh, head_dim: hd, stride: qd + kd, offset: 0 },
+            &q,
+        )?;
+        rope_forward(
+            b,
+            &qk,
+            &pos,
+            &self.model.rope,
+            RopeInput { tokens: n, heads: nkv, head_dim: hd, stride: qd + kd, offset: qd },
+            &k,
+        )?;
+        self.project(
+            b,
+            n,
+            &xn,
+            &lay.v,
+            lay.v_bias.as_ref(),
+            &vv.view(0, &[n, kd])?,
+            false,
+            &[(l, LoraTarget::V, cols(kd, 0))],
+        )?;
+        let (o, lse) = (v(&w.o, &[n, nh, hd])?, v(&w.lse, &[n, nh])?);
+        attention_packed_forward(b, &self.model.attn, &q, &k, &vv, &v(&self.doc_start, &[n])?, &o, &lse, None)?;
+        let x_mid = v(&w.x_mid, &[n, h])?;
+        b.copy(&x, &x_mid)?;
+        b.next_pass();
+        self.project(b, n, &o.view(0, &[n, qd])?, &lay.o, None, &x_mid, true, &[(l, LoraTarget::O, cols(h, 0))])?;
+        let (xn2, gu, hh) = (v(&w.xn2, &[n, h])?, v(&w.gu, &[n, 2 * f])?, v(&w.h, &[n, f])?);
+        rms_norm_forward(b, &x_mid, &lay.ffn_norm, &xn2, c.rms_eps, NormWeight::Plain)?;
+        let Stacked::One(wgu) = &lay.gate_up else { unreachable!("checked in Trainer::new") };
+        let gu_adapters = [(l, LoraTarget::Gate, cols(2 * f, 0)), (l, LoraTarget::Up, cols(2 * f, f))];
+        self.project(b, n, &xn2, wgu, None, &gu, false, &gu_adapters)?;
+        gated_activation_fused_forward(b, c.activation, &gu, &hh)?;
+        let down = [(l, LoraTarget::Down, cols(h, 0))];
+        if store {
+            let out = v(&self.xs[l + 1], &[n, h])?;
+            b.copy(&x_mid, &out)?;
+            b.next_pass();
+            self.project(b, n, &hh, &lay.down, None, &out, true, &down)?;
+        } else if let Some(p) = self.lora.get(l, LoraTarget::Down) {
+            // Only the adapter's x·Aᵀ is needed from the last product.
+            let lh = self.lora_h(LoraTarget::Down, n)?;
+            matmul_dense_strided(
+                b,
+                (&hh, None),
+                &p.a,
+                (&lh, None),
+                DenseLayout::Nt,
+                (n, self.lora.config.rank, f),
+                1.0,
+                false,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Final norm, head and cross-entropy, HEAD_ROWS rows at a time: the loss per token, and
+    /// the gradient of the last residual stream into `w.dx`.
+    fn head_forward_backward(&self, b: &mut Batch, n: usize, grad_scale: f32) -> Result<()> {
+        let c = &self.model.config;
+        let (h, vocab) = (c.hidden, c.vocab_size);
+        let w = &self.w;
+        let x_last = self.xs[c.n_layers].view(0, &[n, h])?;
+        let xn = w.xn.view(0, &[n, h])?;
+        rms_norm_forward(b, &x_last, &self.model.output_norm, &xn, c.rms_eps, NormWeight::Plain)?;
+        let head = self.model.output.as_ref().unwrap_or(&self.model.embd);
+        let dxn = w.dxn.view(0, &[n, h])?;
+        for r0 in (0..n).step_by(HEAD_ROWS) {
+            let rows = HEAD_ROWS.min(n - r0);
+            let logits = w.logits.view(0, &[rows, vocab])?;
+            matmul_forward(b, &xn.view(r0 * h, &[rows, h])?, head, None, &logits, false)?;
+            let (targets, loss) = (self.targets.view(r0, &[rows])?, w.loss.view(r0, &[rows])?);
+            cross_entropy_forward_backward(b, &logits, &targets, &loss, grad_scale)?;
+            matmul_transposed_forward(b, &logits, head, &dxn.view(r0 * h, &[rows, h])?, false)?;
+        }
+        let rstd = w.rstd.view(0, &[n])?;
+        rms_norm_backward(
+            b,
+            &x_last,
+            &self.model.output_norm,
+            &dxn,
+            &w.dx.view(0, &[n, h])?,
+            &rstd,
+            c.rms_eps,
+            NormWeight::Plain,
+            false,
+        )
+    }
+
+    /// Layer l's backward from its recomputed activations: `w.dx` holds the gradient of the
+    /// layer's output on entry and of its input on return; adapter gradients accumulate.
+    fn layer_backward(&self, b: &mut Batch, l: usize, n: usize) -> Result<()> {
+        let c = &self.model.config;
+        let (h, f, hd, nh, nkv) = (c.hidden, c.ffn_hidden, c.head_dim, c.n_heads, c.n_kv_heads);
+        let (qd, kd) = (nh * hd, nkv * hd);
+        let lay = self.layer(l);
+        let w = &self.w;
+        let v = |t: &Tensor, shape: &[usize]| t.view(0, shape);
+        let cols = |stride: usize, offset: usize| Strided { row_stride: stride, offset };
+        let dx = v(&w.dx, &[n, h])?;
+        let rstd = v(&w.rstd, &[n])?;
+        // MLP: x_out = x_mid + down(act(gate)·up) of norm(x_mid).
+        let (hh, gu, xn2, x_mid) =
+            (v(&w.h, &[n, f])?, v(&w.gu, &[n, 2 * f])?, v(&w.xn2, &[n, h])?, v(&w.x_mid, &[n, h])?);
+        let (dh, dgu, dxn) = (v(&w.dh, &[n, f])?, v(&w.dgu, &[n, 2 * f])?, v(&w.dxn, &[n, h])?);
+        matmul_transposed_forward(b, &dx, &lay.down, &dh, false)?;
+        if let Some(p) = self.lora.get(l, LoraTarget::Down) {
+            self.lora_backward(b, n, p, &hh, &dx, cols(h, 0), &dh)?;
+        }
+        gated_activation_fused_backward(b, c.activation, &gu, &dh, &dgu)?;
+        let Stacked::One(wgu) = &lay.gate_up else { unreachable!("checked in Trainer::new") };
+        matmul_transposed_forward(b, &dgu, wgu, &dxn, false)?;
+        for (target, offset) in [(LoraTarget::Gate, 0), (LoraTarget::Up, f)] {
+            if let Some(p) = self.lora.get(l, target) {
+                self.lora_backward(b, n, p, &xn2, &dgu, cols(2 * f, offset), &dxn)?;
+            }
+        }
+        rms_norm_backward(b, &x_mid, &lay.ffn_norm, &dxn, &dx, &rstd, c.rms_eps, NormWeight::Plain, true)?;
+        // Attention: x_mid = x + o(attention(rope(q), rope(k), v)) of norm(x).
+        let (o, lse) = (v(&w.o, &[n, nh, hd])?, v(&w.lse, &[n, nh])?);
+        let (q, k, vv) = (v(&w.q, &[n, nh, hd])?, v(&w.k, &[n, nkv, hd])?, v(&w.v, &[n, nkv, hd])?);
+        let d_o = v(&w.d_o, &[n, qd])?;
+        matmul_transposed_forward(b, &dx, &lay.o, &d_o, false)?;
+        let o_flat = o.view(0, &[n, qd])?;
+        if let Some(p) = self.lora.get(l, LoraTarget::O) {
+            self.lora_backward(b, n, p, &o_flat, &dx, cols(h, 0), &d_o)?;
+        }
+        let (dq, dk, dv) = (v(&w.dq, &[n, nh, hd])?, v(&w.dk, &[n, nkv, hd])?, v(&w.dv, &[n, nkv, hd])?);
+        let stats = v(&w.stats, &[n, nh, 2])?;
+        let bounds = v(&self.doc_bounds, &[n, 2])?;
+        attention_backward(
+            b,
+            &self.model.attn,
+            (&q, &k, &vv),
+            &o,
+            &lse,
+            &d_o.view(0, &[n, nh, hd])?,
+            Some(&bounds),
+            &stats,
+            (&dq, &dk, &dv),
+        )?;
+        let dqk = v(&w.dqk, &[n, qd + kd])?;
+        let pos = v(&self.positions, &[n])?;
+        rope_backward(
+            b,
+            &dq,
+            &pos,
+            &self.model.rope,
+            RopeInput { tokens: n, heads: nh, head_dim: hd, stride: qd + kd, offset: 0 },
+            &dqk,
+        )?;
+        rope_backward(
+            b,
+            &dk,
+            &pos,
+            &self.model.rope,
+            RopeInput { tokens: n, heads: nkv, head_dim: hd, stride: qd + kd, offset: qd },
+            &dqk,
+        )?;
+        let xn = v(&w.xn, &[n, h])?;
+        let Stacked::One(wqk) = &lay.qk else { unreachable!("checked in Trainer::new") };
+        matmul_transposed_forward(b, &dqk, wqk, &dxn, false)?;
+        let dv_flat = dv.view(0, &[n, kd])?;
+        matmul_transposed_forward(b, &dv_flat, &lay.v, &dxn, true)?;
+        for (target, dy, at) in [
+            (LoraTarget::Q, &dqk, cols(qd + kd, 0)),
+            (LoraTarget::K, &dqk, cols(qd + kd, qd)),
+            (LoraTarget::V, &dv_flat, cols(kd, 0)),
+        ] {
+            if let Some(p) = self.lora.get(l, target) {
+                self.lora_backward(b, n, p, &xn, dy, at, &dxn)?;
+            }
+        }
+        let x = v(&self.xs[l], &[n, h])?;
+        rms_norm_backward(b, &x, &lay.attn_norm, &dxn, &dx, &rstd, c.rms_eps, NormWeight::Plain, true)
+    }
+}

@@ -1,0 +1,236 @@
+//! LoRA training against PyTorch + PEFT: a random-weight llama and qwen2 written by
+//! `pupil synth` (re-synthesized here and checked by sha256), the same LoRA weights (rank 4,
+//! alpha 8, every projection), the same batch of two 8-token sequences
+//! (tests/fixtures/train/lora_<preset>.json + .f32.bin, made by
+//! scripts/fixtures/make_train_fixtures.py; CI never runs Python):
+//! - the loss and every adapter gradient within 1e-4 relative of autograd's;
+//! - ten AdamW steps with global-norm clipping give PyTorch's losses within 1e-4 relative, and
+//!   the gradient norms it clipped from.
+//!
+//! Then the typed refusals: NaN gradients skip the step, bad batches are errors.
+
+mod common;
+
+use std::path::Path;
+
+use pupil::gpu::GpuContext;
+use pupil::model::{synth, LlamaModel, LoraConfig, LoraTarget, ModelOptions, Trainer};
+use pupil::ops::cross_entropy::IGNORE_TARGET;
+use pupil::ops::optim::AdamW;
+use serde_json::Value as Json;
+use sha2::{Digest, Sha256};
+
+struct Fixture {
+    meta: Json,
+    blobs: Vec<f32>,
+}
+
+fn fixture(preset: &str) -> Fixture {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/train");
+    let name = preset.replace('-', "_");
+    let meta = serde_json::from_str(&std::fs::read_to_string(dir.join(format!("lora_{name}.json"))).unwrap()).unwrap();
+    let bin = std::fs::read(dir.join(format!("lora_{name}.f32.bin"))).unwrap();
+    Fixture { meta, blobs: bin.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect() }
+}
+
+fn model(ctx: &GpuContext, fx: &Fixture) -> LlamaModel {
+    let preset = fx.meta["preset"].as_str().unwrap();
+    let file =
+        synth::synthesize(&synth::preset(preset).unwrap(), fx.meta["seed"].as_u64().unwrap(), &mut |_, _| {}).unwrap();
+    assert_eq!(
+        format!("{:x}", Sha256::digest(&file)),
+        fx.meta["gguf_sha256"].as_str().unwrap(),
+        "`pupil synth {preset}` changed"
+    );
+    let opts = ModelOptions { context: Some(64), ..ModelOptions::default() };
+    LlamaModel::load(ctx, &file, &opts, &mut |_, _| {}).unwrap()
+}
+
+/// A llama GGUF stores Q and K rows permuted (pairs adjacent, see model::config): HF row
+/// `h·P + e·P/2 + i` is file row `h·P + 2i + e`. Maps rows of an `[rows, cols]` matrix.
+fn hf_to_gguf_rows(m: &[f32], rows: usize, cols: usize, heads: usize) -> Vec<f32> {
+    let per = rows / heads;
+    let mut out = vec![0.0; m.len()];
+    for h in 0..heads {
+        for i in 0..per / 2 {
+            for e in 0..2 {
+                let (src, dst) = (h * per + e * per / 2 + i, h * per + 2 * i + e);
+                out[dst * cols..][..cols].copy_from_slice(&m[src * cols..][..cols]);
+            }
+        }
+    }
+    out
+}
+
+fn rel(got: &[f32], want: &[f32]) -> f64 {
+    let d: f64 = got.iter().zip(want).map(|(&a, &b)| (a as f64 - b as f64).powi(2)).sum();
+    let n: f64 = want.iter().map(|&b| (b as f64).powi(2)).sum();
+    (d / n).sqrt()
+}
+
+/// The batch as packed documents: targets are each next id, none after a document's last.
+fn batch(fx: &Fixture) -> (Vec<u32>, Vec<u32>, Vec<usize>) {
+    let seqs: Vec<Vec<u32>> = fx.meta["input_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect())
+        .collect();
+    let ids: Vec<u32> = seqs.concat();
+    let targets: Vec<u32> =
+        seqs.iter().flat_map(|s| s[1..].iter().copied().chain(std::iter::once(IGNORE_TARGET))).collect();
+    (ids, targets, seqs.iter().map(|s| s.len()).collect())
+}
+
+/// (adapter, dA, dB) wanted.
+type Wanted = Vec<(String, Vec<f32>, Vec<f32>)>;
+
+/// Sets the fixture's adapters on a fresh trainer; returns the per-adapter (dA, dB) wanted, in
+/// the file's row order.
+fn trainer<'m>(ctx: &GpuContext, model: &'m LlamaModel, fx: &Fixture) -> (Trainer<'m>, Wanted) {
+    let targets: Vec<LoraTarget> = fx.meta["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| LoraTarget::parse(t.as_str().unwrap()).unwrap())
+        .collect();
+    let cfg = LoraConfig {
+        rank: fx.meta["rank"].as_u64().unwrap() as usize,
+        alpha: fx.meta["alpha"].as_f64().unwrap() as f32,
+        targets: targets.clone(),
+    };
+    let tr = Trainer::new(ctx, model, cfg, 64, 7).unwrap();
+    let c = &model.config;
+    let permuted = c.architecture == "llama";
+    let r = tr.lora.config.rank;
+    let mut at = 0;
+    let mut take = |n: usize| {
+        let v = fx.blobs[at..at + n].to_vec();
+        at += n;
+        v
+    };
+    let mut want = Vec::new();
+    for l in 0..c.n_layers {
+        for &t in &targets {
+            let p = tr.lora.get(l, t).unwrap();
+            let (a, b, da, db) = (take(r * p.in_dim), take(p.out_dim * r), take(r * p.in_dim), take(p.out_dim * r));
+            let heads = match t {
+                LoraTarget::Q if permuted => Some(c.n_heads),
+                LoraTarget::K if permuted => Some(c.n_kv_heads),
+                _ => None,
+            };
+            let fix = |m: Vec<f32>| heads.map_or(m.clone(), |h| hf_to_gguf_rows(&m, p.out_dim, r, h));
+            tr.set_adapter(ctx, l, t, &a, &fix(b)).unwrap();
+            want.push((format!("layer {l} {t:?}"), da, fix(db)));
+        }
+    }
+    assert_eq!(at, fx.blobs.len(), "the .bin holds exactly every adapter");
+    (tr, want)
+}
+
+fn gradients_match_pytorch(preset: &str) {
+    let fx = fixture(preset);
+    let ctx = common::context(false, true).unwrap();
+    let model = model(&ctx, &fx);
+    let (mut tr, want) = trainer(&ctx, &model, &fx);
+    let (ids, targets, docs) = batch(&fx);
+    let loss = pollster::block_on(tr.forward_backward(&ctx, &ids, &targets, &docs)).unwrap();
+    let want_loss = fx.meta["loss"].as_f64().unwrap();
+    println!("{preset}: loss {loss:.6} vs PyTorch {want_loss:.6}");
+    assert!((loss - want_loss).abs() / want_loss < 1e-5, "{preset}: loss {loss} vs {want_loss}");
+    let (mut all_got, mut all_want) = (Vec::new(), Vec::new());
+    for ((name, da, db), (_, p)) in want.iter().zip(tr.lora.pairs()) {
+        let got_da = pollster::block_on(p.da.read_f32(&ctx)).unwrap();
+        let got_db = pollster::block_on(p.db.read_f32(&ctx)).unwrap();
+        let (ea, eb) = (rel(&got_da, da), rel(&got_db, db));
+        println!("  {name}: dA rel err {ea:.2e}, dB rel err {eb:.2e}");
+        assert!(ea < 1e-4 && eb < 1e-4, "{preset} {name}: dA {ea:.2e}, dB {eb:.2e}");
+        all_got.extend(got_da.iter().chain(&got_db));
+        all_want.extend(da.iter().chain(db));
+    }
+    println!("{preset}: every adapter gradient together, rel err {:.2e}", rel(&all_got, &all_want));
+
+    // Ten AdamW steps with clipping, each on the same batch, as the fixture script ran them.
+    let a = &fx.meta["adamw"];
+    let opt = AdamW {
+        lr: a["lr"].as_f64().unwrap(),
+        beta1: a["beta1"].as_f64().unwrap(),
+        beta2: a["beta2"].as_f64().unwrap(),
+        eps: a["eps"].as_f64().unwrap(),
+        weight_decay: a["weight_decay"].as_f64().unwrap(),
+    };
+    let max_norm = fx.meta["max_norm"].as_f64();
+    let (mut tr, _) = trainer(&ctx, &model, &fx);
+    for (i, s) in fx.meta["steps"].as_array().unwrap().iter().enumerate() {
+        let loss = pollster::block_on(tr.forward_backward(&ctx, &ids, &targets, &docs)).unwrap();
+        let report = pollster::block_on(tr.step(&ctx, &opt, max_norm)).unwrap();
+        let (want, want_norm) = (s["loss"].as_f64().unwrap(), s["grad_norm"].as_f64().unwrap());
+        let (e, en) = ((loss - want).abs() / want, (report.grad_norm - want_norm).abs() / want_norm);
+        println!(
+            "  step {}: loss {loss:.6} vs {want:.6} (rel {e:.1e}), grad norm {:.5} vs {want_norm:.5} (rel {en:.1e})",
+            i + 1,
+            report.grad_norm
+        );
+        assert!(
+            report.applied && e < 1e-4 && en < 1e-4,
+            "{preset} step {}: loss {loss} vs {want}, norm {} vs {want_norm}",
+            i + 1,
+            report.grad_norm
+        );
+    }
+}
+
+#[test]
+fn llama_lora_gradients_and_adamw_match_pytorch() {
+    gradients_match_pytorch("tiny-llama");
+}
+
+/// qwen2: Q/K/V biases (frozen), NeoX RoPE on unpermuted rows, tied head.
+#[test]
+fn qwen2_lora_gradients_and_adamw_match_pytorch() {
+    gradients_match_pytorch("tiny-qwen2");
+}
+
+/// A NaN in the gradients skips the step (weights and moments unchanged, reported); bad
+/// batches and models training does not run yet are typed errors.
+#[test]
+fn nan_gradients_skip_the_step_and_bad_input_is_refused() {
+    let fx = fixture("tiny-llama");
+    let ctx = common::context(false, true).unwrap();
+    let model = model(&ctx, &fx);
+    let (mut tr, _) = trainer(&ctx, &model, &fx);
+    let (ids, targets, docs) = batch(&fx);
+    let p = tr.lora.get(1, LoraTarget::V).unwrap();
+    let mut a = pollster::block_on(p.a.read_f32(&ctx)).unwrap();
+    a[3] = f32::NAN;
+    let b = pollster::block_on(p.b.read_f32(&ctx)).unwrap();
+    tr.set_adapter(&ctx, 1, LoraTarget::V, &a, &b).unwrap();
+    let before = pollster::block_on(tr.lora.get(0, LoraTarget::Q).unwrap().a.read_f32(&ctx)).unwrap();
+    let loss = pollster::block_on(tr.forward_backward(&ctx, &ids, &targets, &docs)).unwrap();
+    let report = pollster::block_on(tr.step(&ctx, &AdamW::default(), Some(1.0))).unwrap();
+    println!("NaN in an adapter: loss {loss}, step {report:?}");
+    assert!(!loss.is_finite() && !report.applied && report.nonfinite > 0 && tr.steps == 0);
+    let after = pollster::block_on(tr.lora.get(0, LoraTarget::Q).unwrap().a.read_f32(&ctx)).unwrap();
+    assert!(before == after, "a skipped step changed the weights");
+
+    let mut bad = |ids: &[u32], targets: &[u32], docs: &[usize]| {
+        let e = pollster::block_on(tr.forward_backward(&ctx, ids, targets, docs)).unwrap_err();
+        println!("refused: {e}");
+        e.kind()
+    };
+    assert_eq!(bad(&[1, 2, 9999], &[2, 9999, IGNORE_TARGET], &[3]), "InvalidArgument");
+    assert_eq!(bad(&ids, &targets, &[3, 3]), "InvalidArgument");
+    assert_eq!(bad(&[1, 2], &[IGNORE_TARGET, IGNORE_TARGET], &[2]), "InvalidArgument");
+    assert_eq!(bad(&vec![1; 65], &vec![1; 65], &[65]), "InvalidArgument");
+    drop(tr);
+
+    // qwen3's QK-norm has a backward kernel but is not wired into training yet.
+    let file = synth::synthesize(&synth::preset("tiny-qwen3").unwrap(), 1, &mut |_, _| {}).unwrap();
+    let q3 =
+        LlamaModel::load(&ctx, &file, &ModelOptions { context: Some(64), ..ModelOptions::default() }, &mut |_, _| {})
+            .unwrap();
+    let cfg = LoraConfig { rank: 4, alpha: 8.0, targets: vec![LoraTarget::Q] };
+    let e = Trainer::new(&ctx, &q3, cfg, 64, 1).err().unwrap();
+    println!("refused: {e}");
+    assert_eq!(e.kind(), "Unsupported");
+}

@@ -31,6 +31,7 @@ pub mod rng;
 pub mod sampling;
 pub mod selftest;
 pub mod tokenizer;
+pub mod train;
 
 #[cfg(all(feature = "web", target_arch = "wasm32"))]
 pub mod web;

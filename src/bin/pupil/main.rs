@@ -16,9 +16,10 @@ use pupil::engine::{
 };
 use pupil::model::gguf::GgufHeader;
 use pupil::model::{read_split, shard_paths, ShardedSource};
-use pupil::model::{synth, LlamaModel, ModelConfig, ModelOptions};
+use pupil::model::{synth, LlamaModel, LoraConfig, LoraTarget, ModelConfig, ModelOptions};
 use pupil::sampling::{Sampler, SamplerConfig};
 use pupil::tokenizer::{ChatMessage, ChatTemplate, TemplateValue, Tokenizer};
+use pupil::train::{self, DataFormat, FinetuneConfig};
 use pupil::{selftest, ContextOptions, DType, GpuContext, PupilError};
 
 #[derive(Parser)]
@@ -143,6 +144,44 @@ enum Command {
         file: Option<PathBuf>,
         #[arg(long)]
         text: Option<String>,
+    },
+    /// Fine-tune LoRA adapters on a text or JSONL file (plain `{"text"}` lines, or chat
+    /// `{"messages"}` lines through the model's template, the loss on the assistant turns),
+    /// with a held-out evaluation split measured before and after.
+    Finetune {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Training data: .txt (one document) or .jsonl.
+        #[arg(long)]
+        data: PathBuf,
+        /// Optimizer steps.
+        #[arg(long, default_value_t = 100)]
+        steps: usize,
+        /// Tokens per packed row.
+        #[arg(long, default_value_t = 256)]
+        seq: usize,
+        /// Rows per step.
+        #[arg(long, default_value_t = 4)]
+        batch: usize,
+        #[arg(long, default_value_t = 16)]
+        rank: usize,
+        #[arg(long, default_value_t = 32.0)]
+        alpha: f32,
+        /// Projections to adapt, comma-separated (q,k,v,o,gate,up,down).
+        #[arg(long, default_value = "q,k,v,o,gate,up,down")]
+        targets: String,
+        #[arg(long, default_value_t = 2e-4)]
+        lr: f64,
+        #[arg(long, default_value_t = 10)]
+        warmup: usize,
+        /// Share of the rows held out for evaluation.
+        #[arg(long, default_value_t = 0.1)]
+        eval: f64,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Write the trained adapters here (safetensors).
+        #[arg(long)]
+        save: Option<PathBuf>,
     },
     /// Write a random-weight GGUF of a real architecture and size, for benchmarks.
     Synth {
@@ -494,6 +533,81 @@ async fn run(command: Command, options: ContextOptions) -> pupil::Result<ExitCod
                 "{} tokens scored: mean NLL {:.4}, perplexity {:.3} ({:.0} tokens/s)",
                 report.scored, report.mean_nll, report.perplexity, report.tokens_per_s
             );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Finetune { model, data, steps, seq, batch, rank, alpha, targets, lr, warmup, eval, seed, save } => {
+            let text = std::fs::read_to_string(&data).map_err(|e| other(format!("{}: {e}", data.display())))?;
+            let targets = targets.split(',').map(LoraTarget::parse).collect::<pupil::Result<Vec<_>>>()?;
+            let cfg = FinetuneConfig {
+                lora: LoraConfig { rank, alpha, targets },
+                steps,
+                seq_len: seq,
+                batch_rows: batch,
+                lr,
+                warmup,
+                eval_fraction: eval,
+                seed,
+                ..FinetuneConfig::default()
+            };
+            if model.f16 {
+                return Err(PupilError::Unsupported("fine-tuning with --f16 (training runs on the f32 path)".into()));
+            }
+            let l = load(&ctx, &model)?;
+            let format = DataFormat::guess(&data.to_string_lossy());
+            let docs = train::documents(&text, format, &l.tokenizer, Some(&l.template))?;
+            let rows = train::pack(&docs, seq);
+            let mut trainer = train::trainer_for(&ctx, &l.model, &cfg)?;
+            eprintln!(
+                "{}: {} documents, {} rows of ≤ {seq} tokens; LoRA rank {rank} on {:?}: {} trainable parameters",
+                data.display(),
+                docs.len(),
+                rows.len(),
+                trainer.lora.config.targets,
+                trainer.lora.parameter_count()
+            );
+            let bar = ProgressBar::new(steps as u64);
+            bar.set_style(
+                ProgressStyle::with_template("{bar:40} {pos}/{len} steps {elapsed_precise} (eta {eta}) {msg}")
+                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            );
+            let start = web_time::Instant::now();
+            let mut tokens = 0usize;
+            let report = train::finetune(&ctx, &mut trainer, &rows, &cfg, &mut |s| {
+                tokens += s.tokens;
+                let skipped = if s.applied { "" } else { " (skipped: NaN/Inf gradients)" };
+                let line = format!(
+                    "step {:>4}/{}: loss {:.4}  |g| {:.3}  lr {:.2e}  {:.0} tokens/s{skipped}",
+                    s.step,
+                    s.steps,
+                    s.loss,
+                    s.grad_norm,
+                    s.lr,
+                    tokens as f64 / start.elapsed().as_secs_f64().max(1e-9)
+                );
+                // A loss line per step, above the bar (or alone when stdout is not a terminal).
+                bar.suspend(|| println!("{line}"));
+                bar.set_message(format!("loss {:.4}", s.loss));
+                bar.inc(1);
+            })
+            .await?;
+            bar.finish_and_clear();
+            match (report.eval_loss_before, report.eval_loss_after) {
+                (Some(a), Some(b)) => println!(
+                    "held-out loss ({} rows): {a:.4} → {b:.4} ({:+.4}); {} train rows, {} steps ({} skipped), {:.1} s",
+                    report.eval_rows,
+                    b - a,
+                    report.train_rows,
+                    report.steps.len(),
+                    report.skipped_steps,
+                    start.elapsed().as_secs_f64()
+                ),
+                _ => println!("no held-out rows (--eval 0 or a single row)"),
+            }
+            if let Some(path) = save {
+                let bytes = train::adapter_safetensors(&ctx, &trainer, &l.model.config.architecture).await?;
+                std::fs::write(&path, &bytes).map_err(|e| other(format!("{}: {e}", path.display())))?;
+                println!("adapters written to {} ({} bytes)", path.display(), bytes.len());
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Fetch { .. } | Command::Synth { .. } | Command::Convert { .. } => {

@@ -242,16 +242,35 @@ impl<'m> Trainer<'m> {
         Ok(counted)
     }
 
-    /// The loss of a batch and the adapters' gradients, **added** to what they hold (zero them
-    /// with [`zero_grads`](Self::zero_grads); several calls accumulate micro-batches). `scale`
-    /// multiplies this batch's gradient: 1/counted tokens gives the batch's mean (what
-    /// [`forward_backward`](Self::forward_backward) uses).
+    /// The mean loss of a batch over its counted targets, and the adapters' gradients of it
+    /// **added** to what they hold (zero them with [`zero_grads`](Self::zero_grads); [`step`]
+    /// does after applying them).
+    ///
+    /// [`step`]: Self::step
     pub async fn forward_backward(
         &mut self,
         ctx: &GpuContext,
         ids: &[u32],
         targets: &[u32],
         doc_lengths: &[usize],
+    ) -> Result<f64> {
+        let loss = self.run(ctx, ids, targets, doc_lengths, true).await?;
+        self.last_loss = Some(loss);
+        Ok(loss)
+    }
+
+    /// The mean loss of a batch with the adapters as they are; gradients untouched (evaluation).
+    pub async fn loss(&mut self, ctx: &GpuContext, ids: &[u32], targets: &[u32], doc_lengths: &[usize]) -> Result<f64> {
+        self.run(ctx, ids, targets, doc_lengths, false).await
+    }
+
+    async fn run(
+        &mut self,
+        ctx: &GpuContext,
+        ids: &[u32],
+        targets: &[u32],
+        doc_lengths: &[usize],
+        backward: bool,
     ) -> Result<f64> {
         let counted = self.write_batch(ctx, ids, targets, doc_lengths)?;
         let n = ids.len();
@@ -269,16 +288,17 @@ impl<'m> Trainer<'m> {
         for l in 0..c.n_layers {
             self.layer_forward(&mut b, l, n, true)?;
         }
+        // (The head always writes the last stream's gradient; only training carries it down.)
         self.head_forward_backward(&mut b, n, 1.0 / counted as f32)?;
-        for l in (0..c.n_layers).rev() {
-            self.layer_forward(&mut b, l, n, false)?;
-            self.layer_backward(&mut b, l, n)?;
+        if backward {
+            for l in (0..c.n_layers).rev() {
+                self.layer_forward(&mut b, l, n, false)?;
+                self.layer_backward(&mut b, l, n)?;
+            }
         }
         b.submit();
         let losses = self.w.loss.view(0, &[n])?.read_f32(ctx).await?;
-        let loss = losses.iter().map(|&x| x as f64).sum::<f64>() / counted as f64;
-        self.last_loss = Some(loss);
-        Ok(loss)
+        Ok(losses.iter().map(|&x| x as f64).sum::<f64>() / counted as f64)
     }
 
     /// Zero every adapter gradient.

@@ -1,0 +1,228 @@
+//! Fine-tuning runs: data in, a trained adapter out. [`finetune`] is the loop the CLI
+//! (`pupil finetune`), the web engine and the tests share: tokenize and pack the data, hold out
+//! an evaluation split, measure its loss, train with warmup + cosine AdamW over shuffled
+//! batches, report every step, measure again. The engine underneath is
+//! `model::Trainer` (forward, backward, optimizer on the GPU).
+
+pub mod data;
+
+pub use data::{concat, documents, pack, DataFormat, Document, Row};
+
+use crate::error::{PupilError, Result};
+use crate::gpu::GpuContext;
+use crate::model::{LlamaModel, LoraConfig, LoraTarget, Trainer};
+use crate::ops::optim::AdamW;
+use crate::rng::SplitMix64;
+
+/// A run's settings (defaults: a LoRA of rank 16 on every projection, as PEFT users do).
+#[derive(Clone, Debug, PartialEq)]
+pub struct FinetuneConfig {
+    pub lora: LoraConfig,
+    pub steps: usize,
+    /// Tokens per packed row, and rows per optimizer step.
+    pub seq_len: usize,
+    pub batch_rows: usize,
+    pub lr: f64,
+    /// Linear warmup steps, then cosine decay to `lr · min_lr_ratio`.
+    pub warmup: usize,
+    pub min_lr_ratio: f64,
+    pub weight_decay: f64,
+    pub max_grad_norm: Option<f64>,
+    /// Share of the rows held out for evaluation (at least one row when there are two or more).
+    pub eval_fraction: f64,
+    pub seed: u64,
+}
+
+impl Default for FinetuneConfig {
+    fn default() -> Self {
+        FinetuneConfig {
+            lora: LoraConfig { rank: 16, alpha: 32.0, targets: LoraTarget::ALL.to_vec() },
+            steps: 100,
+            seq_len: 256,
+            batch_rows: 4,
+            lr: 2e-4,
+            warmup: 10,
+            min_lr_ratio: 0.1,
+            weight_decay: 0.0,
+            max_grad_norm: Some(1.0),
+            eval_fraction: 0.1,
+            seed: 1,
+        }
+    }
+}
+
+impl FinetuneConfig {
+    /// The learning rate of step `t` (1-based).
+    pub fn lr_at(&self, t: usize) -> f64 {
+        if t <= self.warmup {
+            return self.lr * t as f64 / self.warmup.max(1) as f64;
+        }
+        let span = self.steps.saturating_sub(self.warmup).max(1) as f64;
+        let progress = ((t - self.warmup) as f64 / span).min(1.0);
+        let min = self.lr * self.min_lr_ratio;
+        min + (self.lr - min) * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos())
+    }
+}
+
+/// What a step reports to the caller's progress callback.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StepLog {
+    pub step: usize,
+    pub steps: usize,
+    pub loss: f64,
+    pub grad_norm: f64,
+    pub lr: f64,
+    /// Counted target tokens in the step's batch.
+    pub tokens: usize,
+    /// False when the step was skipped for NaN/Inf gradients.
+    pub applied: bool,
+}
+
+/// The outcome of a run.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FinetuneReport {
+    pub train_rows: usize,
+    pub eval_rows: usize,
+    pub eval_loss_before: Option<f64>,
+    pub eval_loss_after: Option<f64>,
+    pub steps: Vec<StepLog>,
+    pub skipped_steps: usize,
+    pub trainable_parameters: usize,
+}
+
+/// Mean loss over `rows`, `batch` rows at a time, weighted by counted tokens.
+pub async fn eval_loss(ctx: &GpuContext, trainer: &mut Trainer<'_>, rows: &[Row], batch: usize) -> Result<f64> {
+    let (mut sum, mut n) = (0.0, 0usize);
+    for group in rows.chunks(batch.max(1)) {
+        let b = concat(&group.iter().collect::<Vec<_>>());
+        let counted = b.counted();
+        sum += trainer.loss(ctx, &b.ids, &b.targets, &b.doc_lengths).await? * counted as f64;
+        n += counted;
+    }
+    Ok(sum / n.max(1) as f64)
+}
+
+/// Train `trainer`'s adapters on `rows` per `cfg` (the trainer's adapters are taken as they
+/// are), calling `progress` after every step. The eval split is the last `eval_fraction` of the
+/// rows, before any shuffling.
+pub async fn finetune(
+    ctx: &GpuContext,
+    trainer: &mut Trainer<'_>,
+    rows: &[Row],
+    cfg: &FinetuneConfig,
+    progress: &mut dyn FnMut(&StepLog),
+) -> Result<FinetuneReport> {
+    const OP: &str = "finetune";
+    if rows.is_empty() {
+        return Err(PupilError::arg(OP, "no training rows"));
+    }
+    if cfg.steps == 0 || cfg.batch_rows == 0 || !(0.0..1.0).contains(&cfg.eval_fraction) {
+        return Err(PupilError::arg(OP, "steps ≥ 1, batch rows ≥ 1 and an eval fraction in [0, 1)"));
+    }
+    if cfg.batch_rows * cfg.seq_len > trainer.max_tokens {
+        return Err(PupilError::arg(
+            OP,
+            format!(
+                "{} rows × {} tokens exceed the trainer's {} tokens",
+                cfg.batch_rows, cfg.seq_len, trainer.max_tokens
+            ),
+        ));
+    }
+    let n_eval = if rows.len() >= 2 && cfg.eval_fraction > 0.0 {
+        ((rows.len() as f64 * cfg.eval_fraction).round() as usize).clamp(1, rows.len() - 1)
+    } else {
+        0
+    };
+    let (train, eval) = rows.split_at(rows.len() - n_eval);
+    let eval_loss_before =
+        if eval.is_empty() { None } else { Some(eval_loss(ctx, trainer, eval, cfg.batch_rows).await?) };
+    let mut rng = SplitMix64::new(cfg.seed);
+    let mut order: Vec<usize> = Vec::new();
+    let mut logs = Vec::with_capacity(cfg.steps);
+    for step in 1..=cfg.steps {
+        // Epochs of the training rows, each in a fresh shuffled order.
+        let mut picked = Vec::with_capacity(cfg.batch_rows);
+        while picked.len() < cfg.batch_rows.min(train.len()) {
+            if order.is_empty() {
+                order = (0..train.len()).collect();
+                for i in (1..order.len()).rev() {
+                    order.swap(i, rng.below(i as u32 + 1) as usize);
+                }
+            }
+            picked.push(&train[order.pop().unwrap_or(0)]);
+        }
+        let batch = concat(&picked);
+        let loss = trainer.forward_backward(ctx, &batch.ids, &batch.targets, &batch.doc_lengths).await?;
+        let lr = cfg.lr_at(step);
+        let opt = AdamW { lr, weight_decay: cfg.weight_decay, ..AdamW::default() };
+        let report = trainer.step(ctx, &opt, cfg.max_grad_norm).await?;
+        let log = StepLog {
+            step,
+            steps: cfg.steps,
+            loss,
+            grad_norm: report.grad_norm,
+            lr,
+            tokens: batch.counted(),
+            applied: report.applied,
+        };
+        progress(&log);
+        logs.push(log);
+    }
+    let eval_loss_after =
+        if eval.is_empty() { None } else { Some(eval_loss(ctx, trainer, eval, cfg.batch_rows).await?) };
+    Ok(FinetuneReport {
+        train_rows: train.len(),
+        eval_rows: eval.len(),
+        eval_loss_before,
+        eval_loss_after,
+        skipped_steps: logs.iter().filter(|l| !l.applied).count(),
+        steps: logs,
+        trainable_parameters: trainer.lora.parameter_count(),
+    })
+}
+
+/// A trainer for `model` sized for `cfg`'s batches (convenience for the CLI and web engine).
+pub fn trainer_for<'m>(ctx: &GpuContext, model: &'m LlamaModel, cfg: &FinetuneConfig) -> Result<Trainer<'m>> {
+    Trainer::new(ctx, model, cfg.lora.clone(), cfg.batch_rows * cfg.seq_len, cfg.seed)
+}
+
+/// The adapters as a safetensors file (F32): `layers.{l}.{q_proj|…}.lora_A` `[r, in]` and
+/// `.lora_B` `[out, r]`, with `rank`, `alpha`, `targets` and the base file's architecture in the
+/// metadata. B's rows are in the GGUF file's order (a llama file's Q/K rows permuted): the
+/// adapter applies to the file it was trained on; the PEFT export converts.
+pub async fn adapter_safetensors(ctx: &GpuContext, trainer: &Trainer<'_>, architecture: &str) -> Result<Vec<u8>> {
+    let mut header = serde_json::Map::new();
+    let cfg = &trainer.lora.config;
+    let targets: Vec<&str> = cfg.targets.iter().map(|t| t.hf_name()).collect();
+    header.insert(
+        "__metadata__".into(),
+        serde_json::json!({
+            "format": "pupil-lora",
+            "rank": cfg.rank.to_string(),
+            "alpha": cfg.alpha.to_string(),
+            "targets": targets.join(","),
+            "architecture": architecture,
+        }),
+    );
+    let mut data = Vec::new();
+    for (l, p) in trainer.lora.pairs() {
+        for (suffix, t, shape) in [("lora_A", &p.a, [cfg.rank, p.in_dim]), ("lora_B", &p.b, [p.out_dim, cfg.rank])] {
+            let values = t.read_f32(ctx).await?;
+            let start = data.len();
+            data.extend(values.iter().flat_map(|x| x.to_le_bytes()));
+            header.insert(
+                format!("layers.{l}.{}.{suffix}", p.target.hf_name()),
+                serde_json::json!({"dtype": "F32", "shape": shape, "data_offsets": [start, data.len()]}),
+            );
+        }
+    }
+    let mut json = serde_json::to_vec(&serde_json::Value::Object(header))
+        .map_err(|e| PupilError::arg("adapter_safetensors", e.to_string()))?;
+    while !json.len().is_multiple_of(8) {
+        json.push(b' ');
+    }
+    let mut out = (json.len() as u64).to_le_bytes().to_vec();
+    out.extend(json);
+    out.extend(data);
+    Ok(out)
+}

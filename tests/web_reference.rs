@@ -107,3 +107,50 @@ fn smollm2_chat_answer_for_the_demo_page() {
         }),
     );
 }
+
+/// A few LoRA training steps on the synthetic tiny-llama (f32, shared-memory reductions, as the
+/// browser runs them): `tests/browser/run.mjs` has the page's `Engine.finetune` run the same
+/// options on the same text and requires the same losses (`pupil-web-train-native.json`).
+#[test]
+fn synthetic_model_training_for_the_browser() {
+    let ctx = browser_like_context();
+    let (preset, seed) = ("tiny-llama", 1);
+    let file = synth::synthesize(&synth::preset(preset).unwrap(), seed, &mut |_, _| {}).unwrap();
+    let tokenizer = Tokenizer::from_gguf(&parse_header(&file).unwrap()).unwrap();
+    let opts = ModelOptions { dtype: Some(DType::F32), context: Some(256), ..ModelOptions::default() };
+    let model = LlamaModel::load(&ctx, &file, &opts, &mut |_, _| {}).unwrap();
+    let data = "When in the Course of human events, it becomes necessary for one people to dissolve the \
+                political bands which have connected them with another, and to assume among the powers of \
+                the earth, the separate and equal station to which the Laws of Nature entitle them."
+        .repeat(3);
+    let options = json!({"rank": 4, "alpha": 8, "steps": 4, "seqLen": 64, "batchRows": 2, "lr": 0.01, "warmup": 1, "evalFraction": 0.2, "seed": 3});
+    let run = || {
+        let o: pupil::train::FinetuneOptions = serde_json::from_value(options.clone()).unwrap();
+        let (cfg, format) = o.config().unwrap();
+        pollster::block_on(pupil::train::finetune_data(
+            &ctx,
+            &model,
+            &tokenizer,
+            None,
+            &data,
+            format,
+            &cfg,
+            &mut |_| {},
+        ))
+        .unwrap()
+    };
+    let report = run();
+    let losses: Vec<f64> = report.steps.iter().map(|s| s.loss).collect();
+    println!(
+        "tiny-llama LoRA in the browser's path: losses {losses:?}, held-out {:?} → {:?}",
+        report.eval_loss_before, report.eval_loss_after
+    );
+    assert!(report.steps.iter().all(|s| s.applied) && losses.iter().all(|l| l.is_finite()));
+    assert!(report.eval_loss_after < report.eval_loss_before, "training lowers the held-out loss");
+    // Deterministic: the same run again gives the same losses exactly.
+    assert_eq!(run().steps.iter().map(|s| s.loss).collect::<Vec<_>>(), losses);
+    write(
+        "pupil-web-train-native.json",
+        json!({"preset": preset, "seed": seed, "data": data, "options": options, "report": report.to_json()}),
+    );
+}

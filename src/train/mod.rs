@@ -226,3 +226,107 @@ pub async fn adapter_safetensors(ctx: &GpuContext, trainer: &Trainer<'_>, archit
     out.extend(data);
     Ok(out)
 }
+
+/// [`FinetuneConfig`] as JSON options (the web engine's `finetune`, camelCase), every field
+/// optional with the defaults above.
+#[derive(Clone, Debug, Default, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FinetuneOptions {
+    pub rank: Option<usize>,
+    pub alpha: Option<f32>,
+    /// `["q", "k", …]`.
+    pub targets: Option<Vec<String>>,
+    pub steps: Option<usize>,
+    pub seq_len: Option<usize>,
+    pub batch_rows: Option<usize>,
+    pub lr: Option<f64>,
+    pub warmup: Option<usize>,
+    pub min_lr_ratio: Option<f64>,
+    pub weight_decay: Option<f64>,
+    /// `0` turns clipping off.
+    pub max_grad_norm: Option<f64>,
+    pub eval_fraction: Option<f64>,
+    pub seed: Option<u64>,
+    /// `"text"` or `"jsonl"`.
+    pub format: Option<String>,
+}
+
+impl FinetuneOptions {
+    pub fn config(&self) -> Result<(FinetuneConfig, DataFormat)> {
+        let d = FinetuneConfig::default();
+        let targets = match &self.targets {
+            None => d.lora.targets.clone(),
+            Some(t) => t.iter().map(|s| LoraTarget::parse(s)).collect::<Result<_>>()?,
+        };
+        let format = match self.format.as_deref() {
+            None | Some("text") => DataFormat::Text,
+            Some("jsonl") => DataFormat::Jsonl,
+            Some(other) => return Err(PupilError::arg("finetune", format!("format `{other}` (text or jsonl)"))),
+        };
+        let cfg = FinetuneConfig {
+            lora: LoraConfig {
+                rank: self.rank.unwrap_or(d.lora.rank),
+                alpha: self.alpha.unwrap_or(d.lora.alpha),
+                targets,
+            },
+            steps: self.steps.unwrap_or(d.steps),
+            seq_len: self.seq_len.unwrap_or(d.seq_len),
+            batch_rows: self.batch_rows.unwrap_or(d.batch_rows),
+            lr: self.lr.unwrap_or(d.lr),
+            warmup: self.warmup.unwrap_or(d.warmup),
+            min_lr_ratio: self.min_lr_ratio.unwrap_or(d.min_lr_ratio),
+            weight_decay: self.weight_decay.unwrap_or(d.weight_decay),
+            max_grad_norm: match self.max_grad_norm {
+                Some(x) if x <= 0.0 => None,
+                Some(x) => Some(x),
+                None => d.max_grad_norm,
+            },
+            eval_fraction: self.eval_fraction.unwrap_or(d.eval_fraction),
+            seed: self.seed.unwrap_or(d.seed),
+        };
+        Ok((cfg, format))
+    }
+}
+
+/// Tokenize and pack `data`, then [`finetune`] fresh adapters on `model`: what the web engine
+/// runs, and what the native run the browser test compares with runs.
+#[allow(clippy::too_many_arguments)]
+pub async fn finetune_data(
+    ctx: &GpuContext,
+    model: &LlamaModel,
+    tokenizer: &crate::tokenizer::Tokenizer,
+    template: Option<&crate::tokenizer::ChatTemplate>,
+    data: &str,
+    format: DataFormat,
+    cfg: &FinetuneConfig,
+    progress: &mut dyn FnMut(&StepLog),
+) -> Result<FinetuneReport> {
+    let docs = documents(data, format, tokenizer, template)?;
+    let rows = pack(&docs, cfg.seq_len);
+    let mut trainer = trainer_for(ctx, model, cfg)?;
+    finetune(ctx, &mut trainer, &rows, cfg, progress).await
+}
+
+impl FinetuneReport {
+    /// The report as JSON (camelCase), as the web engine returns it.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "trainRows": self.train_rows,
+            "evalRows": self.eval_rows,
+            "evalLossBefore": self.eval_loss_before,
+            "evalLossAfter": self.eval_loss_after,
+            "skippedSteps": self.skipped_steps,
+            "trainableParameters": self.trainable_parameters,
+            "steps": self.steps.iter().map(StepLog::to_json).collect::<Vec<_>>(),
+        })
+    }
+}
+
+impl StepLog {
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "step": self.step, "steps": self.steps, "loss": self.loss, "gradNorm": self.grad_norm,
+            "lr": self.lr, "tokens": self.tokens, "applied": self.applied,
+        })
+    }
+}

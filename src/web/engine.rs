@@ -379,6 +379,60 @@ impl Engine {
         })
     }
 
+    /// Fine-tune fresh LoRA adapters of the loaded model (f32 path) on `data` (text, or JSONL
+    /// with `format: "jsonl"`): `optionsJson` is `train::FinetuneOptions` (rank, alpha,
+    /// targets, steps, seqLen, batchRows, lr, warmup, evalFraction, seed, …). `onStep(stepJson)`
+    /// after every optimizer step (`{step, steps, loss, gradNorm, lr, tokens, applied}`).
+    /// Resolves to the report as JSON (held-out loss
+    /// before and after, every step). The adapters are not applied to generation (yet).
+    #[wasm_bindgen(unchecked_return_type = "Promise<string>")]
+    pub fn finetune(
+        &self,
+        data: String,
+        #[wasm_bindgen(js_name = optionsJson)] options_json: String,
+        #[wasm_bindgen(js_name = onStep, unchecked_param_type = "(stepJson: string) => void")]
+        on_step: js_sys::Function,
+    ) -> js_sys::Promise {
+        let inner = self.inner.clone();
+        wasm_bindgen_futures::future_to_promise(async move {
+            const OP: &str = "Engine.finetune";
+            inner.check_device()?;
+            let _busy = inner.begin("finetune")?;
+            let o: crate::train::FinetuneOptions = options(OP, &options_json)?;
+            let (cfg, format) = o.config().map_err(|e| js_error(&e))?;
+            // Tokenize and pack first (the template cannot leave the cell), then take the session.
+            let (rows, session) = {
+                let mut loaded = inner.loaded.borrow_mut();
+                let l = loaded.as_mut().ok_or_else(|| no_model(OP))?;
+                let docs = crate::train::documents(&data, format, &l.tokenizer, l.template.as_ref())
+                    .map_err(|e| js_error(&e))?;
+                (crate::train::pack(&docs, cfg.seq_len), l.session.take().ok_or_else(|| busy_error(OP))?)
+            };
+            let mut callback_error = None;
+            let result = {
+                let mut progress = |s: &crate::train::StepLog| {
+                    if let Err(e) = on_step.call1(&JsValue::NULL, &JsValue::from_str(&s.to_json().to_string())) {
+                        callback_error.get_or_insert(e);
+                    }
+                };
+                match crate::train::trainer_for(&inner.ctx, session.model(), &cfg) {
+                    Ok(mut trainer) => {
+                        crate::train::finetune(&inner.ctx, &mut trainer, &rows, &cfg, &mut progress).await
+                    }
+                    Err(e) => Err(e),
+                }
+            };
+            if let Some(l) = inner.loaded.borrow_mut().as_mut() {
+                l.session = Some(session);
+            }
+            if let Some(e) = callback_error {
+                return Err(e);
+            }
+            let report = result.map_err(|e| js_error(&e))?;
+            Ok(JsValue::from_str(&report.to_json().to_string()))
+        })
+    }
+
     /// Forget the conversation (the next generate computes its whole prompt).
     #[wasm_bindgen(js_name = resetSession)]
     pub fn reset_session(&self) -> Result<(), JsValue> {

@@ -79,6 +79,17 @@ try {
       c.ok ? passed++ : failed++;
     }
   }
+  // Training steps: losses must equal the native run (cargo test --test web_reference).
+  const trainPath = process.env.PUPIL_WEB_TRAIN || join(root, 'target', 'pupil-web-train-native.json');
+  const train = await readFile(trainPath, 'utf8').then(JSON.parse, () => null);
+  if (!train) {
+    console.log(`FAIL train: no native run at ${trainPath} (run cargo test --test web_reference first)`); failed++;
+  } else {
+    for (const c of await page.evaluate((n) => window.__pupilTrainChecks(n), train)) {
+      console.log(`${c.ok ? 'ok  ' : 'FAIL'} train: ${c.name}${c.ok ? '' : ` (${c.detail})`}`);
+      c.ok ? passed++ : failed++;
+    }
+  }
   if (consoleErrors.length) { console.log(`FAIL console errors:\n  ${consoleErrors.join('\n  ')}`); failed++; }
 } catch (e) {
   console.log(`FAIL ${e.message}`);

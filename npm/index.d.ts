@@ -219,6 +219,46 @@ export interface AdapterInfo {
   describe: string;
 }
 
+export interface FinetuneOptions {
+  rank?: number;
+  alpha?: number;
+  /** Projections to adapt: 'q' 'k' 'v' 'o' 'gate' 'up' 'down' (default all). */
+  targets?: string[];
+  steps?: number;
+  seqLen?: number;
+  batchRows?: number;
+  lr?: number;
+  warmup?: number;
+  minLrRatio?: number;
+  weightDecay?: number;
+  /** 0 turns global-norm clipping off (default 1). */
+  maxGradNorm?: number;
+  evalFraction?: number;
+  seed?: number;
+  format?: 'text' | 'jsonl';
+}
+
+export interface FinetuneStep {
+  step: number;
+  steps: number;
+  loss: number;
+  gradNorm: number;
+  lr: number;
+  tokens: number;
+  /** False when the step was skipped for NaN/Inf gradients. */
+  applied: boolean;
+}
+
+export interface FinetuneReport {
+  trainRows: number;
+  evalRows: number;
+  evalLossBefore: number | null;
+  evalLossAfter: number | null;
+  skippedSteps: number;
+  trainableParameters: number;
+  steps: FinetuneStep[];
+}
+
 export declare class Engine {
   private constructor();
   /** The adapter, backend and limits the engine opened. */
@@ -230,6 +270,8 @@ export declare class Engine {
   /** Generate after a raw prompt (no chat template). */
   generate(prompt: string, options: GenerateOptions & { stream: true }): AsyncIterable<GenerateEvent>;
   generate(prompt: string, options?: GenerateOptions & { stream?: false }): Promise<GenerationResult>;
+  /** Fine-tune LoRA adapters of the loaded model (f32 path) on text or JSONL data. */
+  finetune(data: string, options?: FinetuneOptions & { onStep?: (step: FinetuneStep) => void; signal?: AbortSignal }): Promise<FinetuneReport>;
   /** Replace the loaded model. */
   load(model: ModelInput, options?: { onProgress?: (progress: LoadProgress) => void; loadOptions?: LoadOptions }): Promise<ModelInfo>;
   /** Forget the cached conversation. */

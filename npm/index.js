@@ -32,6 +32,7 @@ class WorkerClient {
       if (!p) return;
       if (data.type === 'token') p.onToken?.(data.text, data.tokenId, data.reasoning || '');
       else if (data.type === 'progress') p.onProgress?.({ done: data.done, total: data.total, phase: data.phase });
+      else if (data.type === 'step') p.onStep?.(data.step);
       else {
         this.pending.delete(data.id);
         if (data.type === 'done') p.resolve(data.result);
@@ -52,11 +53,11 @@ class WorkerClient {
   }
 
   // Posts { id, cmd, ...args }; resolves with the `done` result. `transfer` moves buffers.
-  call(cmd, args = {}, { onToken, onProgress, transfer } = {}) {
+  call(cmd, args = {}, { onToken, onProgress, onStep, transfer } = {}) {
     if (this.failure) return Promise.reject(this.failure);
     const id = this.nextId++;
     return new Promise((resolve, reject) => {
-      this.pending.set(id, { resolve, reject, onToken, onProgress });
+      this.pending.set(id, { resolve, reject, onToken, onProgress, onStep });
       this.worker.postMessage({ id, cmd, ...args }, transfer || []);
     });
   }
@@ -137,7 +138,7 @@ export class Engine {
   // Queue one worker command. Aborting before it starts rejects without sending it; aborting
   // while it runs sends `stop` (the worker's flag, seen at the next token) and rejects.
   // `internal`: dispose's own commands, which run after the engine is marked disposed.
-  #run(cmd, args, { signal, onToken, onProgress, internal = false } = {}) {
+  #run(cmd, args, { signal, onToken, onProgress, onStep, internal = false } = {}) {
     const job = this.#queue.then(async () => {
       if (this.#disposed && !internal) throw namedError('Disposed', 'The engine was disposed');
       if (signal?.aborted) throw abortError();
@@ -145,7 +146,7 @@ export class Engine {
       signal?.addEventListener('abort', stop, { once: true });
       this.#stopActive = stop;
       try {
-        const result = await this.#client.call(cmd, args, { onToken, onProgress });
+        const result = await this.#client.call(cmd, args, { onToken, onProgress, onStep });
         if (signal?.aborted) throw abortError();
         return result;
       } finally {
@@ -177,6 +178,17 @@ export class Engine {
     const args = { prompt, options: generateOptions(rest, rest.seed ?? randomSeed()) };
     if (stream) return this.#stream('generate', args, signal);
     return this.#run('generate', args, { signal, onToken });
+  }
+
+  /**
+   * Fine-tune LoRA adapters of the loaded model on `data` (text; or JSONL of {"text"} /
+   * {"messages"} lines with format: 'jsonl'), on the f32 path. Options: rank, alpha, targets,
+   * steps, seqLen, batchRows, lr, warmup, evalFraction, seed, …; onStep(step) after every
+   * optimizer step. Resolves to the report (held-out loss before and after, every step).
+   */
+  finetune(data, options = {}) {
+    const { onStep, signal, ...rest } = options;
+    return this.#run('finetune', { data, options: rest }, { signal, onStep });
   }
 
   #createCompletion(req) {

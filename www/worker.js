@@ -5,11 +5,13 @@
 //   { id, type: 'progress', done, total, phase }   load: 'download', then the engine's phases
 //   { id, type: 'token', text, tokenId, reasoning } chat/generate: one per streamed token (a
 //                                                  reasoning model's <think> text in `reasoning`)
+//   { id, type: 'step', step }                     finetune: one per optimizer step
 //   { id, type: 'done', result }                   the command finished
 //   { id, type: 'error', error: { name, message } } it failed; name is the error kind
 // Commands: init {options} (create the engine; result: adapter info), info, load {source,
 // options} with source {kind: 'url', url} | {kind: 'file', file} | {kind: 'bytes', bytes} |
-// {kind: 'synth', preset, seed}, chat {messages, options}, generate {prompt, options}, stop,
+// {kind: 'synth', preset, seed}, chat {messages, options}, generate {prompt, options},
+// finetune {data, options} (LoRA training of the loaded model; result: the report), stop,
 // reset, unload, memory, loseDevice (test hook).
 //
 // Commands run one at a time in arrival order (the engine is single-threaded and a call must
@@ -132,6 +134,12 @@ const commands = {
     return generate(id, prompt, options);
   },
   generate: ({ prompt, options }, id) => generate(id, prompt, options),
+  async finetune({ data, options }, id) {
+    requireModel();
+    const report = await engine.finetune(String(data), JSON.stringify(options || {}),
+      (s) => post({ id, type: 'step', step: JSON.parse(s) }));
+    return JSON.parse(report);
+  },
   reset() { requireModel(); engine.resetSession(); return true; },
   unload() { if (model) requireEngine().unloadModel(); model = null; return true; },
   memory: () => ({ ...JSON.parse(requireEngine().memory()), wasmHeapBytes: wasmHeapBytes() }),

@@ -5,6 +5,7 @@
 //!   pupil-bench matmul [--formats Q4_0,Q4_K] [--shapes smollm2-up,...] [--m 1,4,16,128,512]
 //!   pupil-bench attention [--contexts 128,1024,8192] [--window 512]
 //!   pupil-bench model [--model F.gguf | --synth qwen2-1.5b] [--prompts 128,512] [--batch 1,2,4,8]
+//!   pupil-bench train [--synth smollm2-135m] [--rank 16] [--seq 256] [--batch 4] [--steps 3]
 //!
 //! Rows named `<format>i8` are the int8-activation path (activation quantization included).
 //! Times are wall-clock over a batch of `reps` identical dispatches (one submit, then a wait),
@@ -92,6 +93,87 @@ enum Command {
         #[arg(long, default_value_t = 128)]
         at: usize,
     },
+    /// LoRA training: tokens/s of forward + backward + AdamW steps and peak GPU memory, with
+    /// the FMA ceiling's share (≈ 6·params·tokens FLOPs for the base, plus the recomputed
+    /// forward: 8·params·tokens counted). Compare with scripts/bench/train_peft.py (PyTorch +
+    /// PEFT, same shape, same batch).
+    Train {
+        /// GGUF file (default: a random-weight model of --synth's shape).
+        #[arg(long)]
+        model: Option<std::path::PathBuf>,
+        #[arg(long, default_value = "smollm2-135m")]
+        synth: String,
+        #[arg(long, default_value_t = 16)]
+        rank: usize,
+        #[arg(long, default_value_t = 256)]
+        seq: usize,
+        #[arg(long, default_value_t = 4)]
+        batch: usize,
+        /// Timed steps (after one warm-up step).
+        #[arg(long, default_value_t = 3)]
+        steps: usize,
+    },
+}
+
+#[allow(clippy::too_many_arguments)]
+fn bench_train(
+    ctx: &GpuContext,
+    c: &Ceilings,
+    path: Option<std::path::PathBuf>,
+    shape: &str,
+    rank: usize,
+    seq: usize,
+    batch: usize,
+    steps: usize,
+) -> Result<()> {
+    use pupil::model::{synth, LlamaModel, LoraConfig, LoraTarget, ModelOptions, Trainer};
+    use pupil::ops::optim::AdamW;
+    let file = match &path {
+        Some(p) => std::fs::read(p).map_err(|e| pupil::PupilError::Format(format!("{}: {e}", p.display())))?,
+        None => synth::synthesize(&synth::preset(shape)?, 1, &mut |_, _| {})?,
+    };
+    let name = path.as_ref().map_or(format!("synthetic {shape}"), |p| p.display().to_string());
+    let opts =
+        ModelOptions { dtype: Some(DType::F32), context: Some(seq.next_multiple_of(64)), ..ModelOptions::default() };
+    let model = LlamaModel::load(ctx, &file, &opts, &mut |_, _| {})?;
+    drop(file);
+    let before = ctx.memory.current_bytes();
+    let cfg = LoraConfig { rank, alpha: 2.0 * rank as f32, targets: LoraTarget::ALL.to_vec() };
+    let mut trainer = Trainer::new(ctx, &model, cfg, seq * batch, 1)?;
+    let trainer_bytes = ctx.memory.current_bytes() - before;
+    let vocab = model.config.vocab_size as u64;
+    let mut rng = SplitMix64::new(9);
+    let ids: Vec<u32> = (0..seq * batch).map(|_| (rng.next_u64() % vocab) as u32).collect();
+    let targets: Vec<u32> = ids[1..].iter().copied().chain([pupil::ops::cross_entropy::IGNORE_TARGET]).collect();
+    let docs = vec![seq; batch];
+    let opt = AdamW { lr: 1e-4, ..AdamW::default() };
+    let step = |t: &mut Trainer| -> Result<f64> {
+        let loss = pollster::block_on(t.forward_backward(ctx, &ids, &targets, &docs))?;
+        pollster::block_on(t.step(ctx, &opt, Some(1.0)))?;
+        Ok(loss)
+    };
+    step(&mut trainer)?;
+    let start = Instant::now();
+    for _ in 0..steps {
+        step(&mut trainer)?;
+    }
+    let secs = start.elapsed().as_secs_f64() / steps.max(1) as f64;
+    let tokens = (seq * batch) as f64;
+    let params = model.config.parameter_count() as f64;
+    let gflops = 8.0 * params * tokens / secs / 1e9;
+    println!(
+        "train {name}: LoRA rank {rank} on q,k,v,o,gate,up,down ({} trainable), batch {batch} x seq {seq}, f32: \
+         {:.1} s/step, {:.1} tokens/s, ~{gflops:.1} GFLOP/s ({:.1}% of the FMA ceiling); trainer buffers {:.1} MiB, \
+         GPU peak {:.1} MiB (weights {:.1})",
+        trainer.lora.parameter_count(),
+        secs,
+        tokens / secs,
+        100.0 * gflops / c.fma_gflops,
+        trainer_bytes as f64 / (1 << 20) as f64,
+        ctx.memory.peak_bytes() as f64 / (1 << 20) as f64,
+        model.weight_bytes as f64 / (1 << 20) as f64
+    );
+    Ok(())
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -363,6 +445,9 @@ fn run(cli: Cli, options: ContextOptions) -> Result<()> {
         }
         Command::Model { model, synth, f32, prompts, batch, steps, at } => {
             return bench_model(&ctx, &c, model, synth, f32, &prompts, &batch, steps, at)
+        }
+        Command::Train { model, synth, rank, seq, batch, steps } => {
+            return bench_train(&ctx, &c, model, &synth, rank, seq, batch, steps)
         }
         Command::Matmul { formats, shapes, m } => (formats, shapes, m),
     };

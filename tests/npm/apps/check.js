@@ -67,6 +67,12 @@ async function run() {
     'split_reasoning puts an open thought in reasoning, not content', JSON.stringify(thinking.reasoning));
 
   check(Array.isArray(await listCachedModels()), 'listCachedModels() answers');
+  // Training through the package: a few LoRA steps, a step callback each, held-out loss down.
+  const steps = [];
+  const report = await engine.finetune('The quick brown fox jumps over the lazy dog. '.repeat(12),
+    { rank: 2, alpha: 4, steps: 3, seqLen: 48, batchRows: 2, lr: 0.01, warmup: 1, evalFraction: 0.25, onStep: (s) => steps.push(s.step) });
+  check(report.steps.length === 3 && steps.join() === '1,2,3' && report.evalLossAfter < report.evalLossBefore,
+    'finetune() trains: a step callback each, held-out loss down', JSON.stringify({ steps, before: report.evalLossBefore, after: report.evalLossAfter }));
   // dispose() while generating: the running request ends early with finish_reason 'abort',
   // a queued one is refused.
   const before = await engine.memory();

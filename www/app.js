@@ -22,6 +22,8 @@ const state = {
   events: [], // the current generation's messages in order: 'token', 'stop-ack', 'done'
   loads: 0, // finished loads and generations (successful or not), for tests to wait on
   generations: 0,
+  trainings: 0, // finished fine-tuning runs, for tests
+  lastTraining: null, // the last run's report (null if it failed)
   timeline: [], // [{ phase, t }] phase changes (performance.now()), for the tests' long-task check
 };
 
@@ -39,6 +41,7 @@ function startWorker() {
     if (!call) return;
     if (data.type === 'progress') call.onProgress?.(data);
     else if (data.type === 'token') call.onToken?.(data);
+    else if (data.type === 'step') call.onStep?.(data.step);
     else {
       pending.delete(data.id);
       if (data.type === 'done') call.resolve(data.result);
@@ -76,6 +79,7 @@ const CONTROLS = {
   prompt: ['ready', 'generating'],
   stop: ['generating'],
   'new-chat': ['ready'],
+  'ft-start': ['ready'],
 };
 
 function setPhase(phase) {
@@ -90,6 +94,7 @@ function setPhase(phase) {
     loading: 'Loading the model…',
     ready: `Ready: ${state.model?.name || 'model'} on ${state.info ? adapterName(state.info) : 'the GPU'}.`,
     generating: 'Generating…',
+    training: 'Fine-tuning…',
     lost: 'The GPU device was lost.',
     failed: 'Something went wrong — see the message above.',
   }[phase];
@@ -454,7 +459,75 @@ function sourceFromParam(value) {
   return { kind: 'url', url: url.href };
 }
 
+// The loss of every step so far, drawn as a line (held-out losses as dots at both ends).
+function drawLoss(steps, evalBefore, evalAfter) {
+  const canvas = $('ft-chart');
+  const g = canvas.getContext('2d');
+  g.clearRect(0, 0, canvas.width, canvas.height);
+  const values = steps.map((s) => s.loss).concat([evalBefore, evalAfter].filter((x) => x != null));
+  if (!values.length) return;
+  const lo = Math.min(...values), hi = Math.max(...values), pad = 8;
+  const n = Math.max(steps[0]?.steps || steps.length, 2);
+  const x = (i) => pad + (canvas.width - 2 * pad) * (i / (n - 1));
+  const y = (v) => canvas.height - pad - (canvas.height - 2 * pad) * ((v - lo) / Math.max(hi - lo, 1e-9));
+  g.strokeStyle = getComputedStyle(document.body).color;
+  g.beginPath();
+  steps.forEach((s, i) => (i ? g.lineTo(x(i), y(s.loss)) : g.moveTo(x(i), y(s.loss))));
+  g.stroke();
+  g.fillStyle = '#c60';
+  if (evalBefore != null) g.fillRect(x(0) - 3, y(evalBefore) - 3, 6, 6);
+  if (evalAfter != null) g.fillRect(x(n - 1) - 3, y(evalAfter) - 3, 6, 6);
+}
+
+async function finetune() {
+  let data = $('ft-data').value;
+  const file = $('ft-file').files[0];
+  if (file) data = await file.text();
+  if (!data.trim()) { showNotice('Paste some training text or choose a file first.', 'info'); return; }
+  const num = (id) => Number($(id).value);
+  const options = {
+    steps: num('ft-steps'), rank: num('ft-rank'), alpha: 2 * num('ft-rank'), seqLen: num('ft-seq'),
+    batchRows: num('ft-batch'), lr: num('ft-lr'), evalFraction: num('ft-eval'), warmup: Math.min(3, num('ft-steps')),
+    format: file && file.name.endsWith('.jsonl') ? 'jsonl' : 'text',
+  };
+  clearNotice();
+  setPhase('training');
+  const steps = [];
+  $('ft-progress').hidden = false;
+  $('ft-progress').value = 0;
+  $('ft-status').textContent = 'Measuring the held-out loss…';
+  drawLoss([], null, null);
+  const t0 = performance.now();
+  try {
+    const report = await call('finetune', { data, options }, {
+      onStep: (s) => {
+        steps.push(s);
+        $('ft-progress').value = s.step / s.steps;
+        const rate = steps.reduce((a, x) => a + x.tokens, 0) / ((performance.now() - t0) / 1000);
+        $('ft-status').textContent = `Step ${s.step}/${s.steps}: loss ${s.loss.toFixed(4)}, |g| ${s.gradNorm.toFixed(3)}, ${rate.toFixed(1)} tokens/s`;
+        drawLoss(steps, null, null);
+      },
+    });
+    state.lastTraining = report;
+    drawLoss(report.steps, report.evalLossBefore, report.evalLossAfter);
+    const held = report.evalLossBefore == null ? 'no held-out rows'
+      : `held-out loss ${report.evalLossBefore.toFixed(4)} → ${report.evalLossAfter.toFixed(4)}`;
+    $('ft-status').textContent = `Done: ${report.steps.length} steps (${report.skippedSteps} skipped), ${held}; ` +
+      `${report.trainableParameters.toLocaleString()} trainable parameters, ${((performance.now() - t0) / 1000).toFixed(1)} s.`;
+    setPhase('ready');
+  } catch (e) {
+    state.lastTraining = null;
+    $('ft-status').textContent = 'Fine-tuning stopped.';
+    if (['DeviceLost', 'RuntimeError', 'WorkerFailed'].includes(e.name)) fail(e);
+    else { showNotice(explain(e)); setPhase('ready'); }
+  } finally {
+    $('ft-progress').hidden = true;
+    state.trainings++;
+  }
+}
+
 function wire() {
+  $('finetune-form').onsubmit = (e) => { e.preventDefault(); finetune(); };
   $('model-choice').onchange = () => {
     $('model-url-row').hidden = $('model-choice').value !== 'url';
     $('model-file-row').hidden = $('model-choice').value !== 'file';
@@ -491,6 +564,7 @@ window.__pupil = {
   state,
   get lastResult() { return state.lastResult; },
   get lastLoad() { return state.lastLoad; },
+  get lastTraining() { return state.lastTraining; },
   send,
   stop,
   // Test hook: destroy the GPU device under the engine, as a driver reset would.

@@ -116,6 +116,24 @@ struct Params {
     _pad: [u32; 3],
 }
 
+/// The heads `l` describes must be even-sized, hold the rotated dims and lie inside `t`.
+fn check_layout(op: &'static str, what: &str, l: &RopeInput, n_rot: usize, t: &Tensor) -> Result<()> {
+    let RopeInput { tokens, heads, head_dim, stride, offset } = *l;
+    if head_dim % 2 != 0 || n_rot > head_dim || tokens == 0 || heads == 0 {
+        return Err(PupilError::shape(
+            op,
+            format!("head_dim {head_dim} (even, ≥ n_rot {n_rot}), tokens {tokens}, heads {heads}"),
+        ));
+    }
+    if stride < heads * head_dim || offset + (tokens - 1) * stride + heads * head_dim > t.len() {
+        return Err(PupilError::shape(
+            op,
+            format!("{what} layout (stride {stride}, offset {offset}) runs past its {} elements", t.len()),
+        ));
+    }
+    Ok(())
+}
+
 /// Rotate the heads described by `input` inside `x` by the angles at `positions` (u32, one
 /// per token, each < `table.max_positions`), writing `y` as `[tokens, heads, head_dim]`.
 pub fn rope_forward(
@@ -132,18 +150,7 @@ pub fn rope_forward(
     expect_len(OP, "positions", positions, input.tokens)?;
     let RopeInput { tokens, heads, head_dim, stride, offset } = input;
     let n_rot = table.config.n_rot;
-    if head_dim % 2 != 0 || n_rot > head_dim || tokens == 0 || heads == 0 {
-        return Err(PupilError::shape(
-            OP,
-            format!("head_dim {head_dim} (even, ≥ n_rot {n_rot}), tokens {tokens}, heads {heads}"),
-        ));
-    }
-    if stride < heads * head_dim || offset + (tokens - 1) * stride + heads * head_dim > x.len() {
-        return Err(PupilError::shape(
-            OP,
-            format!("input layout (stride {stride}, offset {offset}) runs past x of {}", x.len()),
-        ));
-    }
+    check_layout(OP, "input", &input, n_rot, x)?;
     expect_len(OP, "output", y, tokens * heads * head_dim)?;
     let key = kernel(b.context(), "rope", "rope_forward", dt, false, 64);
     let params = Params {
@@ -181,18 +188,7 @@ pub fn rope_backward(
     expect_len(OP, "positions", positions, output.tokens)?;
     let RopeInput { tokens, heads, head_dim, stride, offset } = output;
     let n_rot = table.config.n_rot;
-    if head_dim % 2 != 0 || n_rot > head_dim || tokens == 0 || heads == 0 {
-        return Err(PupilError::shape(
-            OP,
-            format!("head_dim {head_dim} (even, ≥ n_rot {n_rot}), tokens {tokens}, heads {heads}"),
-        ));
-    }
-    if stride < heads * head_dim || offset + (tokens - 1) * stride + heads * head_dim > dx.len() {
-        return Err(PupilError::shape(
-            OP,
-            format!("output layout (stride {stride}, offset {offset}) runs past dx of {}", dx.len()),
-        ));
-    }
+    check_layout(OP, "output", &output, n_rot, dx)?;
     expect_len(OP, "dy", dy, tokens * heads * head_dim)?;
     let key = kernel(b.context(), "rope", "rope_forward", dt, false, 64).flag("BACKWARD", true);
     let params = Params {

@@ -2,6 +2,18 @@
 
 use crate::ops::{RopeConfig, RopeLayout};
 
+/// Rotation pair `j` at `pos`: its two element indices and the angle, from the definition
+/// `θ_j = pos · freq_scale · base^(-2j/n_rot) / factor_j`.
+fn pair(cfg: &RopeConfig, pos: u32, j: usize) -> (usize, usize, f64) {
+    let factor = cfg.freq_factors.as_ref().map_or(1.0, |f| f[j] as f64);
+    let theta = pos as f64 * cfg.freq_scale * cfg.base.powf(-((2 * j) as f64) / cfg.n_rot as f64) / factor;
+    let (i0, i1) = match cfg.layout {
+        RopeLayout::Normal => (2 * j, 2 * j + 1),
+        RopeLayout::NeoX => (j, j + cfg.n_rot / 2),
+    };
+    (i0, i1, theta)
+}
+
 /// Rotate `x` laid out as `[tokens][stride]` with heads starting at `offset`; returns
 /// `[tokens, heads, head_dim]`. Angles straight from the definition:
 /// `θ_j = pos · freq_scale · base^(-2j/n_rot) / factor_j`.
@@ -26,13 +38,7 @@ pub fn rope(
                 *d = *v as f64;
             }
             for j in 0..half {
-                let factor = cfg.freq_factors.as_ref().map_or(1.0, |f| f[j] as f64);
-                let theta =
-                    positions[t] as f64 * cfg.freq_scale * cfg.base.powf(-((2 * j) as f64) / cfg.n_rot as f64) / factor;
-                let (i0, i1) = match cfg.layout {
-                    RopeLayout::Normal => (2 * j, 2 * j + 1),
-                    RopeLayout::NeoX => (j, j + half),
-                };
+                let (i0, i1, theta) = pair(cfg, positions[t], j);
                 let (a, b) = (src[i0] as f64, src[i1] as f64);
                 dst[i0] = a * theta.cos() - b * theta.sin();
                 dst[i1] = a * theta.sin() + b * theta.cos();
@@ -65,13 +71,7 @@ pub fn rope_backward(
                 *d = *v as f64;
             }
             for j in 0..half {
-                let factor = cfg.freq_factors.as_ref().map_or(1.0, |f| f[j] as f64);
-                let theta =
-                    positions[t] as f64 * cfg.freq_scale * cfg.base.powf(-((2 * j) as f64) / cfg.n_rot as f64) / factor;
-                let (i0, i1) = match cfg.layout {
-                    RopeLayout::Normal => (2 * j, 2 * j + 1),
-                    RopeLayout::NeoX => (j, j + half),
-                };
+                let (i0, i1, theta) = pair(cfg, positions[t], j);
                 let (a, b) = (src[i0] as f64, src[i1] as f64);
                 dst[i0] = a * theta.cos() + b * theta.sin();
                 dst[i1] = -a * theta.sin() + b * theta.cos();
@@ -110,11 +110,7 @@ mod tests {
                         let g = &dy[(t * heads + h) * head_dim..][..head_dim];
                         let mut y: Vec<f64> = src.to_vec();
                         for j in 0..half {
-                            let theta = positions[t] as f64 * cfg.freq_scale * cfg.base.powf(-((2 * j) as f64) / 8.0);
-                            let (i0, i1) = match layout {
-                                RopeLayout::Normal => (2 * j, 2 * j + 1),
-                                RopeLayout::NeoX => (j, j + half),
-                            };
+                            let (i0, i1, theta) = pair(&cfg, positions[t], j);
                             y[i0] = src[i0] * theta.cos() - src[i1] * theta.sin();
                             y[i1] = src[i0] * theta.sin() + src[i1] * theta.cos();
                         }

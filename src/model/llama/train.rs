@@ -32,6 +32,24 @@ use crate::ops::{NormWeight, QuantWeight};
 /// byte offset aligned for binding).
 const HEAD_ROWS: usize = 64;
 
+/// A block's sizes: hidden, FFN, head size, query and KV heads, Q and K widths.
+struct Dims {
+    h: usize,
+    f: usize,
+    hd: usize,
+    nh: usize,
+    nkv: usize,
+    qd: usize,
+    kd: usize,
+}
+
+impl Dims {
+    fn of(c: &crate::model::ModelConfig) -> Dims {
+        let (hd, nh, nkv) = (c.head_dim, c.n_heads, c.n_kv_heads);
+        Dims { h: c.hidden, f: c.ffn_hidden, hd, nh, nkv, qd: nh * hd, kd: nkv * hd }
+    }
+}
+
 /// One layer's activations (recomputed in the backward pass) and gradients.
 struct Work {
     xn: Tensor,
@@ -131,9 +149,7 @@ impl<'m> Trainer<'m> {
         if max_tokens == 0 || u32::try_from(max_tokens).is_err() {
             return Err(PupilError::arg(OP, format!("max_tokens must be at least 1, got {max_tokens}")));
         }
-        let (h, f, hd) = (c.hidden, c.ffn_hidden, c.head_dim);
-        let (nh, nkv) = (c.n_heads, c.n_kv_heads);
-        let (qd, kd) = (nh * hd, nkv * hd);
+        let Dims { h, f, hd, nh, nkv, qd, kd } = Dims::of(c);
         let dims = |t: LoraTarget| match t {
             LoraTarget::Q => (h, qd),
             LoraTarget::K | LoraTarget::V => (h, kd),
@@ -401,8 +417,7 @@ impl<'m> Trainer<'m> {
     /// its output into `xs[l + 1]` (the backward's recomputation skips that last product).
     fn layer_forward(&self, b: &mut Batch, l: usize, n: usize, store: bool) -> Result<()> {
         let c = &self.model.config;
-        let (h, f, hd, nh, nkv) = (c.hidden, c.ffn_hidden, c.head_dim, c.n_heads, c.n_kv_heads);
-        let (qd, kd) = (nh * hd, nkv * hd);
+        let Dims { h, f, hd, nh, nkv, qd, kd } = Dims::of(c);
         let lay = self.layer(l);
         let w = &self.w;
         let v = |t: &Tensor, shape: &[usize]| t.view(0, shape);
@@ -514,8 +529,7 @@ impl<'m> Trainer<'m> {
     /// layer's output on entry and of its input on return; adapter gradients accumulate.
     fn layer_backward(&self, b: &mut Batch, l: usize, n: usize) -> Result<()> {
         let c = &self.model.config;
-        let (h, f, hd, nh, nkv) = (c.hidden, c.ffn_hidden, c.head_dim, c.n_heads, c.n_kv_heads);
-        let (qd, kd) = (nh * hd, nkv * hd);
+        let Dims { h, f, hd, nh, nkv, qd, kd } = Dims::of(c);
         let lay = self.layer(l);
         let w = &self.w;
         let v = |t: &Tensor, shape: &[usize]| t.view(0, shape);

@@ -209,21 +209,25 @@ fn rope_scaling(f: &Fields, base: f64, n_rot: usize) -> Result<Rope> {
     }
 }
 
+/// `layer_types`, when present: one entry per layer.
+fn layer_types<'a>(f: &'a Fields<'a>, n_layers: usize) -> Result<Option<&'a Vec<Json>>> {
+    let Some(v) = f.get("layer_types") else { return Ok(None) };
+    let items = v.as_array().ok_or_else(|| field_err("layer_types", "an array", v))?;
+    if items.len() != n_layers {
+        return Err(PupilError::Format(format!(
+            "config.json: `layer_types` has {} entries for {n_layers} layers",
+            items.len()
+        )));
+    }
+    Ok(Some(items))
+}
+
 /// Qwen3-Next as Pupil runs it: every layer full (gated) attention, every MLP dense, no
 /// attention biases — checked with transformers' defaults (`full_attention_interval` 4,
 /// `num_experts` 512, `decoder_sparse_step` 1), which make a real Qwen3-Next hybrid and sparse.
 fn qwen3_next_dense_full_attention(f: &Fields, n_layers: usize) -> Result<()> {
-    let full: Vec<bool> = match f.get("layer_types") {
-        Some(v) => {
-            let items = v.as_array().ok_or_else(|| field_err("layer_types", "an array", v))?;
-            if items.len() != n_layers {
-                return Err(PupilError::Format(format!(
-                    "config.json: `layer_types` has {} entries for {n_layers} layers",
-                    items.len()
-                )));
-            }
-            items.iter().map(|v| v.as_str() == Some("full_attention")).collect()
-        }
+    let full: Vec<bool> = match layer_types(f, n_layers)? {
+        Some(items) => items.iter().map(|v| v.as_str() == Some("full_attention")).collect(),
         None => {
             let interval = f.uint_opt("full_attention_interval")?.unwrap_or(4).max(1);
             (0..n_layers).map(|i| (i + 1) % interval == 0).collect()
@@ -369,15 +373,8 @@ impl HfConfig {
                 )));
             }
             m.push((k("attention.sliding_window"), u(f.uint_opt("sliding_window")?.unwrap_or(4096))));
-            let local: Vec<bool> = match f.get("layer_types") {
-                Some(v) => {
-                    let items = v.as_array().ok_or_else(|| field_err("layer_types", "an array", v))?;
-                    if items.len() != n_layers {
-                        return Err(PupilError::Format(format!(
-                            "config.json: `layer_types` has {} entries for {n_layers} layers",
-                            items.len()
-                        )));
-                    }
+            let local: Vec<bool> = match layer_types(&f, n_layers)? {
+                Some(items) => {
                     let kind = |v: &Json| match v.as_str() {
                         Some("sliding_attention") => Ok(true),
                         Some("full_attention") => Ok(false),

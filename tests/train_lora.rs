@@ -234,3 +234,98 @@ fn nan_gradients_skip_the_step_and_bad_input_is_refused() {
     println!("refused: {e}");
     assert_eq!(e.kind(), "Unsupported");
 }
+
+/// Full training of the last layer (every weight, norms and biases, as f32 copies of the
+/// quantized ones; no LoRA) against PyTorch autograd with the rest frozen: every gradient
+/// within 1e-4 relative, ten clipped AdamW steps' losses within 1e-4.
+fn last_layer_matches_pytorch(preset: &str) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/train");
+    let name = preset.replace('-', "_");
+    let meta: Json =
+        serde_json::from_str(&std::fs::read_to_string(dir.join(format!("last1_{name}.json"))).unwrap()).unwrap();
+    let bin = std::fs::read(dir.join(format!("last1_{name}.f32.bin"))).unwrap();
+    let blobs: Vec<f32> = bin.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+    let fx = Fixture { meta, blobs };
+    let ctx = common::context(false, true).unwrap();
+    let model = model(&ctx, &fx);
+    let c = &model.config;
+    // The fixture's gradients by HF name.
+    let mut grads = std::collections::HashMap::new();
+    let mut at = 0;
+    for p in fx.meta["params"].as_array().unwrap() {
+        let n: usize = p["shape"].as_array().unwrap().iter().map(|d| d.as_u64().unwrap() as usize).product();
+        let short = p["name"].as_str().unwrap().splitn(4, '.').nth(3).unwrap().to_string();
+        grads.insert(short, fx.blobs[at..at + n].to_vec());
+        at += n;
+    }
+    assert_eq!(at, fx.blobs.len());
+    let g = |k: &str| grads.get(k).cloned().unwrap_or_else(|| panic!("fixture lacks {k}"));
+    let llama = c.architecture == "llama";
+    let perm = |m: Vec<f32>, heads: usize| {
+        if llama {
+            let rows = heads * c.head_dim;
+            hf_to_gguf_rows(&m, rows, m.len() / rows, heads)
+        } else {
+            m
+        }
+    };
+    let cat = |a: Vec<f32>, b: Vec<f32>| [a, b].concat();
+    let mut want: Vec<(&str, Vec<f32>)> = vec![
+        ("attn_norm", g("input_layernorm.weight")),
+        ("qk", cat(perm(g("self_attn.q_proj.weight"), c.n_heads), perm(g("self_attn.k_proj.weight"), c.n_kv_heads))),
+    ];
+    if !llama {
+        want.push(("qk_bias", cat(g("self_attn.q_proj.bias"), g("self_attn.k_proj.bias"))));
+    }
+    want.push(("v", g("self_attn.v_proj.weight")));
+    if !llama {
+        want.push(("v_bias", g("self_attn.v_proj.bias")));
+    }
+    want.extend([
+        ("o", g("self_attn.o_proj.weight")),
+        ("ffn_norm", g("post_attention_layernorm.weight")),
+        ("gate_up", cat(g("mlp.gate_proj.weight"), g("mlp.up_proj.weight"))),
+        ("down", g("mlp.down_proj.weight")),
+    ]);
+    let (ids, targets, docs) = batch(&fx);
+    let mut tr = Trainer::with_last_layers(&ctx, &model, None, 1, 64, 1).unwrap();
+    let loss = pollster::block_on(tr.forward_backward(&ctx, &ids, &targets, &docs)).unwrap();
+    let want_loss = fx.meta["loss"].as_f64().unwrap();
+    println!("{preset} last layer: loss {loss:.6} vs PyTorch {want_loss:.6}, {} trainable", tr.parameter_count());
+    assert!((loss - want_loss).abs() / want_loss < 1e-5);
+    let dense = tr.dense[c.n_layers - 1].as_ref().unwrap();
+    let got = dense.params();
+    assert_eq!(got.iter().map(|p| p.0).collect::<Vec<_>>(), want.iter().map(|w| w.0).collect::<Vec<_>>());
+    for ((name, p), (_, w)) in got.iter().zip(&want) {
+        let e = rel(&pollster::block_on(p.g.read_f32(&ctx)).unwrap(), w);
+        println!("  {name}: gradient rel err {e:.2e}");
+        assert!(e < 1e-4, "{preset} {name}: {e:.2e}");
+    }
+    let a = &fx.meta["adamw"];
+    let opt = AdamW {
+        lr: a["lr"].as_f64().unwrap(),
+        beta1: a["beta1"].as_f64().unwrap(),
+        beta2: a["beta2"].as_f64().unwrap(),
+        eps: a["eps"].as_f64().unwrap(),
+        weight_decay: a["weight_decay"].as_f64().unwrap(),
+    };
+    let mut tr = Trainer::with_last_layers(&ctx, &model, None, 1, 64, 1).unwrap();
+    for (i, s) in fx.meta["steps"].as_array().unwrap().iter().enumerate() {
+        let loss = pollster::block_on(tr.forward_backward(&ctx, &ids, &targets, &docs)).unwrap();
+        let report = pollster::block_on(tr.step(&ctx, &opt, fx.meta["max_norm"].as_f64())).unwrap();
+        let want = s["loss"].as_f64().unwrap();
+        let e = (loss - want).abs() / want;
+        println!("  step {}: loss {loss:.6} vs {want:.6} (rel {e:.1e})", i + 1);
+        assert!(report.applied && e < 1e-4, "{preset} step {}: {loss} vs {want}", i + 1);
+    }
+}
+
+#[test]
+fn llama_last_layer_gradients_and_adamw_match_pytorch() {
+    last_layer_matches_pytorch("tiny-llama");
+}
+
+#[test]
+fn qwen2_last_layer_gradients_and_adamw_match_pytorch() {
+    last_layer_matches_pytorch("tiny-qwen2");
+}

@@ -17,7 +17,10 @@ use crate::rng::SplitMix64;
 /// A run's settings (defaults: a LoRA of rank 16 on every projection, as PEFT users do).
 #[derive(Clone, Debug, PartialEq)]
 pub struct FinetuneConfig {
+    /// The adapters; rank 0 trains none (then `last_layers` must be at least 1).
     pub lora: LoraConfig,
+    /// The last layers trained in full (every weight of those blocks), besides the adapters.
+    pub last_layers: usize,
     pub steps: usize,
     /// Tokens per packed row, and rows per optimizer step.
     pub seq_len: usize,
@@ -37,6 +40,7 @@ impl Default for FinetuneConfig {
     fn default() -> Self {
         FinetuneConfig {
             lora: LoraConfig { rank: 16, alpha: 32.0, targets: LoraTarget::ALL.to_vec() },
+            last_layers: 0,
             steps: 100,
             seq_len: 256,
             batch_rows: 4,
@@ -177,13 +181,14 @@ pub async fn finetune(
         eval_loss_after,
         skipped_steps: logs.iter().filter(|l| !l.applied).count(),
         steps: logs,
-        trainable_parameters: trainer.lora.parameter_count(),
+        trainable_parameters: trainer.parameter_count(),
     })
 }
 
 /// A trainer for `model` sized for `cfg`'s batches (convenience for the CLI and web engine).
 pub fn trainer_for<'m>(ctx: &GpuContext, model: &'m LlamaModel, cfg: &FinetuneConfig) -> Result<Trainer<'m>> {
-    Trainer::new(ctx, model, cfg.lora.clone(), cfg.batch_rows * cfg.seq_len, cfg.seed)
+    let lora = (cfg.lora.rank > 0).then(|| cfg.lora.clone());
+    Trainer::with_last_layers(ctx, model, lora, cfg.last_layers, cfg.batch_rows * cfg.seq_len, cfg.seed)
 }
 
 /// The adapters as a safetensors file (F32): `layers.{l}.{q_proj|…}.lora_A` `[r, in]` and
@@ -232,8 +237,11 @@ pub async fn adapter_safetensors(ctx: &GpuContext, trainer: &Trainer<'_>, archit
 #[derive(Clone, Debug, Default, serde::Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct FinetuneOptions {
+    /// 0: no adapters.
     pub rank: Option<usize>,
     pub alpha: Option<f32>,
+    /// The last layers trained in full.
+    pub last_layers: Option<usize>,
     /// `["q", "k", …]`.
     pub targets: Option<Vec<String>>,
     pub steps: Option<usize>,
@@ -269,6 +277,7 @@ impl FinetuneOptions {
                 alpha: self.alpha.unwrap_or(d.lora.alpha),
                 targets,
             },
+            last_layers: self.last_layers.unwrap_or(0),
             steps: self.steps.unwrap_or(d.steps),
             seq_len: self.seq_len.unwrap_or(d.seq_len),
             batch_rows: self.batch_rows.unwrap_or(d.batch_rows),

@@ -163,8 +163,12 @@ enum Command {
         /// Rows per step.
         #[arg(long, default_value_t = 4)]
         batch: usize,
+        /// LoRA rank (0: no adapters).
         #[arg(long, default_value_t = 16)]
         rank: usize,
+        /// Also train the last N layers in full (every weight of those blocks, as f32).
+        #[arg(long, default_value_t = 0)]
+        last_layers: usize,
         #[arg(long, default_value_t = 32.0)]
         alpha: f32,
         /// Projections to adapt, comma-separated (q,k,v,o,gate,up,down).
@@ -535,11 +539,27 @@ async fn run(command: Command, options: ContextOptions) -> pupil::Result<ExitCod
             );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Finetune { model, data, steps, seq, batch, rank, alpha, targets, lr, warmup, eval, seed, save } => {
+        Command::Finetune {
+            model,
+            data,
+            steps,
+            seq,
+            batch,
+            rank,
+            last_layers,
+            alpha,
+            targets,
+            lr,
+            warmup,
+            eval,
+            seed,
+            save,
+        } => {
             let text = std::fs::read_to_string(&data).map_err(|e| other(format!("{}: {e}", data.display())))?;
             let targets = targets.split(',').map(LoraTarget::parse).collect::<pupil::Result<Vec<_>>>()?;
             let cfg = FinetuneConfig {
                 lora: LoraConfig { rank, alpha, targets },
+                last_layers,
                 steps,
                 seq_len: seq,
                 batch_rows: batch,
@@ -558,12 +578,13 @@ async fn run(command: Command, options: ContextOptions) -> pupil::Result<ExitCod
             let rows = train::pack(&docs, seq);
             let mut trainer = train::trainer_for(&ctx, &l.model, &cfg)?;
             eprintln!(
-                "{}: {} documents, {} rows of ≤ {seq} tokens; LoRA rank {rank} on {:?}: {} trainable parameters",
+                "{}: {} documents, {} rows of ≤ {seq} tokens; LoRA rank {rank} on {:?}, the last {last_layers} \
+                 layers in full: {} trainable parameters",
                 data.display(),
                 docs.len(),
                 rows.len(),
                 trainer.lora.config.targets,
-                trainer.lora.parameter_count()
+                trainer.parameter_count()
             );
             let bar = ProgressBar::new(steps as u64);
             bar.set_style(
@@ -602,6 +623,9 @@ async fn run(command: Command, options: ContextOptions) -> pupil::Result<ExitCod
                     start.elapsed().as_secs_f64()
                 ),
                 _ => println!("no held-out rows (--eval 0 or a single row)"),
+            }
+            if let (Some(_), true) = (&save, last_layers > 0) {
+                eprintln!("note: --save writes the adapters only; the fully trained layers are not saved yet");
             }
             if let Some(path) = save {
                 let bytes = train::adapter_safetensors(&ctx, &trainer, &l.model.config.architecture).await?;

@@ -24,13 +24,98 @@ use crate::ops::cross_entropy::{cross_entropy_forward_backward, IGNORE_TARGET};
 use crate::ops::matmul::{matmul_forward, matmul_transposed_forward};
 use crate::ops::matmul_dense::{matmul_dense_strided, DenseLayout, Strided};
 use crate::ops::optim::{adamw_step, grad_sum_squares, sum_squares_slots, AdamW, GradStats};
-use crate::ops::rms_norm::{rms_norm_backward, rms_norm_forward};
+use crate::ops::rms_norm::{rms_norm_backward, rms_norm_backward_weight, rms_norm_forward};
 use crate::ops::rope::{rope_backward, rope_forward, RopeInput};
 use crate::ops::{NormWeight, QuantWeight};
 
 /// Rows of logits computed at a time for the loss (a multiple of 64 keeps every row view's
 /// byte offset aligned for binding).
 const HEAD_ROWS: usize = 64;
+
+/// A trainable f32 tensor: weights, gradient, AdamW moments.
+pub struct Param {
+    pub w: Tensor,
+    pub g: Tensor,
+    m: Tensor,
+    v: Tensor,
+}
+
+impl Param {
+    fn new(ctx: &GpuContext, w: Tensor) -> Result<Param> {
+        let z = || Tensor::from_f32(ctx, &vec![0.0; w.len()], w.shape(), DType::F32);
+        Ok(Param { g: z()?, m: z()?, v: z()?, w })
+    }
+}
+
+/// A fully trained layer (`last_layers`): f32 copies of every weight of the block, dequantized
+/// from the model's (Q|K and gate|up fused as the model has them; biases when it has them).
+pub struct DenseLayer {
+    pub attn_norm: Param,
+    pub qk: Param,
+    pub qk_bias: Option<Param>,
+    pub v: Param,
+    pub v_bias: Option<Param>,
+    pub o: Param,
+    pub ffn_norm: Param,
+    pub gate_up: Param,
+    pub down: Param,
+}
+
+impl DenseLayer {
+    /// Every parameter, in a fixed order (for the optimizer and the tests).
+    pub fn params(&self) -> Vec<(&'static str, &Param)> {
+        let mut out = vec![("attn_norm", &self.attn_norm), ("qk", &self.qk)];
+        out.extend(self.qk_bias.as_ref().map(|p| ("qk_bias", p)));
+        out.push(("v", &self.v));
+        out.extend(self.v_bias.as_ref().map(|p| ("v_bias", p)));
+        out.extend([("o", &self.o), ("ffn_norm", &self.ffn_norm), ("gate_up", &self.gate_up), ("down", &self.down)]);
+        out
+    }
+
+    fn proj(&self, which: Proj) -> (&Param, Option<&Param>) {
+        match which {
+            Proj::Qk => (&self.qk, self.qk_bias.as_ref()),
+            Proj::V => (&self.v, self.v_bias.as_ref()),
+            Proj::O => (&self.o, None),
+            Proj::GateUp => (&self.gate_up, None),
+            Proj::Down => (&self.down, None),
+        }
+    }
+}
+
+/// The projections of a block.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Proj {
+    Qk,
+    V,
+    O,
+    GateUp,
+    Down,
+}
+
+/// A GGUF weight as f32 `[rows, cols]` on the GPU: the transposed product of an identity with
+/// it (`dX = I·W`, exact: one product by 1 and sums of zeros per element).
+fn dequantized(ctx: &GpuContext, w: &QuantWeight) -> Result<Tensor> {
+    let mut eye = vec![0.0f32; w.rows * w.rows];
+    for i in 0..w.rows {
+        eye[i * w.rows + i] = 1.0;
+    }
+    let eye = Tensor::from_f32(ctx, &eye, &[w.rows, w.rows], DType::F32)?;
+    let out = Tensor::empty(ctx, &[w.rows, w.cols], DType::F32)?;
+    let mut b = Batch::new(ctx);
+    matmul_transposed_forward(&mut b, &eye, w, &out, false)?;
+    b.submit();
+    Ok(out)
+}
+
+/// A copy of a small f32 tensor (norm weights, biases).
+fn copied(ctx: &GpuContext, t: &Tensor) -> Result<Tensor> {
+    let out = Tensor::empty(ctx, t.shape(), DType::F32)?;
+    let mut b = Batch::new(ctx);
+    b.copy(t, &out)?;
+    b.submit();
+    Ok(out)
+}
 
 /// A block's sizes: hidden, FFN, head size, query and KV heads, Q and K widths.
 struct Dims {
@@ -109,6 +194,10 @@ pub struct Trainer<'m> {
     doc_start: Tensor,
     doc_bounds: Tensor,
     partials: Tensor,
+    /// `dense[l]`: layer l trains fully (the last `last_layers` layers), else frozen.
+    pub dense: Vec<Option<DenseLayer>>,
+    /// Ones `[max_tokens, 1]`: biases broadcast over tokens, and their gradients' sums.
+    ones: Tensor,
     /// Optimizer steps applied so far (AdamW's t).
     pub steps: u64,
     last_loss: Option<f64>,
@@ -120,6 +209,20 @@ impl<'m> Trainer<'m> {
         ctx: &GpuContext,
         model: &'m LlamaModel,
         config: LoraConfig,
+        max_tokens: usize,
+        seed: u64,
+    ) -> Result<Self> {
+        Self::with_last_layers(ctx, model, Some(config), 0, max_tokens, seed)
+    }
+
+    /// LoRA adapters per `lora` (if any) and full training of the last `last_layers` layers
+    /// (every weight of those blocks, norms and biases included, as f32 copies), buffers for
+    /// batches of `max_tokens` tokens.
+    pub fn with_last_layers(
+        ctx: &GpuContext,
+        model: &'m LlamaModel,
+        lora: Option<LoraConfig>,
+        last_layers: usize,
         max_tokens: usize,
         seed: u64,
     ) -> Result<Self> {
@@ -157,7 +260,40 @@ impl<'m> Trainer<'m> {
             LoraTarget::Gate | LoraTarget::Up => (h, f),
             LoraTarget::Down => (f, h),
         };
-        let lora = Lora::new(ctx, config, c.n_layers, dims, seed)?;
+        if last_layers > c.n_layers || (last_layers == 0 && lora.is_none()) {
+            return Err(PupilError::arg(
+                OP,
+                format!("nothing to train, or more last layers ({last_layers}) than the model has ({})", c.n_layers),
+            ));
+        }
+        let lora = match lora {
+            Some(config) => Lora::new(ctx, config, c.n_layers, dims, seed)?,
+            None => Lora {
+                config: LoraConfig { rank: 1, alpha: 1.0, targets: vec![] },
+                layers: (0..c.n_layers).map(|_| Vec::new()).collect(),
+            },
+        };
+        let mut dense = Vec::with_capacity(c.n_layers);
+        for (l, lay) in model.layers.iter().enumerate() {
+            if l + last_layers < c.n_layers {
+                dense.push(None);
+                continue;
+            }
+            let (Stacked::One(qk), Stacked::One(gu)) = (&lay.qk, &lay.gate_up) else { unreachable!("checked above") };
+            let p = |t: Tensor| Param::new(ctx, t);
+            let bias = |t: &Option<Tensor>| t.as_ref().map(|t| p(copied(ctx, t)?)).transpose();
+            dense.push(Some(DenseLayer {
+                attn_norm: p(copied(ctx, &lay.attn_norm)?)?,
+                qk: p(dequantized(ctx, qk)?)?,
+                qk_bias: bias(&lay.qk_bias)?,
+                v: p(dequantized(ctx, &lay.v)?)?,
+                v_bias: bias(&lay.v_bias)?,
+                o: p(dequantized(ctx, &lay.o)?)?,
+                ffn_norm: p(copied(ctx, &lay.ffn_norm)?)?,
+                gate_up: p(dequantized(ctx, gu)?)?,
+                down: p(dequantized(ctx, &lay.down)?)?,
+            }));
+        }
         let t = max_tokens;
         let r = lora.config.rank;
         let e = |shape: &[usize]| Tensor::empty(ctx, shape, DType::F32);
@@ -189,7 +325,11 @@ impl<'m> Trainer<'m> {
             logits: e(&[HEAD_ROWS.min(t), c.vocab_size])?,
             loss: e(&[t])?,
         };
-        let slots: usize = lora.pairs().map(|(_, p)| sum_squares_slots(p.a.len()) + sum_squares_slots(p.b.len())).sum();
+        let slots = lora
+            .pairs()
+            .map(|(_, p)| sum_squares_slots(p.a.len()) + sum_squares_slots(p.b.len()))
+            .sum::<usize>()
+            + dense.iter().flatten().flat_map(|d| d.params()).map(|(_, p)| sum_squares_slots(p.w.len())).sum::<usize>();
         Ok(Trainer {
             model,
             xs: (0..=c.n_layers).map(|_| e(&[t, h])).collect::<Result<_>>()?,
@@ -199,7 +339,9 @@ impl<'m> Trainer<'m> {
             targets: Tensor::empty(ctx, &[t], DType::U32)?,
             doc_start: Tensor::empty(ctx, &[t], DType::U32)?,
             doc_bounds: Tensor::empty(ctx, &[t, 2], DType::U32)?,
-            partials: e(&[slots, 2])?,
+            partials: e(&[slots.max(1), 2])?,
+            dense,
+            ones: Tensor::from_f32(ctx, &vec![1.0; t], &[t, 1], DType::F32)?,
             lora,
             max_tokens,
             steps: 0,
@@ -323,6 +465,19 @@ impl<'m> Trainer<'m> {
             p.da.fill_buffer_u32(ctx, 0);
             p.db.fill_buffer_u32(ctx, 0);
         }
+        for (_, p) in self.dense_params() {
+            p.g.fill_buffer_u32(ctx, 0);
+        }
+    }
+
+    /// Every parameter of the fully trained layers.
+    fn dense_params(&self) -> impl Iterator<Item = (&'static str, &Param)> {
+        self.dense.iter().flatten().flat_map(|d| d.params())
+    }
+
+    /// Trainable parameters (adapters and trained layers).
+    pub fn parameter_count(&self) -> usize {
+        self.lora.parameter_count() + self.dense_params().map(|(_, p)| p.w.len()).sum::<usize>()
     }
 
     /// One AdamW step over the gradients held (global-norm clipped to `max_norm`), skipped when
@@ -333,6 +488,9 @@ impl<'m> Trainer<'m> {
         for (_, p) in self.lora.pairs() {
             slot += grad_sum_squares(&mut b, &p.da, &self.partials, slot)?;
             slot += grad_sum_squares(&mut b, &p.db, &self.partials, slot)?;
+        }
+        for (_, p) in self.dense_params() {
+            slot += grad_sum_squares(&mut b, &p.g, &self.partials, slot)?;
         }
         b.submit();
         let stats = GradStats::from_partials(&self.partials.read_f32(ctx).await?);
@@ -348,6 +506,9 @@ impl<'m> Trainer<'m> {
             let [ma, va, mb, vb] = &p.moments;
             adamw_step(&mut b, opt, self.steps, &p.a, &p.da, ma, va, scale)?;
             adamw_step(&mut b, opt, self.steps, &p.b, &p.db, mb, vb, scale)?;
+        }
+        for (_, p) in self.dense_params() {
+            adamw_step(&mut b, opt, self.steps, &p.w, &p.g, &p.m, &p.v, scale)?;
         }
         b.submit();
         self.zero_grads(ctx);
@@ -366,14 +527,29 @@ impl<'m> Trainer<'m> {
         &self,
         b: &mut Batch,
         n: usize,
+        (l, which): (usize, Proj),
         x: &Tensor,
-        w: &QuantWeight,
-        bias: Option<&Tensor>,
         y: &Tensor,
         accumulate: bool,
         adapters: &[(usize, LoraTarget, Strided)],
     ) -> Result<()> {
-        matmul_forward(b, x, w, bias, y, accumulate)?;
+        match &self.dense[l] {
+            None => {
+                let (w, bias) = self.frozen(l, which);
+                matmul_forward(b, x, w, bias, y, accumulate)?;
+            }
+            Some(d) => {
+                let (w, bias) = d.proj(which);
+                let (out, inp) = (w.w.shape()[0], w.w.shape()[1]);
+                let mut acc = accumulate;
+                if let Some(bias) = bias {
+                    let ones = self.ones.view(0, &[n, 1])?;
+                    matmul_dense_strided(b, (&ones, None), &bias.w, (y, None), DenseLayout::Nn, (n, out, 1), 1.0, acc)?;
+                    acc = true;
+                }
+                matmul_dense_strided(b, (x, None), &w.w, (y, None), DenseLayout::Nt, (n, out, inp), 1.0, acc)?;
+            }
+        }
         for &(l, target, at) in adapters {
             if let Some(p) = self.lora.get(l, target) {
                 let lh = self.lora_h(target, n)?;
@@ -384,6 +560,89 @@ impl<'m> Trainer<'m> {
             }
         }
         Ok(())
+    }
+
+    /// The model's frozen weight (and bias) of a projection.
+    fn frozen(&self, l: usize, which: Proj) -> (&'m QuantWeight, Option<&'m Tensor>) {
+        let lay = self.layer(l);
+        let one = |s: &'m Stacked| match s {
+            Stacked::One(w) => w,
+            Stacked::Two(..) => unreachable!("checked in Trainer::with_last_layers"),
+        };
+        match which {
+            Proj::Qk => (one(&lay.qk), lay.qk_bias.as_ref()),
+            Proj::V => (&lay.v, lay.v_bias.as_ref()),
+            Proj::O => (&lay.o, None),
+            Proj::GateUp => (one(&lay.gate_up), None),
+            Proj::Down => (&lay.down, None),
+        }
+    }
+
+    /// Layer l's attention (`attn`) or MLP input norm weight: the trained copy or the model's.
+    fn norm(&self, l: usize, attn: bool) -> &Tensor {
+        match (&self.dense[l], attn) {
+            (Some(d), true) => &d.attn_norm.w,
+            (Some(d), false) => &d.ffn_norm.w,
+            (None, true) => &self.layer(l).attn_norm,
+            (None, false) => &self.layer(l).ffn_norm,
+        }
+    }
+
+    /// The input gradient of a projection of `x`, `dx (+)= dy·W`, and for a trained layer the
+    /// weight's and bias's gradients `dW += dyᵀ·x`, `db += dyᵀ·1` (dy contiguous `[n, out]`).
+    #[allow(clippy::too_many_arguments)]
+    fn project_backward(
+        &self,
+        b: &mut Batch,
+        n: usize,
+        (l, which): (usize, Proj),
+        x: &Tensor,
+        dy: &Tensor,
+        dx: &Tensor,
+        accumulate: bool,
+    ) -> Result<()> {
+        match &self.dense[l] {
+            None => matmul_transposed_forward(b, dy, self.frozen(l, which).0, dx, accumulate),
+            Some(d) => {
+                let (w, bias) = d.proj(which);
+                let (out, inp) = (w.w.shape()[0], w.w.shape()[1]);
+                matmul_dense_strided(b, (dy, None), &w.w, (dx, None), DenseLayout::Nn, (n, inp, out), 1.0, accumulate)?;
+                matmul_dense_strided(b, (dy, None), x, (&w.g, None), DenseLayout::Tn, (out, inp, n), 1.0, true)?;
+                if let Some(bias) = bias {
+                    let ones = self.ones.view(0, &[n, 1])?;
+                    matmul_dense_strided(
+                        b,
+                        (dy, None),
+                        &ones,
+                        (&bias.g, None),
+                        DenseLayout::Tn,
+                        (out, 1, n),
+                        1.0,
+                        true,
+                    )?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// After `rms_norm_backward` wrote `rstd`: a trained layer's norm weight gradient.
+    fn norm_weight_backward(
+        &self,
+        b: &mut Batch,
+        l: usize,
+        attn: bool,
+        x: &Tensor,
+        dy: &Tensor,
+        rstd: &Tensor,
+    ) -> Result<()> {
+        match &self.dense[l] {
+            Some(d) => {
+                let g = if attn { &d.attn_norm.g } else { &d.ffn_norm.g };
+                rms_norm_backward_weight(b, x, dy, rstd, g, true)
+            }
+            None => Ok(()),
+        }
     }
 
     fn lora_h(&self, target: LoraTarget, n: usize) -> Result<Tensor> {
@@ -418,17 +677,15 @@ impl<'m> Trainer<'m> {
     fn layer_forward(&self, b: &mut Batch, l: usize, n: usize, store: bool) -> Result<()> {
         let c = &self.model.config;
         let Dims { h, f, hd, nh, nkv, qd, kd } = Dims::of(c);
-        let lay = self.layer(l);
         let w = &self.w;
         let v = |t: &Tensor, shape: &[usize]| t.view(0, shape);
         let x = v(&self.xs[l], &[n, h])?;
         let xn = v(&w.xn, &[n, h])?;
         let qk = v(&w.qk, &[n, qd + kd])?;
         let cols = |stride: usize, offset: usize| Strided { row_stride: stride, offset };
-        rms_norm_forward(b, &x, &lay.attn_norm, &xn, c.rms_eps, NormWeight::Plain)?;
-        let Stacked::One(wqk) = &lay.qk else { unreachable!("checked in Trainer::new") };
+        rms_norm_forward(b, &x, self.norm(l, true), &xn, c.rms_eps, NormWeight::Plain)?;
         let qk_adapters = [(l, LoraTarget::Q, cols(qd + kd, 0)), (l, LoraTarget::K, cols(qd + kd, qd))];
-        self.project(b, n, &xn, wqk, lay.qk_bias.as_ref(), &qk, false, &qk_adapters)?;
+        self.project(b, n, (l, Proj::Qk), &xn, &qk, false, &qk_adapters)?;
         let pos = v(&self.positions, &[n])?;
         let (q, k, vv) = (v(&w.q, &[n, nh, hd])?, v(&w.k, &[n, nkv, hd])?, v(&w.v, &[n, nkv, hd])?);
         rope_forward(
@@ -447,34 +704,24 @@ impl<'m> Trainer<'m> {
             RopeInput { tokens: n, heads: nkv, head_dim: hd, stride: qd + kd, offset: qd },
             &k,
         )?;
-        self.project(
-            b,
-            n,
-            &xn,
-            &lay.v,
-            lay.v_bias.as_ref(),
-            &vv.view(0, &[n, kd])?,
-            false,
-            &[(l, LoraTarget::V, cols(kd, 0))],
-        )?;
+        self.project(b, n, (l, Proj::V), &xn, &vv.view(0, &[n, kd])?, false, &[(l, LoraTarget::V, cols(kd, 0))])?;
         let (o, lse) = (v(&w.o, &[n, nh, hd])?, v(&w.lse, &[n, nh])?);
         attention_packed_forward(b, &self.model.attn, &q, &k, &vv, &v(&self.doc_start, &[n])?, &o, &lse, None)?;
         let x_mid = v(&w.x_mid, &[n, h])?;
         b.copy(&x, &x_mid)?;
         b.next_pass();
-        self.project(b, n, &o.view(0, &[n, qd])?, &lay.o, None, &x_mid, true, &[(l, LoraTarget::O, cols(h, 0))])?;
+        self.project(b, n, (l, Proj::O), &o.view(0, &[n, qd])?, &x_mid, true, &[(l, LoraTarget::O, cols(h, 0))])?;
         let (xn2, gu, hh) = (v(&w.xn2, &[n, h])?, v(&w.gu, &[n, 2 * f])?, v(&w.h, &[n, f])?);
-        rms_norm_forward(b, &x_mid, &lay.ffn_norm, &xn2, c.rms_eps, NormWeight::Plain)?;
-        let Stacked::One(wgu) = &lay.gate_up else { unreachable!("checked in Trainer::new") };
+        rms_norm_forward(b, &x_mid, self.norm(l, false), &xn2, c.rms_eps, NormWeight::Plain)?;
         let gu_adapters = [(l, LoraTarget::Gate, cols(2 * f, 0)), (l, LoraTarget::Up, cols(2 * f, f))];
-        self.project(b, n, &xn2, wgu, None, &gu, false, &gu_adapters)?;
+        self.project(b, n, (l, Proj::GateUp), &xn2, &gu, false, &gu_adapters)?;
         gated_activation_fused_forward(b, c.activation, &gu, &hh)?;
         let down = [(l, LoraTarget::Down, cols(h, 0))];
         if store {
             let out = v(&self.xs[l + 1], &[n, h])?;
             b.copy(&x_mid, &out)?;
             b.next_pass();
-            self.project(b, n, &hh, &lay.down, None, &out, true, &down)?;
+            self.project(b, n, (l, Proj::Down), &hh, &out, true, &down)?;
         } else if let Some(p) = self.lora.get(l, LoraTarget::Down) {
             // Only the adapter's x·Aᵀ is needed from the last product.
             let lh = self.lora_h(LoraTarget::Down, n)?;
@@ -530,7 +777,6 @@ impl<'m> Trainer<'m> {
     fn layer_backward(&self, b: &mut Batch, l: usize, n: usize) -> Result<()> {
         let c = &self.model.config;
         let Dims { h, f, hd, nh, nkv, qd, kd } = Dims::of(c);
-        let lay = self.layer(l);
         let w = &self.w;
         let v = |t: &Tensor, shape: &[usize]| t.view(0, shape);
         let cols = |stride: usize, offset: usize| Strided { row_stride: stride, offset };
@@ -540,25 +786,25 @@ impl<'m> Trainer<'m> {
         let (hh, gu, xn2, x_mid) =
             (v(&w.h, &[n, f])?, v(&w.gu, &[n, 2 * f])?, v(&w.xn2, &[n, h])?, v(&w.x_mid, &[n, h])?);
         let (dh, dgu, dxn) = (v(&w.dh, &[n, f])?, v(&w.dgu, &[n, 2 * f])?, v(&w.dxn, &[n, h])?);
-        matmul_transposed_forward(b, &dx, &lay.down, &dh, false)?;
+        self.project_backward(b, n, (l, Proj::Down), &hh, &dx, &dh, false)?;
         if let Some(p) = self.lora.get(l, LoraTarget::Down) {
             self.lora_backward(b, n, p, &hh, &dx, cols(h, 0), &dh)?;
         }
         gated_activation_fused_backward(b, c.activation, &gu, &dh, &dgu)?;
-        let Stacked::One(wgu) = &lay.gate_up else { unreachable!("checked in Trainer::new") };
-        matmul_transposed_forward(b, &dgu, wgu, &dxn, false)?;
+        self.project_backward(b, n, (l, Proj::GateUp), &xn2, &dgu, &dxn, false)?;
         for (target, offset) in [(LoraTarget::Gate, 0), (LoraTarget::Up, f)] {
             if let Some(p) = self.lora.get(l, target) {
                 self.lora_backward(b, n, p, &xn2, &dgu, cols(2 * f, offset), &dxn)?;
             }
         }
-        rms_norm_backward(b, &x_mid, &lay.ffn_norm, &dxn, &dx, &rstd, c.rms_eps, NormWeight::Plain, true)?;
+        rms_norm_backward(b, &x_mid, self.norm(l, false), &dxn, &dx, &rstd, c.rms_eps, NormWeight::Plain, true)?;
+        self.norm_weight_backward(b, l, false, &x_mid, &dxn, &rstd)?;
         // Attention: x_mid = x + o(attention(rope(q), rope(k), v)) of norm(x).
         let (o, lse) = (v(&w.o, &[n, nh, hd])?, v(&w.lse, &[n, nh])?);
         let (q, k, vv) = (v(&w.q, &[n, nh, hd])?, v(&w.k, &[n, nkv, hd])?, v(&w.v, &[n, nkv, hd])?);
         let d_o = v(&w.d_o, &[n, qd])?;
-        matmul_transposed_forward(b, &dx, &lay.o, &d_o, false)?;
         let o_flat = o.view(0, &[n, qd])?;
+        self.project_backward(b, n, (l, Proj::O), &o_flat, &dx, &d_o, false)?;
         if let Some(p) = self.lora.get(l, LoraTarget::O) {
             self.lora_backward(b, n, p, &o_flat, &dx, cols(h, 0), &d_o)?;
         }
@@ -595,10 +841,9 @@ impl<'m> Trainer<'m> {
             &dqk,
         )?;
         let xn = v(&w.xn, &[n, h])?;
-        let Stacked::One(wqk) = &lay.qk else { unreachable!("checked in Trainer::new") };
-        matmul_transposed_forward(b, &dqk, wqk, &dxn, false)?;
+        self.project_backward(b, n, (l, Proj::Qk), &xn, &dqk, &dxn, false)?;
         let dv_flat = dv.view(0, &[n, kd])?;
-        matmul_transposed_forward(b, &dv_flat, &lay.v, &dxn, true)?;
+        self.project_backward(b, n, (l, Proj::V), &xn, &dv_flat, &dxn, true)?;
         for (target, dy, at) in [
             (LoraTarget::Q, &dqk, cols(qd + kd, 0)),
             (LoraTarget::K, &dqk, cols(qd + kd, qd)),
@@ -609,6 +854,7 @@ impl<'m> Trainer<'m> {
             }
         }
         let x = v(&self.xs[l], &[n, h])?;
-        rms_norm_backward(b, &x, &lay.attn_norm, &dxn, &dx, &rstd, c.rms_eps, NormWeight::Plain, true)
+        rms_norm_backward(b, &x, self.norm(l, true), &dxn, &dx, &rstd, c.rms_eps, NormWeight::Plain, true)?;
+        self.norm_weight_backward(b, l, true, &x, &dxn, &rstd)
     }
 }

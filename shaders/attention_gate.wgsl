@@ -7,6 +7,13 @@
 // One invocation per element of x [tokens, heads, head_dim].
 #include "common/ids"
 
+// sigmoid without overflow at either end.
+fn sigmoid(v: f32) -> f32 {
+    let e = exp(-abs(v));
+    return select(e / (1.0 + e), 1.0 / (1.0 + e), v >= 0.0);
+}
+
+#ifndef BACKWARD
 struct Params {
     n: u32,           // tokens * heads * head_dim
     heads: u32,
@@ -20,12 +27,6 @@ struct Params {
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> gate: array<T>;
 @group(0) @binding(2) var<storage, read_write> x: array<T>;
-
-// sigmoid without overflow at either end.
-fn sigmoid(v: f32) -> f32 {
-    let e = exp(-abs(v));
-    return select(e / (1.0 + e), 1.0 / (1.0 + e), v >= 0.0);
-}
 
 @compute @workgroup_size(WG)
 fn gate_apply(ids: Ids, @builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
@@ -42,3 +43,29 @@ fn gate_apply(ids: Ids, @builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workg
     }
     x[i] = T(f32(x[i]) * sigmoid(f32(gate[g])));
 }
+#else
+// BACKWARD (elementwise gate, contiguous logits g [tokens, heads, head_dim]): with
+// y = a * sigmoid(g),  da = dy * sigmoid(g),  dg = dy * a * sigmoid(g) * (1 - sigmoid(g)).
+struct Params {
+    n: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> a: array<T>;
+@group(0) @binding(2) var<storage, read> g: array<T>;
+@group(0) @binding(3) var<storage, read> dy: array<T>;
+@group(0) @binding(4) var<storage, read_write> da: array<T>;
+@group(0) @binding(5) var<storage, read_write> dg: array<T>;
+
+@compute @workgroup_size(WG)
+fn gate_backward(ids: Ids, @builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = group_id(wg, nwg) * WG + ids.lid;
+    if (i >= p.n) {
+        return;
+    }
+    let s = sigmoid(f32(g[i]));
+    let d = f32(dy[i]);
+    da[i] = T(d * s);
+    dg[i] = T(d * f32(a[i]) * s * (1.0 - s));
+}
+#endif

@@ -279,8 +279,37 @@ pub fn gate_init_near_pass_through(
     (w, vec![bias; out_features])
 }
 
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct BackParams {
+    n: u32,
+    _pad: [u32; 3],
+}
+
+/// The backward pass of an elementwise gate `y = a ⊙ σ(g)` (contiguous `g`, same shape as `a`):
+/// `da = dy ⊙ σ(g)`, `dg = dy ⊙ a ⊙ σ(g)(1 − σ(g))`. (`a` is the ungated value the gated one
+/// was made from.)
+pub fn gate_backward(b: &mut Batch, a: &Tensor, g: &Tensor, dy: &Tensor, da: &Tensor, dg: &Tensor) -> Result<()> {
+    const OP: &str = "gate_backward";
+    let dt = float_dtype(b.context(), OP, &[a, g, dy, da, dg])?;
+    if a.is_empty() {
+        return Err(PupilError::shape(OP, "empty a"));
+    }
+    for (what, t) in [("g", g), ("dy", dy), ("da", da), ("dg", dg)] {
+        expect_len(OP, what, t, a.len())?;
+    }
+    let p = BackParams { n: to_u32(OP, a.len())?, _pad: [0; 3] };
+    let key = kernel(b.context(), "attention_gate", "gate_backward", dt, false, WG).flag("BACKWARD", true);
+    let grid = elem_grid(b, a.len())?;
+    b.dispatch(&key, bytemuck::bytes_of(&p), &[a, g, dy, da, dg], grid)
+}
+
 pub fn variants() -> Vec<KernelKey> {
     let mut v = dtype_and_reduction_variants(KernelKey::new("attention_gate", "gate_apply").define("WG", WG), false);
+    v.extend(dtype_and_reduction_variants(
+        KernelKey::new("attention_gate", "gate_backward").define("WG", WG).flag("BACKWARD", true),
+        false,
+    ));
     for indexed in [false, true] {
         v.extend(dtype_and_reduction_variants(
             KernelKey::new("running_mean", "running_mean").define("WG", WG_MEAN).flag("INDEXED", indexed),

@@ -22,6 +22,7 @@ pub async fn check(ctx: &GpuContext, dt: DType) -> Result<Vec<CaseReport>> {
     out.extend(gated(ctx, dt).await?);
     out.extend(rope(ctx, dt).await?);
     out.extend(attention(ctx, dt).await?);
+    out.extend(gate(ctx, dt).await?);
     out.extend(cross_entropy(ctx, dt).await?);
     Ok(out)
 }
@@ -251,6 +252,30 @@ async fn attention(ctx: &GpuContext, dt: DType) -> Result<Vec<CaseReport>> {
         out.push(check_float(ctx, "attention_backward", case("dq"), &dq, &want_dq).await?);
         out.push(check_float(ctx, "attention_backward", case("dk"), &dk, &want_dk).await?);
         out.push(check_float(ctx, "attention_backward", case("dv"), &dv, &want_dv).await?);
+    }
+    Ok(out)
+}
+
+/// The elementwise output gate's backward.
+async fn gate(ctx: &GpuContext, dt: DType) -> Result<Vec<CaseReport>> {
+    let mut rng = SplitMix64::new(0x5EED_0B06);
+    let mut out = Vec::new();
+    for &(tokens, heads, hd) in &[(1usize, 1usize, 1usize), (7, 9, 64), (3, 2, 256)] {
+        let n = tokens * heads * hd;
+        let (a, g, dy) = (
+            inputs(&mut rng, n, -2.0, 2.0, dt),
+            inputs(&mut rng, n, -8.0, 8.0, dt),
+            inputs(&mut rng, n, -1.0, 1.0, dt),
+        );
+        let (want_da, want_dg) = reference::gate::gate_backward(&a, &g, &dy);
+        let t = |v: &[f32]| Tensor::from_f32(ctx, v, &[tokens, heads, hd], dt);
+        let (at, gt, dyt) = (t(&a)?, t(&g)?, t(&dy)?);
+        let (da, dg) = (poisoned(ctx, &[tokens, heads, hd], dt)?, poisoned(ctx, &[tokens, heads, hd], dt)?);
+        let mut b = Batch::new(ctx);
+        crate::ops::gate::gate_backward(&mut b, &at, &gt, &dyt, &da, &dg)?;
+        b.submit();
+        out.push(check_float(ctx, "gate_backward", format!("da {tokens}x{heads}x{hd}"), &da, &want_da).await?);
+        out.push(check_float(ctx, "gate_backward", format!("dg {tokens}x{heads}x{hd}"), &dg, &want_dg).await?);
     }
     Ok(out)
 }

@@ -21,6 +21,8 @@ pub struct FinetuneConfig {
     pub lora: LoraConfig,
     /// The last layers trained in full (every weight of those blocks), besides the adapters.
     pub last_layers: usize,
+    /// Add a trainable output gate to every layer's attention (initialised near pass-through).
+    pub gates: bool,
     pub steps: usize,
     /// Tokens per packed row, and rows per optimizer step.
     pub seq_len: usize,
@@ -41,6 +43,7 @@ impl Default for FinetuneConfig {
         FinetuneConfig {
             lora: LoraConfig { rank: 16, alpha: 32.0, targets: LoraTarget::ALL.to_vec() },
             last_layers: 0,
+            gates: false,
             steps: 100,
             seq_len: 256,
             batch_rows: 4,
@@ -188,7 +191,12 @@ pub async fn finetune(
 /// A trainer for `model` sized for `cfg`'s batches (convenience for the CLI and web engine).
 pub fn trainer_for<'m>(ctx: &GpuContext, model: &'m LlamaModel, cfg: &FinetuneConfig) -> Result<Trainer<'m>> {
     let lora = (cfg.lora.rank > 0).then(|| cfg.lora.clone());
-    Trainer::with_last_layers(ctx, model, lora, cfg.last_layers, cfg.batch_rows * cfg.seq_len, cfg.seed)
+    let t = Trainer::with_last_layers(ctx, model, lora, cfg.last_layers, cfg.batch_rows * cfg.seq_len, cfg.seed)?;
+    let t = if cfg.gates { t.with_attention_gates(ctx, 5.0, cfg.seed)? } else { t };
+    if t.parameter_count() == 0 {
+        return Err(PupilError::arg("finetune", "nothing to train: rank 0, no last layers and no gates"));
+    }
+    Ok(t)
 }
 
 /// The adapters as a safetensors file (F32): `layers.{l}.{q_proj|…}.lora_A` `[r, in]` and
@@ -242,6 +250,8 @@ pub struct FinetuneOptions {
     pub alpha: Option<f32>,
     /// The last layers trained in full.
     pub last_layers: Option<usize>,
+    /// Trainable attention output gates on every layer.
+    pub gates: Option<bool>,
     /// `["q", "k", …]`.
     pub targets: Option<Vec<String>>,
     pub steps: Option<usize>,
@@ -278,6 +288,7 @@ impl FinetuneOptions {
                 targets,
             },
             last_layers: self.last_layers.unwrap_or(0),
+            gates: self.gates.unwrap_or(false),
             steps: self.steps.unwrap_or(d.steps),
             seq_len: self.seq_len.unwrap_or(d.seq_len),
             batch_rows: self.batch_rows.unwrap_or(d.batch_rows),

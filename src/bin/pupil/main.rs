@@ -169,6 +169,9 @@ enum Command {
         /// Also train the last N layers in full (every weight of those blocks, as f32).
         #[arg(long, default_value_t = 0)]
         last_layers: usize,
+        /// Add a trainable output gate to every layer's attention (starts near pass-through).
+        #[arg(long)]
+        gates: bool,
         #[arg(long, default_value_t = 32.0)]
         alpha: f32,
         /// Projections to adapt, comma-separated (q,k,v,o,gate,up,down).
@@ -547,6 +550,7 @@ async fn run(command: Command, options: ContextOptions) -> pupil::Result<ExitCod
             batch,
             rank,
             last_layers,
+            gates,
             alpha,
             targets,
             lr,
@@ -560,6 +564,7 @@ async fn run(command: Command, options: ContextOptions) -> pupil::Result<ExitCod
             let cfg = FinetuneConfig {
                 lora: LoraConfig { rank, alpha, targets },
                 last_layers,
+                gates,
                 steps,
                 seq_len: seq,
                 batch_rows: batch,

@@ -18,9 +18,10 @@ use super::{Layer, LlamaModel, Stacked};
 use crate::error::{PupilError, Result};
 use crate::gpu::{Batch, DType, GpuContext, Tensor};
 use crate::ops::activation::{gated_activation_fused_backward, gated_activation_fused_forward};
-use crate::ops::attention::{attention_packed_forward, doc_starts};
+use crate::ops::attention::{attention_packed_forward, doc_starts, GateInput, GateMode};
 use crate::ops::attention_backward::{attention_backward, attention_backward_stats, doc_bounds};
 use crate::ops::cross_entropy::{cross_entropy_forward_backward, IGNORE_TARGET};
+use crate::ops::gate::{gate_apply_forward, gate_backward};
 use crate::ops::matmul::{matmul_forward, matmul_transposed_forward};
 use crate::ops::matmul_dense::{matmul_dense_strided, DenseLayout, Strided};
 use crate::ops::optim::{adamw_step, grad_sum_squares, sum_squares_slots, AdamW, GradStats};
@@ -81,6 +82,22 @@ impl DenseLayer {
             Proj::Down => (&self.down, None),
         }
     }
+}
+
+/// A trainable output gate of one layer's attention (Qiu et al. 2025, "Gated Attention"): the
+/// attention output `o` becomes `o ⊙ σ(xn·Wᵀ + b)` elementwise before `attn_output`, with `xn`
+/// the layer's normed input; W `[q width, hidden]`, b `[q width]`.
+pub struct AttentionGate {
+    pub w: Param,
+    pub b: Param,
+}
+
+/// The gates' work buffers: logits, gated output, and the two gradients.
+struct GateWork {
+    logits: Tensor,
+    gated: Tensor,
+    dlogits: Tensor,
+    d_ungated: Tensor,
 }
 
 /// The projections of a block.
@@ -198,6 +215,9 @@ pub struct Trainer<'m> {
     pub dense: Vec<Option<DenseLayer>>,
     /// Ones `[max_tokens, 1]`: biases broadcast over tokens, and their gradients' sums.
     ones: Tensor,
+    /// Trainable attention output gates (`with_attention_gates`), one per layer.
+    pub gates: Vec<AttentionGate>,
+    gate_work: Option<GateWork>,
     /// Optimizer steps applied so far (AdamW's t).
     pub steps: u64,
     last_loss: Option<f64>,
@@ -260,10 +280,10 @@ impl<'m> Trainer<'m> {
             LoraTarget::Gate | LoraTarget::Up => (h, f),
             LoraTarget::Down => (f, h),
         };
-        if last_layers > c.n_layers || (last_layers == 0 && lora.is_none()) {
+        if last_layers > c.n_layers {
             return Err(PupilError::arg(
                 OP,
-                format!("nothing to train, or more last layers ({last_layers}) than the model has ({})", c.n_layers),
+                format!("more last layers ({last_layers}) than the model has ({})", c.n_layers),
             ));
         }
         let lora = match lora {
@@ -342,11 +362,55 @@ impl<'m> Trainer<'m> {
             partials: e(&[slots.max(1), 2])?,
             dense,
             ones: Tensor::from_f32(ctx, &vec![1.0; t], &[t, 1], DType::F32)?,
+            gates: Vec::new(),
+            gate_work: None,
             lora,
             max_tokens,
             steps: 0,
             last_loss: None,
         })
+    }
+
+    /// Add a trainable output gate to every layer's attention (the model need not have one),
+    /// initialised near pass-through (`ops::gate::gate_init_near_pass_through`: small W, b =
+    /// `bias`, so σ ≈ σ(bias); 5 gives 0.9933).
+    pub fn with_attention_gates(mut self, ctx: &GpuContext, bias: f32, seed: u64) -> Result<Self> {
+        let c = &self.model.config;
+        let Dims { h, qd, .. } = Dims::of(c);
+        let t = self.max_tokens;
+        for l in 0..c.n_layers {
+            let (w, b) = crate::ops::gate::gate_init_near_pass_through(qd, h, bias, 1.0, seed ^ (l as u64 + 1));
+            self.gates.push(AttentionGate {
+                w: Param::new(ctx, Tensor::from_f32(ctx, &w, &[qd, h], DType::F32)?)?,
+                b: Param::new(ctx, Tensor::from_f32(ctx, &b, &[qd], DType::F32)?)?,
+            });
+        }
+        let e = |shape: &[usize]| Tensor::empty(ctx, shape, DType::F32);
+        self.gate_work = Some(GateWork {
+            logits: e(&[t, qd])?,
+            gated: e(&[t, qd])?,
+            dlogits: e(&[t, qd])?,
+            d_ungated: e(&[t, qd])?,
+        });
+        let extra: usize =
+            self.gates.iter().map(|g| sum_squares_slots(g.w.w.len()) + sum_squares_slots(g.b.w.len())).sum();
+        let slots = self.partials.len() / 2 + extra;
+        self.partials = e(&[slots, 2])?;
+        Ok(self)
+    }
+
+    /// Set layer `l`'s gate from host values: W `[q width, hidden]`, b `[q width]`.
+    pub fn set_gate(&self, ctx: &GpuContext, l: usize, w: &[f32], b: &[f32]) -> Result<()> {
+        let g =
+            self.gates.get(l).ok_or_else(|| PupilError::arg("Trainer::set_gate", format!("no gate on layer {l}")))?;
+        if w.len() != g.w.w.len() || b.len() != g.b.w.len() {
+            return Err(PupilError::shape(
+                "Trainer::set_gate",
+                format!("W {} and b {} values, expected {} and {}", w.len(), b.len(), g.w.w.len(), g.b.w.len()),
+            ));
+        }
+        g.w.w.write_f32(ctx, w)?;
+        g.b.w.write_f32(ctx, b)
     }
 
     /// Set adapter weights (layer, target) from host values: A `[rank, in]`, B `[out, rank]`
@@ -470,9 +534,10 @@ impl<'m> Trainer<'m> {
         }
     }
 
-    /// Every parameter of the fully trained layers.
+    /// Every parameter of the fully trained layers, then of the gates.
     fn dense_params(&self) -> impl Iterator<Item = (&'static str, &Param)> {
-        self.dense.iter().flatten().flat_map(|d| d.params())
+        let gates = self.gates.iter().flat_map(|g| [("gate_w", &g.w), ("gate_b", &g.b)]);
+        self.dense.iter().flatten().flat_map(|d| d.params()).chain(gates)
     }
 
     /// Trainable parameters (adapters and trained layers).
@@ -483,6 +548,9 @@ impl<'m> Trainer<'m> {
     /// One AdamW step over the gradients held (global-norm clipped to `max_norm`), skipped when
     /// any gradient value is NaN or infinite. Gradients are zeroed afterwards either way.
     pub async fn step(&mut self, ctx: &GpuContext, opt: &AdamW, max_norm: Option<f64>) -> Result<StepReport> {
+        if self.parameter_count() == 0 {
+            return Err(PupilError::arg("Trainer::step", "nothing to train: no adapters, trained layers or gates"));
+        }
         let mut b = Batch::new(ctx);
         let mut slot = 0;
         for (_, p) in self.lora.pairs() {
@@ -709,8 +777,33 @@ impl<'m> Trainer<'m> {
         attention_packed_forward(b, &self.model.attn, &q, &k, &vv, &v(&self.doc_start, &[n])?, &o, &lse, None)?;
         let x_mid = v(&w.x_mid, &[n, h])?;
         b.copy(&x, &x_mid)?;
-        b.next_pass();
-        self.project(b, n, (l, Proj::O), &o.view(0, &[n, qd])?, &x_mid, true, &[(l, LoraTarget::O, cols(h, 0))])?;
+        let o_in = match (self.gates.get(l), &self.gate_work) {
+            (Some(g), Some(gw)) => {
+                let (logits, gated) = (v(&gw.logits, &[n, qd])?, v(&gw.gated, &[n, nh, hd])?);
+                let ones = v(&self.ones, &[n, 1])?;
+                matmul_dense_strided(
+                    b,
+                    (&ones, None),
+                    &g.b.w,
+                    (&logits, None),
+                    DenseLayout::Nn,
+                    (n, qd, 1),
+                    1.0,
+                    false,
+                )?;
+                matmul_dense_strided(b, (&xn, None), &g.w.w, (&logits, None), DenseLayout::Nt, (n, qd, h), 1.0, true)?;
+                b.copy(&o, &gated)?;
+                b.next_pass();
+                let gl = logits.view(0, &[n, nh, hd])?;
+                gate_apply_forward(b, &gated, &GateInput::contiguous(&gl, GateMode::Elementwise, nh, hd))?;
+                gated.view(0, &[n, qd])?
+            }
+            _ => {
+                b.next_pass();
+                o.view(0, &[n, qd])?
+            }
+        };
+        self.project(b, n, (l, Proj::O), &o_in, &x_mid, true, &[(l, LoraTarget::O, cols(h, 0))])?;
         let (xn2, gu, hh) = (v(&w.xn2, &[n, h])?, v(&w.gu, &[n, 2 * f])?, v(&w.h, &[n, f])?);
         rms_norm_forward(b, &x_mid, self.norm(l, false), &xn2, c.rms_eps, NormWeight::Plain)?;
         let gu_adapters = [(l, LoraTarget::Gate, cols(2 * f, 0)), (l, LoraTarget::Up, cols(2 * f, f))];
@@ -803,11 +896,26 @@ impl<'m> Trainer<'m> {
         let (o, lse) = (v(&w.o, &[n, nh, hd])?, v(&w.lse, &[n, nh])?);
         let (q, k, vv) = (v(&w.q, &[n, nh, hd])?, v(&w.k, &[n, nkv, hd])?, v(&w.v, &[n, nkv, hd])?);
         let d_o = v(&w.d_o, &[n, qd])?;
-        let o_flat = o.view(0, &[n, qd])?;
-        self.project_backward(b, n, (l, Proj::O), &o_flat, &dx, &d_o, false)?;
+        let gate = self.gates.get(l).zip(self.gate_work.as_ref());
+        // The O projection's input: the gated output when there is a gate.
+        let o_in = match gate {
+            Some((_, gw)) => v(&gw.gated, &[n, qd])?,
+            None => o.view(0, &[n, qd])?,
+        };
+        self.project_backward(b, n, (l, Proj::O), &o_in, &dx, &d_o, false)?;
         if let Some(p) = self.lora.get(l, LoraTarget::O) {
-            self.lora_backward(b, n, p, &o_flat, &dx, cols(h, 0), &d_o)?;
+            self.lora_backward(b, n, p, &o_in, &dx, cols(h, 0), &d_o)?;
         }
+        // Through the gate: d_o is the gated output's gradient; attention gets the ungated one.
+        let d_attn = match gate {
+            Some((_, gw)) => {
+                let (logits, dlogits, d_un) =
+                    (v(&gw.logits, &[n, qd])?, v(&gw.dlogits, &[n, qd])?, v(&gw.d_ungated, &[n, qd])?);
+                gate_backward(b, &o.view(0, &[n, qd])?, &logits, &d_o, &d_un, &dlogits)?;
+                d_un
+            }
+            None => d_o.clone(),
+        };
         let (dq, dk, dv) = (v(&w.dq, &[n, nh, hd])?, v(&w.dk, &[n, nkv, hd])?, v(&w.dv, &[n, nkv, hd])?);
         let stats = v(&w.stats, &[n, nh, 2])?;
         let bounds = v(&self.doc_bounds, &[n, 2])?;
@@ -817,7 +925,7 @@ impl<'m> Trainer<'m> {
             (&q, &k, &vv),
             &o,
             &lse,
-            &d_o.view(0, &[n, nh, hd])?,
+            &d_attn.view(0, &[n, nh, hd])?,
             Some(&bounds),
             &stats,
             (&dq, &dk, &dv),
@@ -852,6 +960,14 @@ impl<'m> Trainer<'m> {
             if let Some(p) = self.lora.get(l, target) {
                 self.lora_backward(b, n, p, &xn, dy, at, &dxn)?;
             }
+        }
+        if let Some((g, gw)) = gate {
+            // logits = xn·Wᵀ + b: dW += dlᵀ·xn, db += dlᵀ·1, dxn += dl·W.
+            let dl = v(&gw.dlogits, &[n, qd])?;
+            let ones = v(&self.ones, &[n, 1])?;
+            matmul_dense_strided(b, (&dl, None), &xn, (&g.w.g, None), DenseLayout::Tn, (qd, h, n), 1.0, true)?;
+            matmul_dense_strided(b, (&dl, None), &ones, (&g.b.g, None), DenseLayout::Tn, (qd, 1, n), 1.0, true)?;
+            matmul_dense_strided(b, (&dl, None), &g.w.w, (&dxn, None), DenseLayout::Nn, (n, h, qd), 1.0, true)?;
         }
         let x = v(&self.xs[l], &[n, h])?;
         rms_norm_backward(b, &x, self.norm(l, true), &dxn, &dx, &rstd, c.rms_eps, NormWeight::Plain, true)?;

@@ -25,12 +25,49 @@ struct Fixture {
     blobs: Vec<f32>,
 }
 
-fn fixture(preset: &str) -> Fixture {
+/// `<kind>_<preset>.json` and `.f32.bin` (kind: lora, last1, gates).
+fn fixture_of(kind: &str, preset: &str) -> Fixture {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/train");
     let name = preset.replace('-', "_");
-    let meta = serde_json::from_str(&std::fs::read_to_string(dir.join(format!("lora_{name}.json"))).unwrap()).unwrap();
-    let bin = std::fs::read(dir.join(format!("lora_{name}.f32.bin"))).unwrap();
+    let meta =
+        serde_json::from_str(&std::fs::read_to_string(dir.join(format!("{kind}_{name}.json"))).unwrap()).unwrap();
+    let bin = std::fs::read(dir.join(format!("{kind}_{name}.f32.bin"))).unwrap();
     Fixture { meta, blobs: bin.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect() }
+}
+
+fn fixture(preset: &str) -> Fixture {
+    fixture_of("lora", preset)
+}
+
+/// The fixture's ten AdamW steps with clipping, each on the same batch as the script ran them:
+/// every loss and the gradient norm clipped from within 1e-4 relative.
+fn adamw_steps_match(ctx: &GpuContext, tr: &mut Trainer, fx: &Fixture, what: &str) {
+    let a = &fx.meta["adamw"];
+    let opt = AdamW {
+        lr: a["lr"].as_f64().unwrap(),
+        beta1: a["beta1"].as_f64().unwrap(),
+        beta2: a["beta2"].as_f64().unwrap(),
+        eps: a["eps"].as_f64().unwrap(),
+        weight_decay: a["weight_decay"].as_f64().unwrap(),
+    };
+    let (ids, targets, docs) = batch(fx);
+    for (i, s) in fx.meta["steps"].as_array().unwrap().iter().enumerate() {
+        let loss = pollster::block_on(tr.forward_backward(ctx, &ids, &targets, &docs)).unwrap();
+        let report = pollster::block_on(tr.step(ctx, &opt, fx.meta["max_norm"].as_f64())).unwrap();
+        let (want, want_norm) = (s["loss"].as_f64().unwrap(), s["grad_norm"].as_f64().unwrap());
+        let (e, en) = ((loss - want).abs() / want, (report.grad_norm - want_norm).abs() / want_norm);
+        println!(
+            "  step {}: loss {loss:.6} vs {want:.6} (rel {e:.1e}), grad norm {:.5} vs {want_norm:.5} (rel {en:.1e})",
+            i + 1,
+            report.grad_norm
+        );
+        assert!(
+            report.applied && e < 1e-4 && en < 1e-4,
+            "{what} step {}: loss {loss} vs {want}, norm {} vs {want_norm}",
+            i + 1,
+            report.grad_norm
+        );
+    }
 }
 
 fn model(ctx: &GpuContext, fx: &Fixture) -> LlamaModel {
@@ -150,34 +187,8 @@ fn gradients_match_pytorch(preset: &str) {
     }
     println!("{preset}: every adapter gradient together, rel err {:.2e}", rel(&all_got, &all_want));
 
-    // Ten AdamW steps with clipping, each on the same batch, as the fixture script ran them.
-    let a = &fx.meta["adamw"];
-    let opt = AdamW {
-        lr: a["lr"].as_f64().unwrap(),
-        beta1: a["beta1"].as_f64().unwrap(),
-        beta2: a["beta2"].as_f64().unwrap(),
-        eps: a["eps"].as_f64().unwrap(),
-        weight_decay: a["weight_decay"].as_f64().unwrap(),
-    };
-    let max_norm = fx.meta["max_norm"].as_f64();
     let (mut tr, _) = trainer(&ctx, &model, &fx);
-    for (i, s) in fx.meta["steps"].as_array().unwrap().iter().enumerate() {
-        let loss = pollster::block_on(tr.forward_backward(&ctx, &ids, &targets, &docs)).unwrap();
-        let report = pollster::block_on(tr.step(&ctx, &opt, max_norm)).unwrap();
-        let (want, want_norm) = (s["loss"].as_f64().unwrap(), s["grad_norm"].as_f64().unwrap());
-        let (e, en) = ((loss - want).abs() / want, (report.grad_norm - want_norm).abs() / want_norm);
-        println!(
-            "  step {}: loss {loss:.6} vs {want:.6} (rel {e:.1e}), grad norm {:.5} vs {want_norm:.5} (rel {en:.1e})",
-            i + 1,
-            report.grad_norm
-        );
-        assert!(
-            report.applied && e < 1e-4 && en < 1e-4,
-            "{preset} step {}: loss {loss} vs {want}, norm {} vs {want_norm}",
-            i + 1,
-            report.grad_norm
-        );
-    }
+    adamw_steps_match(&ctx, &mut tr, &fx, preset);
 }
 
 #[test]
@@ -239,13 +250,7 @@ fn nan_gradients_skip_the_step_and_bad_input_is_refused() {
 /// quantized ones; no LoRA) against PyTorch autograd with the rest frozen: every gradient
 /// within 1e-4 relative, ten clipped AdamW steps' losses within 1e-4.
 fn last_layer_matches_pytorch(preset: &str) {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/train");
-    let name = preset.replace('-', "_");
-    let meta: Json =
-        serde_json::from_str(&std::fs::read_to_string(dir.join(format!("last1_{name}.json"))).unwrap()).unwrap();
-    let bin = std::fs::read(dir.join(format!("last1_{name}.f32.bin"))).unwrap();
-    let blobs: Vec<f32> = bin.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
-    let fx = Fixture { meta, blobs };
+    let fx = fixture_of("last1", preset);
     let ctx = common::context(false, true).unwrap();
     let model = model(&ctx, &fx);
     let c = &model.config;
@@ -301,23 +306,8 @@ fn last_layer_matches_pytorch(preset: &str) {
         println!("  {name}: gradient rel err {e:.2e}");
         assert!(e < 1e-4, "{preset} {name}: {e:.2e}");
     }
-    let a = &fx.meta["adamw"];
-    let opt = AdamW {
-        lr: a["lr"].as_f64().unwrap(),
-        beta1: a["beta1"].as_f64().unwrap(),
-        beta2: a["beta2"].as_f64().unwrap(),
-        eps: a["eps"].as_f64().unwrap(),
-        weight_decay: a["weight_decay"].as_f64().unwrap(),
-    };
     let mut tr = Trainer::with_last_layers(&ctx, &model, None, 1, 64, 1).unwrap();
-    for (i, s) in fx.meta["steps"].as_array().unwrap().iter().enumerate() {
-        let loss = pollster::block_on(tr.forward_backward(&ctx, &ids, &targets, &docs)).unwrap();
-        let report = pollster::block_on(tr.step(&ctx, &opt, fx.meta["max_norm"].as_f64())).unwrap();
-        let want = s["loss"].as_f64().unwrap();
-        let e = (loss - want).abs() / want;
-        println!("  step {}: loss {loss:.6} vs {want:.6} (rel {e:.1e})", i + 1);
-        assert!(report.applied && e < 1e-4, "{preset} step {}: {loss} vs {want}", i + 1);
-    }
+    adamw_steps_match(&ctx, &mut tr, &fx, preset);
 }
 
 #[test]
@@ -334,13 +324,7 @@ fn qwen2_last_layer_gradients_and_adamw_match_pytorch() {
 /// PyTorch with the same gate hooked in before o_proj: every gate gradient within 1e-4
 /// relative, ten clipped AdamW steps' losses within 1e-4.
 fn gates_match_pytorch(preset: &str) {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/train");
-    let name = preset.replace('-', "_");
-    let meta: Json =
-        serde_json::from_str(&std::fs::read_to_string(dir.join(format!("gates_{name}.json"))).unwrap()).unwrap();
-    let bin = std::fs::read(dir.join(format!("gates_{name}.f32.bin"))).unwrap();
-    let blobs: Vec<f32> = bin.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
-    let fx = Fixture { meta, blobs };
+    let fx = fixture_of("gates", preset);
     let ctx = common::context(false, true).unwrap();
     let model = model(&ctx, &fx);
     let c = &model.config;
@@ -376,23 +360,8 @@ fn gates_match_pytorch(preset: &str) {
         println!("  layer {l}: dW rel err {ew:.2e}, db rel err {eb:.2e}");
         assert!(ew < 1e-4 && eb < 1e-4, "{preset} layer {l}: {ew:.2e} {eb:.2e}");
     }
-    let a = &fx.meta["adamw"];
-    let opt = AdamW {
-        lr: a["lr"].as_f64().unwrap(),
-        beta1: a["beta1"].as_f64().unwrap(),
-        beta2: a["beta2"].as_f64().unwrap(),
-        eps: a["eps"].as_f64().unwrap(),
-        weight_decay: a["weight_decay"].as_f64().unwrap(),
-    };
     let (mut tr, _) = build();
-    for (i, s) in fx.meta["steps"].as_array().unwrap().iter().enumerate() {
-        let loss = pollster::block_on(tr.forward_backward(&ctx, &ids, &targets, &docs)).unwrap();
-        let report = pollster::block_on(tr.step(&ctx, &opt, fx.meta["max_norm"].as_f64())).unwrap();
-        let want = s["loss"].as_f64().unwrap();
-        let e = (loss - want).abs() / want;
-        println!("  step {}: loss {loss:.6} vs {want:.6} (rel {e:.1e})", i + 1);
-        assert!(report.applied && e < 1e-4, "{preset} step {}: {loss} vs {want}", i + 1);
-    }
+    adamw_steps_match(&ctx, &mut tr, &fx, preset);
 }
 
 #[test]

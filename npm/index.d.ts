@@ -220,13 +220,22 @@ export interface AdapterInfo {
 }
 
 export interface FinetuneOptions {
+  /** LoRA rank (default 16; 0: no adapters). */
   rank?: number;
   alpha?: number;
+  /** LoRA dropout on each adapter's input while training, 0 to <1 (default 0). */
+  dropout?: number;
+  /** Also train the last N layers in full (default 0). */
+  lastLayers?: number;
+  /** Add a trainable output gate to every layer's attention (default false). */
+  gates?: boolean;
   /** Projections to adapt: 'q' 'k' 'v' 'o' 'gate' 'up' 'down' (default all). */
   targets?: string[];
   steps?: number;
   seqLen?: number;
   batchRows?: number;
+  /** Passes accumulated into each optimizer step (default 1). */
+  gradAccum?: number;
   lr?: number;
   warmup?: number;
   minLrRatio?: number;
@@ -272,6 +281,8 @@ export declare class Engine {
   generate(prompt: string, options?: GenerateOptions & { stream?: false }): Promise<GenerationResult>;
   /** Fine-tune LoRA adapters of the loaded model (f32 path) on text or JSONL data. */
   finetune(data: string, options?: FinetuneOptions & { onStep?: (step: FinetuneStep) => void; signal?: AbortSignal }): Promise<FinetuneReport>;
+  /** What the last finetune() trained, as safetensors bytes (null before any). */
+  trainedWeights(): Promise<Uint8Array | null>;
   /** Replace the loaded model. */
   load(model: ModelInput, options?: { onProgress?: (progress: LoadProgress) => void; loadOptions?: LoadOptions }): Promise<ModelInfo>;
   /** Forget the cached conversation. */

@@ -191,6 +191,14 @@ export class Engine {
     return this.#run('finetune', { data, options: rest }, { signal, onStep });
   }
 
+  /**
+   * What the last successful finetune() of the loaded model trained, as the bytes of a
+   * safetensors file (LoRA A/B, fully trained layers, gates; F32), or null before any.
+   */
+  trainedWeights() {
+    return this.#run('trainedWeights', {});
+  }
+
   #createCompletion(req) {
     if (!req || !Array.isArray(req.messages) || req.messages.length === 0) {
       return Promise.reject(namedError('TypeError', 'chat.completions.create needs a non-empty messages array'));

@@ -50,7 +50,8 @@ kernel_tests!(
     sampling,
     backward,
     optim,
-    matmul_dense
+    matmul_dense,
+    dropout
 );
 
 #[test]
@@ -72,6 +73,7 @@ fn every_family_has_tests_here() {
         "matmul_dense",
         "backward",
         "optim",
+        "dropout",
     ];
     assert_eq!(selftest::FAMILIES, here);
 }

@@ -7,6 +7,9 @@
 //! - ten AdamW steps with global-norm clipping give PyTorch's losses within 1e-4 relative, and
 //!   the gradient norms it clipped from.
 //!
+//! - with LoRA dropout (dropout_<preset>.*), the same for masks PyTorch rebuilds from Pupil's
+//!   seeds, and none in evaluation.
+//!
 //! Then the typed refusals: NaN gradients skip the step, bad batches are errors.
 
 mod common;
@@ -135,8 +138,11 @@ fn trainer<'m>(ctx: &GpuContext, model: &'m LlamaModel, fx: &Fixture) -> (Traine
         rank: fx.meta["rank"].as_u64().unwrap() as usize,
         alpha: fx.meta["alpha"].as_f64().unwrap() as f32,
         targets: targets.clone(),
+        dropout: fx.meta.get("dropout").map_or(0.0, |d| d.as_f64().unwrap() as f32),
     };
-    let tr = Trainer::new(ctx, model, cfg, 64, 7).unwrap();
+    // The dropout fixtures rebuild the masks Pupil derives from this seed.
+    let seed = fx.meta.get("trainer_seed").map_or(7, |s| s.as_u64().unwrap());
+    let tr = Trainer::new(ctx, model, cfg, 64, seed).unwrap();
     let c = &model.config;
     let permuted = c.architecture == "llama";
     let r = tr.lora.config.rank;
@@ -165,8 +171,8 @@ fn trainer<'m>(ctx: &GpuContext, model: &'m LlamaModel, fx: &Fixture) -> (Traine
     (tr, want)
 }
 
-fn gradients_match_pytorch(preset: &str) {
-    let fx = fixture(preset);
+fn gradients_match_pytorch(kind: &str, preset: &str) {
+    let fx = fixture_of(kind, preset);
     let ctx = common::context(false, true).unwrap();
     let model = model(&ctx, &fx);
     let (mut tr, want) = trainer(&ctx, &model, &fx);
@@ -187,19 +193,40 @@ fn gradients_match_pytorch(preset: &str) {
     }
     println!("{preset}: every adapter gradient together, rel err {:.2e}", rel(&all_got, &all_want));
 
+    if kind == "dropout" {
+        // Evaluation runs without dropout: the loss of the same adapters without it.
+        let eval = pollster::block_on(tr.loss(&ctx, &ids, &targets, &docs)).unwrap();
+        let plain = fixture(preset).meta["loss"].as_f64().unwrap();
+        println!("{preset}: evaluation loss with dropout configured {eval:.6} vs PyTorch without dropout {plain:.6}");
+        assert!((eval - plain).abs() / plain < 1e-5, "{preset}: evaluation dropped inputs");
+    }
+
     let (mut tr, _) = trainer(&ctx, &model, &fx);
     adamw_steps_match(&ctx, &mut tr, &fx, preset);
 }
 
 #[test]
 fn llama_lora_gradients_and_adamw_match_pytorch() {
-    gradients_match_pytorch("tiny-llama");
+    gradients_match_pytorch("lora", "tiny-llama");
+}
+
+/// LoRA dropout (p = 0.2, PEFT's modules drawing Pupil's counter-based masks): gradients of
+/// the first pass and ten steps (fresh masks every pass) as without, and no dropout in
+/// evaluation.
+#[test]
+fn llama_lora_dropout_matches_pytorch() {
+    gradients_match_pytorch("dropout", "tiny-llama");
+}
+
+#[test]
+fn qwen2_lora_dropout_matches_pytorch() {
+    gradients_match_pytorch("dropout", "tiny-qwen2");
 }
 
 /// qwen2: Q/K/V biases (frozen), NeoX RoPE on unpermuted rows, tied head.
 #[test]
 fn qwen2_lora_gradients_and_adamw_match_pytorch() {
-    gradients_match_pytorch("tiny-qwen2");
+    gradients_match_pytorch("lora", "tiny-qwen2");
 }
 
 /// A NaN in the gradients skips the step (weights and moments unchanged, reported); bad
@@ -240,7 +267,7 @@ fn nan_gradients_skip_the_step_and_bad_input_is_refused() {
     let q3 =
         LlamaModel::load(&ctx, &file, &ModelOptions { context: Some(64), ..ModelOptions::default() }, &mut |_, _| {})
             .unwrap();
-    let cfg = LoraConfig { rank: 4, alpha: 8.0, targets: vec![LoraTarget::Q] };
+    let cfg = LoraConfig::new(4, 8.0, vec![LoraTarget::Q]);
     let e = Trainer::new(&ctx, &q3, cfg, 64, 1).err().unwrap();
     println!("refused: {e}");
     assert_eq!(e.kind(), "Unsupported");
@@ -372,4 +399,102 @@ fn llama_attention_gates_match_pytorch() {
 #[test]
 fn qwen2_attention_gates_match_pytorch() {
     gates_match_pytorch("tiny-qwen2");
+}
+
+/// What a run trained, written as safetensors (`train::trained_safetensors`) and read back by
+/// the checkpoint reader: LoRA A/B, the fully trained last layer split back into the file's
+/// tensors (Q|K, gate|up, the biases), and the gates, each equal to the trainer's values.
+#[test]
+fn trained_weights_round_trip_through_safetensors() {
+    let fx = fixture_of("last1", "tiny-qwen2");
+    let ctx = common::context(false, true).unwrap();
+    let model = model(&ctx, &fx);
+    let c = &model.config;
+    let (qd, kd, h, f) = (c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim, c.hidden, c.ffn_hidden);
+    let lora = LoraConfig { dropout: 0.1, ..LoraConfig::new(4, 8.0, vec![LoraTarget::Q, LoraTarget::Down]) };
+    let mut tr = Trainer::with_last_layers(&ctx, &model, Some(lora), 1, 64, 3)
+        .unwrap()
+        .with_attention_gates(&ctx, 5.0, 3)
+        .unwrap();
+    let (ids, targets, docs) = batch(&fx);
+    pollster::block_on(tr.forward_backward(&ctx, &ids, &targets, &docs)).unwrap();
+    assert!(pollster::block_on(tr.step(&ctx, &AdamW::default(), Some(1.0))).unwrap().applied);
+    let bytes = pollster::block_on(pupil::train::trained_safetensors(&ctx, &tr, &c.architecture)).unwrap();
+    let read = pollster::block_on(pupil::model::safetensors::read_safetensors_header(&bytes, "trained")).unwrap();
+    let values = |name: &str| {
+        let t = read.iter().find(|t| t.name == name).unwrap_or_else(|| panic!("no {name} in the file"));
+        let raw = &bytes[t.start as usize..(t.start + t.len) as usize];
+        (t.shape.clone(), raw.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect::<Vec<_>>())
+    };
+    let host = |t: &pupil::gpu::Tensor| pollster::block_on(t.read_f32(&ctx)).unwrap();
+    let last = c.n_layers - 1;
+    let mut expected = 0;
+    for (l, p) in tr.lora.pairs() {
+        let name = p.target.hf_name();
+        assert_eq!(values(&format!("layers.{l}.{name}.lora_A")), (vec![4, p.in_dim as u64], host(&p.a)));
+        assert_eq!(values(&format!("layers.{l}.{name}.lora_B")), (vec![p.out_dim as u64, 4], host(&p.b)));
+        expected += 2;
+    }
+    let d = tr.dense[last].as_ref().unwrap();
+    let (qk, qk_bias, gu) = (host(&d.qk.w), host(&d.qk_bias.as_ref().unwrap().w), host(&d.gate_up.w));
+    let blk = |s: &str| values(&format!("blk.{last}.{s}"));
+    let u = |d: usize| d as u64;
+    assert_eq!(blk("attn_q.weight"), (vec![u(qd), u(h)], qk[..qd * h].to_vec()));
+    assert_eq!(blk("attn_k.weight"), (vec![u(kd), u(h)], qk[qd * h..].to_vec()));
+    assert_eq!(blk("attn_q.bias"), (vec![u(qd)], qk_bias[..qd].to_vec()));
+    assert_eq!(blk("attn_k.bias"), (vec![u(kd)], qk_bias[qd..].to_vec()));
+    assert_eq!(blk("ffn_gate.weight"), (vec![u(f), u(h)], gu[..f * h].to_vec()));
+    assert_eq!(blk("ffn_up.weight"), (vec![u(f), u(h)], gu[f * h..].to_vec()));
+    for (name, p) in [
+        ("attn_norm.weight", &d.attn_norm),
+        ("attn_v.weight", &d.v),
+        ("attn_v.bias", d.v_bias.as_ref().unwrap()),
+        ("attn_output.weight", &d.o),
+        ("ffn_norm.weight", &d.ffn_norm),
+        ("ffn_down.weight", &d.down),
+    ] {
+        assert_eq!(blk(name).1, host(&p.w), "{name}");
+    }
+    expected += 12;
+    for (l, g) in tr.gates.iter().enumerate() {
+        assert_eq!(values(&format!("blk.{l}.attn_output_gate.weight")).1, host(&g.w.w));
+        assert_eq!(values(&format!("blk.{l}.attn_output_gate.bias")).1, host(&g.b.w));
+        expected += 2;
+    }
+    assert_eq!(read.len(), expected, "nothing else in the file");
+    println!("{} tensors, {} bytes", read.len(), bytes.len());
+}
+
+/// Gradient accumulation: the fixture's two sequences as two passes, each weighted by its
+/// share of the counted targets, give PyTorch's gradients of the batch of both.
+#[test]
+fn accumulated_passes_match_pytorch_on_the_whole_batch() {
+    let fx = fixture("tiny-llama");
+    let ctx = common::context(false, true).unwrap();
+    let model = model(&ctx, &fx);
+    let (mut tr, want) = trainer(&ctx, &model, &fx);
+    let (ids, targets, docs) = batch(&fx);
+    let total = targets.iter().filter(|&&t| t != IGNORE_TARGET).count() as f64;
+    let mut at = 0;
+    let mut loss = 0.0;
+    for &len in &docs {
+        let (i, t) = (&ids[at..at + len], &targets[at..at + len]);
+        let w = t.iter().filter(|&&t| t != IGNORE_TARGET).count() as f64 / total;
+        loss += w * pollster::block_on(tr.forward_backward_weighted(&ctx, i, t, &[len], w)).unwrap();
+        at += len;
+    }
+    let want_loss = fx.meta["loss"].as_f64().unwrap();
+    let (mut got, mut wanted) = (Vec::new(), Vec::new());
+    for ((_, da, db), (_, p)) in want.iter().zip(tr.lora.pairs()) {
+        got.extend(pollster::block_on(p.da.read_f32(&ctx)).unwrap());
+        got.extend(pollster::block_on(p.db.read_f32(&ctx)).unwrap());
+        wanted.extend(da.iter().chain(db));
+    }
+    let e = rel(&got, &wanted);
+    println!("two accumulated passes: loss {loss:.6} vs PyTorch {want_loss:.6}, every gradient rel err {e:.2e}");
+    assert!((loss - want_loss).abs() / want_loss < 1e-5 && e < 1e-4);
+    assert_eq!(
+        pollster::block_on(tr.forward_backward_weighted(&ctx, &ids, &targets, &docs, 0.0)).unwrap_err().kind(),
+        "InvalidArgument"
+    );
 }

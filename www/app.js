@@ -479,6 +479,21 @@ function drawLoss(steps, evalBefore, evalAfter) {
   if (evalAfter != null) g.fillRect(x(n - 1) - 3, y(evalAfter) - 3, 6, 6);
 }
 
+// Links to what a run trained (safetensors) and its report (JSON), as blob URLs replaced by the
+// next run's.
+function offerDownloads(weights, report) {
+  const link = (id, blob) => {
+    const a = $(id);
+    if (a.href.startsWith('blob:')) URL.revokeObjectURL(a.href);
+    a.href = URL.createObjectURL(blob);
+  };
+  link('ft-download-weights', new Blob([weights], { type: 'application/octet-stream' }));
+  const { steps, ...summary } = report;
+  link('ft-download-report', new Blob([JSON.stringify({ ...summary, steps }, null, 1)], { type: 'application/json' }));
+  $('ft-download-weights').textContent = `trained weights (.safetensors, ${formatBytes(weights.byteLength)})`;
+  $('ft-downloads').hidden = false;
+}
+
 async function finetune() {
   let data = $('ft-data').value;
   const file = $('ft-file').files[0];
@@ -510,6 +525,7 @@ async function finetune() {
     });
     state.lastTraining = report;
     drawLoss(report.steps, report.evalLossBefore, report.evalLossAfter);
+    offerDownloads(await call('trainedWeights'), report);
     const held = report.evalLossBefore == null ? 'no held-out rows'
       : `held-out loss ${report.evalLossBefore.toFixed(4)} → ${report.evalLossAfter.toFixed(4)}`;
     $('ft-status').textContent = `Done: ${report.steps.length} steps (${report.skippedSteps} skipped), ${held}; ` +

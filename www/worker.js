@@ -11,7 +11,8 @@
 // Commands: init {options} (create the engine; result: adapter info), info, load {source,
 // options} with source {kind: 'url', url} | {kind: 'file', file} | {kind: 'bytes', bytes} |
 // {kind: 'synth', preset, seed}, chat {messages, options}, generate {prompt, options},
-// finetune {data, options} (LoRA training of the loaded model; result: the report), stop,
+// finetune {data, options} (LoRA training of the loaded model; result: the report),
+// trainedWeights (result: what the last finetune trained, safetensors bytes, or null), stop,
 // reset, unload, memory, loseDevice (test hook).
 //
 // Commands run one at a time in arrival order (the engine is single-threaded and a call must
@@ -140,6 +141,8 @@ const commands = {
       (s) => post({ id, type: 'step', step: JSON.parse(s) }));
     return JSON.parse(report);
   },
+  // What the last finetune trained (safetensors bytes), or null before any.
+  trainedWeights() { requireModel(); return engine.trainedWeights() ?? null; },
   reset() { requireModel(); engine.resetSession(); return true; },
   unload() { if (model) requireEngine().unloadModel(); model = null; return true; },
   memory: () => ({ ...JSON.parse(requireEngine().memory()), wasmHeapBytes: wasmHeapBytes() }),

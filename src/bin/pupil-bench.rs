@@ -138,7 +138,7 @@ fn bench_train(
     let model = LlamaModel::load(ctx, &file, &opts, &mut |_, _| {})?;
     drop(file);
     let before = ctx.memory.current_bytes();
-    let cfg = LoraConfig { rank, alpha: 2.0 * rank as f32, targets: LoraTarget::ALL.to_vec() };
+    let cfg = LoraConfig::new(rank, 2.0 * rank as f32, LoraTarget::ALL.to_vec());
     let mut trainer = Trainer::new(ctx, &model, cfg, seq * batch, 1)?;
     let trainer_bytes = ctx.memory.current_bytes() - before;
     let vocab = model.config.vocab_size as u64;

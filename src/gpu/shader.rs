@@ -51,6 +51,7 @@ pub const SHADER_FILES: &[(&str, &str)] = &[
     ("adamw", include_str!("../../shaders/adamw.wgsl")),
     ("matmul_dense", include_str!("../../shaders/matmul_dense.wgsl")),
     ("attention_backward", include_str!("../../shaders/attention_backward.wgsl")),
+    ("dropout", include_str!("../../shaders/dropout.wgsl")),
 ];
 
 /// Which WGSL compiler will read the source.

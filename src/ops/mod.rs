@@ -13,6 +13,7 @@ pub mod attention;
 pub mod attention_backward;
 pub mod bench;
 pub mod cross_entropy;
+pub mod dropout;
 pub mod embedding;
 pub mod gate;
 pub mod matmul;
@@ -132,6 +133,7 @@ pub fn all_variants() -> Vec<KernelKey> {
     v.extend(optim::variants());
     v.extend(matmul_dense::variants());
     v.extend(attention_backward::variants());
+    v.extend(dropout::variants());
     v
 }
 

@@ -15,6 +15,7 @@ mod add;
 mod argmax;
 mod attention;
 mod backward;
+mod dropout;
 mod embedding;
 mod gate;
 mod harness;
@@ -50,6 +51,7 @@ pub const FAMILIES: &[&str] = &[
     "matmul_dense",
     "backward",
     "optim",
+    "dropout",
 ];
 
 /// Run one family's cases with `dtype` storage (F32, or F16 if the device has it).
@@ -70,6 +72,7 @@ pub async fn run_family(ctx: &GpuContext, family: &str, dtype: DType) -> Result<
         "matmul_dense" => matmul_dense::check(ctx, dtype).await,
         "backward" => backward::check(ctx, dtype).await,
         "optim" => optim::check(ctx, dtype).await,
+        "dropout" => dropout::check(ctx, dtype).await,
         other => Err(crate::PupilError::arg("selftest", format!("unknown kernel family {other}"))),
     }
 }

@@ -24,9 +24,12 @@ pub struct FinetuneConfig {
     /// Add a trainable output gate to every layer's attention (initialised near pass-through).
     pub gates: bool,
     pub steps: usize,
-    /// Tokens per packed row, and rows per optimizer step.
+    /// Tokens per packed row, and rows per forward/backward pass.
     pub seq_len: usize,
     pub batch_rows: usize,
+    /// Passes whose gradients accumulate into one optimizer step (each of `batch_rows` rows;
+    /// weighted by counted targets, so the step follows the token-mean loss of all of them).
+    pub grad_accum: usize,
     pub lr: f64,
     /// Linear warmup steps, then cosine decay to `lr · min_lr_ratio`.
     pub warmup: usize,
@@ -41,12 +44,13 @@ pub struct FinetuneConfig {
 impl Default for FinetuneConfig {
     fn default() -> Self {
         FinetuneConfig {
-            lora: LoraConfig { rank: 16, alpha: 32.0, targets: LoraTarget::ALL.to_vec() },
+            lora: LoraConfig::new(16, 32.0, LoraTarget::ALL.to_vec()),
             last_layers: 0,
             gates: false,
             steps: 100,
             seq_len: 256,
             batch_rows: 4,
+            grad_accum: 1,
             lr: 2e-4,
             warmup: 10,
             min_lr_ratio: 0.1,
@@ -123,8 +127,11 @@ pub async fn finetune(
     if rows.is_empty() {
         return Err(PupilError::arg(OP, "no training rows"));
     }
-    if cfg.steps == 0 || cfg.batch_rows == 0 || !(0.0..1.0).contains(&cfg.eval_fraction) {
-        return Err(PupilError::arg(OP, "steps ≥ 1, batch rows ≥ 1 and an eval fraction in [0, 1)"));
+    if cfg.steps == 0 || cfg.batch_rows == 0 || cfg.grad_accum == 0 || !(0.0..1.0).contains(&cfg.eval_fraction) {
+        return Err(PupilError::arg(
+            OP,
+            "steps ≥ 1, batch rows ≥ 1, accumulation passes ≥ 1 and an eval fraction in [0, 1)",
+        ));
     }
     if cfg.batch_rows * cfg.seq_len > trainer.max_tokens {
         return Err(PupilError::arg(
@@ -147,19 +154,28 @@ pub async fn finetune(
     let mut order: Vec<usize> = Vec::new();
     let mut logs = Vec::with_capacity(cfg.steps);
     for step in 1..=cfg.steps {
-        // Epochs of the training rows, each in a fresh shuffled order.
-        let mut picked = Vec::with_capacity(cfg.batch_rows);
-        while picked.len() < cfg.batch_rows.min(train.len()) {
-            if order.is_empty() {
-                order = (0..train.len()).collect();
-                for i in (1..order.len()).rev() {
-                    order.swap(i, rng.below(i as u32 + 1) as usize);
+        // Epochs of the training rows, each in a fresh shuffled order; `grad_accum` passes.
+        let mut passes = Vec::with_capacity(cfg.grad_accum);
+        for _ in 0..cfg.grad_accum {
+            let mut picked = Vec::with_capacity(cfg.batch_rows);
+            while picked.len() < cfg.batch_rows.min(train.len()) {
+                if order.is_empty() {
+                    order = (0..train.len()).collect();
+                    for i in (1..order.len()).rev() {
+                        order.swap(i, rng.below(i as u32 + 1) as usize);
+                    }
                 }
+                picked.push(&train[order.pop().unwrap_or(0)]);
             }
-            picked.push(&train[order.pop().unwrap_or(0)]);
+            passes.push(concat(&picked));
         }
-        let batch = concat(&picked);
-        let loss = trainer.forward_backward(ctx, &batch.ids, &batch.targets, &batch.doc_lengths).await?;
+        let total: usize = passes.iter().map(|b| b.counted()).sum();
+        let mut loss = 0.0;
+        for batch in &passes {
+            let w = batch.counted() as f64 / total as f64;
+            loss +=
+                w * trainer.forward_backward_weighted(ctx, &batch.ids, &batch.targets, &batch.doc_lengths, w).await?;
+        }
         let lr = cfg.lr_at(step);
         let opt = AdamW { lr, weight_decay: cfg.weight_decay, ..AdamW::default() };
         let report = trainer.step(ctx, &opt, cfg.max_grad_norm).await?;
@@ -169,7 +185,7 @@ pub async fn finetune(
             loss,
             grad_norm: report.grad_norm,
             lr,
-            tokens: batch.counted(),
+            tokens: total,
             applied: report.applied,
         };
         progress(&log);
@@ -199,38 +215,101 @@ pub fn trainer_for<'m>(ctx: &GpuContext, model: &'m LlamaModel, cfg: &FinetuneCo
     Ok(t)
 }
 
-/// The adapters as a safetensors file (F32): `layers.{l}.{q_proj|…}.lora_A` `[r, in]` and
-/// `.lora_B` `[out, r]`, with `rank`, `alpha`, `targets` and the base file's architecture in the
-/// metadata. B's rows are in the GGUF file's order (a llama file's Q/K rows permuted): the
-/// adapter applies to the file it was trained on; the PEFT export converts.
-pub async fn adapter_safetensors(ctx: &GpuContext, trainer: &Trainer<'_>, architecture: &str) -> Result<Vec<u8>> {
-    let mut header = serde_json::Map::new();
+/// Everything a run trained, as a safetensors file (F32), the base file's architecture and the
+/// LoRA settings (`rank`, `alpha`, `dropout`, `targets`) in the metadata:
+/// - adapters: `layers.{l}.{q_proj|…}.lora_A` `[r, in]` and `.lora_B` `[out, r]`;
+/// - fully trained layers: their weights under the GGUF names (`blk.{l}.attn_q.weight`,
+///   `.attn_k`, `.attn_v`, `.attn_output`, `.ffn_gate`, `.ffn_up`, `.ffn_down`, the norms,
+///   `.attn_q.bias`… when the model has biases);
+/// - trainable attention gates: `blk.{l}.attn_output_gate.weight` `[q width, hidden]`, `.bias`.
+///
+/// Rows are in the GGUF file's order (a llama file's Q/K rows permuted, in B and in the trained
+/// Q/K weights alike): the file applies to the model it was trained on; the PEFT export
+/// converts.
+pub async fn trained_safetensors(ctx: &GpuContext, trainer: &Trainer<'_>, architecture: &str) -> Result<Vec<u8>> {
     let cfg = &trainer.lora.config;
     let targets: Vec<&str> = cfg.targets.iter().map(|t| t.hf_name()).collect();
-    header.insert(
-        "__metadata__".into(),
-        serde_json::json!({
-            "format": "pupil-lora",
-            "rank": cfg.rank.to_string(),
-            "alpha": cfg.alpha.to_string(),
-            "targets": targets.join(","),
-            "architecture": architecture,
-        }),
-    );
-    let mut data = Vec::new();
+    let mut tensors: Vec<(String, Vec<usize>, Vec<f32>)> = Vec::new();
     for (l, p) in trainer.lora.pairs() {
         for (suffix, t, shape) in [("lora_A", &p.a, [cfg.rank, p.in_dim]), ("lora_B", &p.b, [p.out_dim, cfg.rank])] {
-            let values = t.read_f32(ctx).await?;
-            let start = data.len();
-            data.extend(values.iter().flat_map(|x| x.to_le_bytes()));
-            header.insert(
+            tensors.push((
                 format!("layers.{l}.{}.{suffix}", p.target.hf_name()),
-                serde_json::json!({"dtype": "F32", "shape": shape, "data_offsets": [start, data.len()]}),
-            );
+                shape.to_vec(),
+                t.read_f32(ctx).await?,
+            ));
         }
     }
+    let c = &trainer.model_config();
+    let (qd, h) = (c.n_heads * c.head_dim, c.hidden);
+    for (l, d) in trainer.dense.iter().enumerate() {
+        let Some(d) = d else { continue };
+        for (name, p) in d.params() {
+            let (v, shape) = (p.w.read_f32(ctx).await?, p.w.shape().to_vec());
+            // Q|K and gate|up are fused in Pupil: split them back into the file's tensors.
+            let split = |a: &str, b: &str, rows_a: usize, width: usize| {
+                let rows_b = v.len() / width - rows_a;
+                vec![
+                    (
+                        format!("blk.{l}.{a}"),
+                        if width == 1 { vec![rows_a] } else { vec![rows_a, width] },
+                        v[..rows_a * width].to_vec(),
+                    ),
+                    (
+                        format!("blk.{l}.{b}"),
+                        if width == 1 { vec![rows_b] } else { vec![rows_b, width] },
+                        v[rows_a * width..].to_vec(),
+                    ),
+                ]
+            };
+            let one = |gguf: &str| vec![(format!("blk.{l}.{gguf}"), shape.clone(), v.clone())];
+            tensors.extend(match name {
+                "attn_norm" => one("attn_norm.weight"),
+                "qk" => split("attn_q.weight", "attn_k.weight", qd, h),
+                "qk_bias" => split("attn_q.bias", "attn_k.bias", qd, 1),
+                "v" => one("attn_v.weight"),
+                "v_bias" => one("attn_v.bias"),
+                "o" => one("attn_output.weight"),
+                "ffn_norm" => one("ffn_norm.weight"),
+                "gate_up" => split("ffn_gate.weight", "ffn_up.weight", c.ffn_hidden, h),
+                "down" => one("ffn_down.weight"),
+                other => unreachable!("DenseLayer::params has no {other}"),
+            });
+        }
+    }
+    for (l, g) in trainer.gates.iter().enumerate() {
+        tensors.push((format!("blk.{l}.attn_output_gate.weight"), g.w.w.shape().to_vec(), g.w.w.read_f32(ctx).await?));
+        tensors.push((format!("blk.{l}.attn_output_gate.bias"), g.b.w.shape().to_vec(), g.b.w.read_f32(ctx).await?));
+    }
+    let last_layers = trainer.dense.iter().flatten().count();
+    let metadata = serde_json::json!({
+        "format": "pupil-trained",
+        "rank": cfg.rank.to_string(),
+        "alpha": cfg.alpha.to_string(),
+        "dropout": cfg.dropout.to_string(),
+        "targets": targets.join(","),
+        "last_layers": last_layers.to_string(),
+        "gates": (!trainer.gates.is_empty()).to_string(),
+        "architecture": architecture,
+    });
+    safetensors_f32(metadata, &tensors)
+}
+
+/// A safetensors file of F32 tensors (name, shape, values), in the order given.
+fn safetensors_f32(metadata: serde_json::Value, tensors: &[(String, Vec<usize>, Vec<f32>)]) -> Result<Vec<u8>> {
+    let mut header = serde_json::Map::new();
+    header.insert("__metadata__".into(), metadata);
+    let mut data = Vec::new();
+    for (name, shape, values) in tensors {
+        debug_assert_eq!(shape.iter().product::<usize>(), values.len(), "{name}");
+        let start = data.len();
+        data.extend(values.iter().flat_map(|x| x.to_le_bytes()));
+        header.insert(
+            name.clone(),
+            serde_json::json!({"dtype": "F32", "shape": shape, "data_offsets": [start, data.len()]}),
+        );
+    }
     let mut json = serde_json::to_vec(&serde_json::Value::Object(header))
-        .map_err(|e| PupilError::arg("adapter_safetensors", e.to_string()))?;
+        .map_err(|e| PupilError::arg("trained_safetensors", e.to_string()))?;
     while !json.len().is_multiple_of(8) {
         json.push(b' ');
     }
@@ -248,6 +327,8 @@ pub struct FinetuneOptions {
     /// 0: no adapters.
     pub rank: Option<usize>,
     pub alpha: Option<f32>,
+    /// LoRA dropout while training (0 to <1).
+    pub dropout: Option<f32>,
     /// The last layers trained in full.
     pub last_layers: Option<usize>,
     /// Trainable attention output gates on every layer.
@@ -257,6 +338,8 @@ pub struct FinetuneOptions {
     pub steps: Option<usize>,
     pub seq_len: Option<usize>,
     pub batch_rows: Option<usize>,
+    /// Passes accumulated per optimizer step.
+    pub grad_accum: Option<usize>,
     pub lr: Option<f64>,
     pub warmup: Option<usize>,
     pub min_lr_ratio: Option<f64>,
@@ -286,12 +369,14 @@ impl FinetuneOptions {
                 rank: self.rank.unwrap_or(d.lora.rank),
                 alpha: self.alpha.unwrap_or(d.lora.alpha),
                 targets,
+                dropout: self.dropout.unwrap_or(d.lora.dropout),
             },
             last_layers: self.last_layers.unwrap_or(0),
             gates: self.gates.unwrap_or(false),
             steps: self.steps.unwrap_or(d.steps),
             seq_len: self.seq_len.unwrap_or(d.seq_len),
             batch_rows: self.batch_rows.unwrap_or(d.batch_rows),
+            grad_accum: self.grad_accum.unwrap_or(d.grad_accum),
             lr: self.lr.unwrap_or(d.lr),
             warmup: self.warmup.unwrap_or(d.warmup),
             min_lr_ratio: self.min_lr_ratio.unwrap_or(d.min_lr_ratio),

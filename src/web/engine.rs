@@ -95,6 +95,8 @@ struct Loaded {
     template: Option<ChatTemplate>,
     /// `None` while a generation has it.
     session: Option<Session<'static>>,
+    /// What the last `finetune` of this model trained, as safetensors (`trainedWeights`).
+    trained: Option<Vec<u8>>,
 }
 
 struct Inner {
@@ -240,7 +242,7 @@ impl Engine {
             #[allow(clippy::arc_with_non_send_sync)]
             let model = Arc::new(model);
             let session = Session::shared(&inner.ctx, model).map_err(|e| js_error(&e))?;
-            inner.loaded.replace(Some(Loaded { tokenizer, template, session: Some(session) }));
+            inner.loaded.replace(Some(Loaded { tokenizer, template, session: Some(session), trained: None }));
             Ok(JsValue::from_str(&info.to_string()))
         })
     }
@@ -384,7 +386,8 @@ impl Engine {
     /// targets, steps, seqLen, batchRows, lr, warmup, evalFraction, seed, …). `onStep(stepJson)`
     /// after every optimizer step (`{step, steps, loss, gradNorm, lr, tokens, applied}`).
     /// Resolves to the report as JSON (held-out loss
-    /// before and after, every step). The adapters are not applied to generation (yet).
+    /// before and after, every step). What it trained is kept for `trainedWeights`; the
+    /// adapters are not applied to generation (yet).
     #[wasm_bindgen(unchecked_return_type = "Promise<string>")]
     pub fn finetune(
         &self,
@@ -417,13 +420,24 @@ impl Engine {
                 };
                 match crate::train::trainer_for(&inner.ctx, session.model(), &cfg) {
                     Ok(mut trainer) => {
-                        crate::train::finetune(&inner.ctx, &mut trainer, &rows, &cfg, &mut progress).await
+                        match crate::train::finetune(&inner.ctx, &mut trainer, &rows, &cfg, &mut progress).await {
+                            Ok(report) => {
+                                let arch = &session.model().config.architecture;
+                                crate::train::trained_safetensors(&inner.ctx, &trainer, arch)
+                                    .await
+                                    .map(|bytes| (report, bytes))
+                            }
+                            Err(e) => Err(e),
+                        }
                     }
                     Err(e) => Err(e),
                 }
             };
+            let trained = result.as_ref().ok().map(|(_, bytes)| bytes.clone());
+            let result = result.map(|(report, _)| report);
             if let Some(l) = inner.loaded.borrow_mut().as_mut() {
                 l.session = Some(session);
+                l.trained = trained;
             }
             if let Some(e) = callback_error {
                 return Err(e);
@@ -431,6 +445,14 @@ impl Engine {
             let report = result.map_err(|e| js_error(&e))?;
             Ok(JsValue::from_str(&report.to_json().to_string()))
         })
+    }
+
+    /// What the last successful `finetune` of the loaded model trained, as a safetensors file
+    /// (`train::trained_safetensors`: LoRA A/B per layer and projection, fully trained layers
+    /// under GGUF names, gates; F32, the file's row order); `undefined` before any.
+    #[wasm_bindgen(js_name = trainedWeights)]
+    pub fn trained_weights(&self) -> Option<Vec<u8>> {
+        self.inner.loaded.borrow().as_ref().and_then(|l| l.trained.clone())
     }
 
     /// Forget the conversation (the next generate computes its whole prompt).

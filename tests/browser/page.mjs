@@ -174,6 +174,23 @@ async function syntheticModel() {
   check(tr.report && tr.report.steps.length === 3 && tr.report.evalLossAfter < tr.report.evalLossBefore && tr.phase === 'ready'
     && tr.status.includes('held-out loss'),
   'fine-tuning panel: 3 LoRA steps, held-out loss down, status shown', `${tr.status} (${secs(t)})`);
+  // Its downloads: the trained adapters as safetensors (rank 8 from the form) and the report.
+  const saved = async (id) => {
+    const [download] = await Promise.all([page.waitForEvent('download', { timeout: 30_000 }), page.click(id)]);
+    return { name: download.suggestedFilename(), bytes: await readFile(await download.path()) };
+  };
+  const w = await saved('#ft-download-weights');
+  const hlen = Number(w.bytes.readBigUInt64LE(0));
+  const header = JSON.parse(w.bytes.subarray(8, 8 + hlen).toString('utf8'));
+  const names = Object.keys(header).filter((k) => k !== '__metadata__');
+  const end = Math.max(0, ...names.map((k) => header[k].data_offsets[1]));
+  check(w.name.endsWith('.safetensors') && header.__metadata__?.rank === '8' && names.length > 0
+    && names.filter((k) => k.endsWith('.lora_A')).length === names.length / 2 && w.bytes.length === 8 + hlen + end,
+  'fine-tuning panel: the trained adapters download as safetensors', `${w.name}, ${w.bytes.length} bytes, ${names.length} tensors`);
+  const rep = await saved('#ft-download-report');
+  const repJson = JSON.parse(rep.bytes.toString('utf8'));
+  check(repJson.steps?.length === 3 && repJson.evalLossAfter === tr.report.evalLossAfter,
+    'fine-tuning panel: the report downloads as JSON', `${rep.name}, ${repJson.steps?.length} steps`);
   r = await sendAndWait(page, 'Still there?', 60);
   check(r && r.generatedTokens > 0, 'the chat works after fine-tuning', `${r?.generatedTokens} tokens`);
   const long = await longTasksWhileGenerating(page);

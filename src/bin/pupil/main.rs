@@ -160,9 +160,12 @@ enum Command {
         /// Tokens per packed row.
         #[arg(long, default_value_t = 256)]
         seq: usize,
-        /// Rows per step.
+        /// Rows per forward/backward pass.
         #[arg(long, default_value_t = 4)]
         batch: usize,
+        /// Passes accumulated into each optimizer step (gradient accumulation).
+        #[arg(long, default_value_t = 1)]
+        accum: usize,
         /// LoRA rank (0: no adapters).
         #[arg(long, default_value_t = 16)]
         rank: usize,
@@ -174,6 +177,9 @@ enum Command {
         gates: bool,
         #[arg(long, default_value_t = 32.0)]
         alpha: f32,
+        /// LoRA dropout on each adapter's input while training (PEFT's lora_dropout).
+        #[arg(long, default_value_t = 0.0)]
+        dropout: f32,
         /// Projections to adapt, comma-separated (q,k,v,o,gate,up,down).
         #[arg(long, default_value = "q,k,v,o,gate,up,down")]
         targets: String,
@@ -186,7 +192,7 @@ enum Command {
         eval: f64,
         #[arg(long, default_value_t = 1)]
         seed: u64,
-        /// Write the trained adapters here (safetensors).
+        /// Write what was trained here (safetensors: adapters, trained layers, gates).
         #[arg(long)]
         save: Option<PathBuf>,
     },
@@ -548,10 +554,12 @@ async fn run(command: Command, options: ContextOptions) -> pupil::Result<ExitCod
             steps,
             seq,
             batch,
+            accum,
             rank,
             last_layers,
             gates,
             alpha,
+            dropout,
             targets,
             lr,
             warmup,
@@ -562,12 +570,13 @@ async fn run(command: Command, options: ContextOptions) -> pupil::Result<ExitCod
             let text = std::fs::read_to_string(&data).map_err(|e| other(format!("{}: {e}", data.display())))?;
             let targets = targets.split(',').map(LoraTarget::parse).collect::<pupil::Result<Vec<_>>>()?;
             let cfg = FinetuneConfig {
-                lora: LoraConfig { rank, alpha, targets },
+                lora: LoraConfig { rank, alpha, targets, dropout },
                 last_layers,
                 gates,
                 steps,
                 seq_len: seq,
                 batch_rows: batch,
+                grad_accum: accum,
                 lr,
                 warmup,
                 eval_fraction: eval,
@@ -629,13 +638,10 @@ async fn run(command: Command, options: ContextOptions) -> pupil::Result<ExitCod
                 ),
                 _ => println!("no held-out rows (--eval 0 or a single row)"),
             }
-            if let (Some(_), true) = (&save, last_layers > 0) {
-                eprintln!("note: --save writes the adapters only; the fully trained layers are not saved yet");
-            }
             if let Some(path) = save {
-                let bytes = train::adapter_safetensors(&ctx, &trainer, &l.model.config.architecture).await?;
+                let bytes = train::trained_safetensors(&ctx, &trainer, &l.model.config.architecture).await?;
                 std::fs::write(&path, &bytes).map_err(|e| other(format!("{}: {e}", path.display())))?;
-                println!("adapters written to {} ({} bytes)", path.display(), bytes.len());
+                println!("trained weights written to {} ({} bytes)", path.display(), bytes.len());
             }
             Ok(ExitCode::SUCCESS)
         }

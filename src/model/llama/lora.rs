@@ -47,6 +47,11 @@ impl LoraTarget {
         }
     }
 
+    /// Its place in [`LoraTarget::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
     /// Parse `q`, `q_proj`, `gate`, … (the CLI's and the web API's names).
     pub fn parse(s: &str) -> Result<LoraTarget> {
         let s = s.trim().trim_end_matches("_proj");
@@ -63,12 +68,31 @@ pub struct LoraConfig {
     /// The update is scaled by alpha / rank.
     pub alpha: f32,
     pub targets: Vec<LoraTarget>,
+    /// PEFT's `lora_dropout`: each adapter's input is dropped with this probability (and the
+    /// rest scaled by 1/(1 − p)) while training, its own mask per adapter and per batch
+    /// ([`dropout_seed`]); evaluation runs without. 0 turns it off.
+    pub dropout: f32,
 }
 
 impl LoraConfig {
+    /// Rank `rank`, `alpha`, no dropout.
+    pub fn new(rank: usize, alpha: f32, targets: Vec<LoraTarget>) -> LoraConfig {
+        LoraConfig { rank, alpha, targets, dropout: 0.0 }
+    }
+
     pub fn scale(&self) -> f32 {
         self.alpha / self.rank as f32
     }
+}
+
+/// The 32-bit seed of the dropout mask of adapter `target` on layer `layer` in the
+/// `call`-th training forward pass (0-based) of a trainer seeded with `base`: the high half of
+/// SplitMix64's first output for `base ^ call << 24 ^ layer << 4 ^ target index`. The mask
+/// itself is `reference::dropout::keep(seed, i, p)` over the adapter's input, row-major
+/// `[tokens, in]` (scripts/fixtures/make_train_fixtures.py rebuilds both).
+pub fn dropout_seed(base: u64, call: u64, layer: usize, target: LoraTarget) -> u32 {
+    let key = base ^ (call << 24) ^ ((layer as u64) << 4) ^ target.index() as u64;
+    (SplitMix64::new(key).next_u64() >> 32) as u32
 }
 
 /// One adapter's tensors: weights, gradients and AdamW moments (all f32).
@@ -104,6 +128,9 @@ impl Lora {
         }
         if !(config.alpha.is_finite() && config.alpha > 0.0) {
             return Err(PupilError::arg(OP, format!("alpha must be positive, got {}", config.alpha)));
+        }
+        if !(0.0..1.0).contains(&config.dropout) {
+            return Err(PupilError::arg(OP, format!("dropout must be in [0, 1), got {}", config.dropout)));
         }
         if config.targets.is_empty() {
             return Err(PupilError::arg(OP, "no target projections"));

@@ -13,7 +13,7 @@
 //! Supported now: llama and qwen2 blocks (biases are frozen), f32 activations. QK-norm,
 //! post-norms (gemma3), gated attention and sliding windows refuse to train (`Unsupported`).
 
-use super::lora::{Lora, LoraConfig, LoraPair, LoraTarget};
+use super::lora::{dropout_seed, Lora, LoraConfig, LoraPair, LoraTarget};
 use super::{Layer, LlamaModel, Stacked};
 use crate::error::{PupilError, Result};
 use crate::gpu::{Batch, DType, GpuContext, Tensor};
@@ -21,6 +21,7 @@ use crate::ops::activation::{gated_activation_fused_backward, gated_activation_f
 use crate::ops::attention::{attention_packed_forward, doc_starts, GateInput, GateMode};
 use crate::ops::attention_backward::{attention_backward, attention_backward_stats, doc_bounds};
 use crate::ops::cross_entropy::{cross_entropy_forward_backward, IGNORE_TARGET};
+use crate::ops::dropout::dropout_forward;
 use crate::ops::gate::{gate_apply_forward, gate_backward};
 use crate::ops::matmul::{matmul_forward, matmul_transposed_forward};
 use crate::ops::matmul_dense::{matmul_dense_strided, DenseLayout, Strided};
@@ -169,6 +170,9 @@ struct Work {
     /// x·Aᵀ per adapter (LoraTarget::ALL order), `[tokens, rank]`.
     lora_h: Vec<Tensor>,
     dlora_h: Tensor,
+    /// An adapter's dropped-out input, and its gradient before the mask (LoRA dropout).
+    dropped: Tensor,
+    d_dropped: Tensor,
     dx: Tensor,
     dxn: Tensor,
     dqk: Tensor,
@@ -221,6 +225,12 @@ pub struct Trainer<'m> {
     /// Optimizer steps applied so far (AdamW's t).
     pub steps: u64,
     last_loss: Option<f64>,
+    /// The seed given at construction (dropout masks derive from it).
+    seed: u64,
+    /// Training forward passes run so far, and the one running now while its masks are in use
+    /// (None: no dropout, as in evaluation).
+    calls: u64,
+    dropout_call: Option<u64>,
 }
 
 impl<'m> Trainer<'m> {
@@ -288,10 +298,9 @@ impl<'m> Trainer<'m> {
         }
         let lora = match lora {
             Some(config) => Lora::new(ctx, config, c.n_layers, dims, seed)?,
-            None => Lora {
-                config: LoraConfig { rank: 1, alpha: 1.0, targets: vec![] },
-                layers: (0..c.n_layers).map(|_| Vec::new()).collect(),
-            },
+            None => {
+                Lora { config: LoraConfig::new(1, 1.0, vec![]), layers: (0..c.n_layers).map(|_| Vec::new()).collect() }
+            }
         };
         let mut dense = Vec::with_capacity(c.n_layers);
         for (l, lay) in model.layers.iter().enumerate() {
@@ -316,6 +325,7 @@ impl<'m> Trainer<'m> {
         }
         let t = max_tokens;
         let r = lora.config.rank;
+        let dropout = lora.config.dropout > 0.0;
         let e = |shape: &[usize]| Tensor::empty(ctx, shape, DType::F32);
         let w = Work {
             xn: e(&[t, h])?,
@@ -332,6 +342,8 @@ impl<'m> Trainer<'m> {
             h: e(&[t, f])?,
             lora_h: (0..LoraTarget::ALL.len()).map(|_| e(&[t, r])).collect::<Result<_>>()?,
             dlora_h: e(&[t, r])?,
+            dropped: e(&[if dropout { t * h.max(f).max(qd) } else { 1 }])?,
+            d_dropped: e(&[if dropout { t * h.max(f).max(qd) } else { 1 }])?,
             dx: e(&[t, h])?,
             dxn: e(&[t, h])?,
             dqk: e(&[t, qd + kd])?,
@@ -368,6 +380,9 @@ impl<'m> Trainer<'m> {
             max_tokens,
             steps: 0,
             last_loss: None,
+            seed,
+            calls: 0,
+            dropout_call: None,
         })
     }
 
@@ -476,14 +491,32 @@ impl<'m> Trainer<'m> {
         targets: &[u32],
         doc_lengths: &[usize],
     ) -> Result<f64> {
-        let loss = self.run(ctx, ids, targets, doc_lengths, true).await?;
+        self.forward_backward_weighted(ctx, ids, targets, doc_lengths, 1.0).await
+    }
+
+    /// [`forward_backward`](Self::forward_backward) with the batch's gradients scaled by
+    /// `weight` (gradient accumulation: micro-batches weighted by their share of the step's
+    /// counted targets add up to the gradient of the step's token-mean loss). Returns the
+    /// batch's own mean loss, unweighted.
+    pub async fn forward_backward_weighted(
+        &mut self,
+        ctx: &GpuContext,
+        ids: &[u32],
+        targets: &[u32],
+        doc_lengths: &[usize],
+        weight: f64,
+    ) -> Result<f64> {
+        if !(weight.is_finite() && weight > 0.0) {
+            return Err(PupilError::arg("Trainer::forward_backward", format!("weight must be positive, got {weight}")));
+        }
+        let loss = self.run(ctx, ids, targets, doc_lengths, Some(weight)).await?;
         self.last_loss = Some(loss);
         Ok(loss)
     }
 
     /// The mean loss of a batch with the adapters as they are; gradients untouched (evaluation).
     pub async fn loss(&mut self, ctx: &GpuContext, ids: &[u32], targets: &[u32], doc_lengths: &[usize]) -> Result<f64> {
-        self.run(ctx, ids, targets, doc_lengths, false).await
+        self.run(ctx, ids, targets, doc_lengths, None).await
     }
 
     async fn run(
@@ -492,10 +525,16 @@ impl<'m> Trainer<'m> {
         ids: &[u32],
         targets: &[u32],
         doc_lengths: &[usize],
-        backward: bool,
+        backward_weight: Option<f64>,
     ) -> Result<f64> {
+        let backward = backward_weight.is_some();
         let counted = self.write_batch(ctx, ids, targets, doc_lengths)?;
         let n = ids.len();
+        // Dropout only while training, with fresh masks per training pass.
+        self.dropout_call = (backward && self.lora.config.dropout > 0.0).then_some(self.calls);
+        if backward {
+            self.calls += 1;
+        }
         let mut b = Batch::new(ctx);
         let emb = &self.model.embd;
         let c = &self.model.config;
@@ -511,7 +550,7 @@ impl<'m> Trainer<'m> {
             self.layer_forward(&mut b, l, n, true)?;
         }
         // (The head always writes the last stream's gradient; only training carries it down.)
-        self.head_forward_backward(&mut b, n, 1.0 / counted as f32)?;
+        self.head_forward_backward(&mut b, n, (backward_weight.unwrap_or(1.0) / counted as f64) as f32)?;
         if backward {
             for l in (0..c.n_layers).rev() {
                 self.layer_forward(&mut b, l, n, false)?;
@@ -519,6 +558,7 @@ impl<'m> Trainer<'m> {
             }
         }
         b.submit();
+        self.dropout_call = None;
         let losses = self.w.loss.view(0, &[n])?.read_f32(ctx).await?;
         Ok(losses.iter().map(|&x| x as f64).sum::<f64>() / counted as f64)
     }
@@ -538,6 +578,11 @@ impl<'m> Trainer<'m> {
     fn dense_params(&self) -> impl Iterator<Item = (&'static str, &Param)> {
         let gates = self.gates.iter().flat_map(|g| [("gate_w", &g.w), ("gate_b", &g.b)]);
         self.dense.iter().flatten().flat_map(|d| d.params()).chain(gates)
+    }
+
+    /// The model's configuration.
+    pub fn model_config(&self) -> &crate::model::ModelConfig {
+        &self.model.config
     }
 
     /// Trainable parameters (adapters and trained layers).
@@ -622,7 +667,8 @@ impl<'m> Trainer<'m> {
             if let Some(p) = self.lora.get(l, target) {
                 let lh = self.lora_h(target, n)?;
                 let r = self.lora.config.rank;
-                matmul_dense_strided(b, (x, None), &p.a, (&lh, None), DenseLayout::Nt, (n, r, p.in_dim), 1.0, false)?;
+                let x = self.adapter_input(b, n, l, p, x)?;
+                matmul_dense_strided(b, (&x, None), &p.a, (&lh, None), DenseLayout::Nt, (n, r, p.in_dim), 1.0, false)?;
                 let s = self.lora.config.scale();
                 matmul_dense_strided(b, (&lh, None), &p.b, (y, Some(at)), DenseLayout::Nt, (n, p.out_dim, r), s, true)?;
             }
@@ -718,13 +764,24 @@ impl<'m> Trainer<'m> {
         self.w.lora_h[i].view(0, &[n, self.lora.config.rank])
     }
 
-    /// The adapter's gradients for an output gradient `dy` (at `dy_at`) of a projection of `x`:
-    /// `dB += s·dyᵀ·(x·Aᵀ)`, `dA += (s·dy·B)ᵀ·x`, and `dx += s·dy·B·A`.
+    /// The input adapter `p` of layer `l` sees: `x`, or while training with dropout, `x` through
+    /// this pass's mask for that adapter (into `w.dropped`; regenerated, never stored).
+    fn adapter_input(&self, b: &mut Batch, n: usize, l: usize, p: &LoraPair, x: &Tensor) -> Result<Tensor> {
+        let Some(call) = self.dropout_call else { return Ok(x.clone()) };
+        let dropped = self.w.dropped.view(0, &[n, p.in_dim])?;
+        let seed = dropout_seed(self.seed, call, l, p.target);
+        dropout_forward(b, x, &dropped, self.lora.config.dropout, seed, false)?;
+        Ok(dropped)
+    }
+
+    /// The adapter's gradients for an output gradient `dy` (at `dy_at`) of a projection of `x`
+    /// (of layer `l`): `dB += s·dyᵀ·(x'·Aᵀ)`, `dA += (s·dy·B)ᵀ·x'`, and `dx += mask(s·dy·B·A)`,
+    /// with x' = x, or x through the dropout mask while training with dropout.
     #[allow(clippy::too_many_arguments)]
     fn lora_backward(
         &self,
         b: &mut Batch,
-        n: usize,
+        (n, l): (usize, usize),
         p: &LoraPair,
         x: &Tensor,
         dy: &Tensor,
@@ -736,8 +793,29 @@ impl<'m> Trainer<'m> {
         let dlh = self.w.dlora_h.view(0, &[n, r])?;
         matmul_dense_strided(b, (dy, Some(dy_at)), &lh, (&p.db, None), DenseLayout::Tn, (p.out_dim, r, n), s, true)?;
         matmul_dense_strided(b, (dy, Some(dy_at)), &p.b, (&dlh, None), DenseLayout::Nn, (n, r, p.out_dim), s, false)?;
-        matmul_dense_strided(b, (&dlh, None), x, (&p.da, None), DenseLayout::Tn, (r, p.in_dim, n), 1.0, true)?;
-        matmul_dense_strided(b, (&dlh, None), &p.a, (dx, None), DenseLayout::Nn, (n, p.in_dim, r), 1.0, true)
+        let x_in = self.adapter_input(b, n, l, p, x)?;
+        matmul_dense_strided(b, (&dlh, None), &x_in, (&p.da, None), DenseLayout::Tn, (r, p.in_dim, n), 1.0, true)?;
+        match self.dropout_call {
+            None => {
+                matmul_dense_strided(b, (&dlh, None), &p.a, (dx, None), DenseLayout::Nn, (n, p.in_dim, r), 1.0, true)
+            }
+            Some(call) => {
+                // The mask's derivative is itself: the same mask and 1/(1 − p) on the gradient.
+                let d_in = self.w.d_dropped.view(0, &[n, p.in_dim])?;
+                matmul_dense_strided(
+                    b,
+                    (&dlh, None),
+                    &p.a,
+                    (&d_in, None),
+                    DenseLayout::Nn,
+                    (n, p.in_dim, r),
+                    1.0,
+                    false,
+                )?;
+                let seed = dropout_seed(self.seed, call, l, p.target);
+                dropout_forward(b, &d_in, dx, self.lora.config.dropout, seed, true)
+            }
+        }
     }
 
     /// Layer l's forward from `xs[l]`: every activation into the work buffers, and (`store`)
@@ -818,6 +896,7 @@ impl<'m> Trainer<'m> {
         } else if let Some(p) = self.lora.get(l, LoraTarget::Down) {
             // Only the adapter's x·Aᵀ is needed from the last product.
             let lh = self.lora_h(LoraTarget::Down, n)?;
+            let hh = self.adapter_input(b, n, l, p, &hh)?;
             matmul_dense_strided(
                 b,
                 (&hh, None),
@@ -881,13 +960,13 @@ impl<'m> Trainer<'m> {
         let (dh, dgu, dxn) = (v(&w.dh, &[n, f])?, v(&w.dgu, &[n, 2 * f])?, v(&w.dxn, &[n, h])?);
         self.project_backward(b, n, (l, Proj::Down), &hh, &dx, &dh, false)?;
         if let Some(p) = self.lora.get(l, LoraTarget::Down) {
-            self.lora_backward(b, n, p, &hh, &dx, cols(h, 0), &dh)?;
+            self.lora_backward(b, (n, l), p, &hh, &dx, cols(h, 0), &dh)?;
         }
         gated_activation_fused_backward(b, c.activation, &gu, &dh, &dgu)?;
         self.project_backward(b, n, (l, Proj::GateUp), &xn2, &dgu, &dxn, false)?;
         for (target, offset) in [(LoraTarget::Gate, 0), (LoraTarget::Up, f)] {
             if let Some(p) = self.lora.get(l, target) {
-                self.lora_backward(b, n, p, &xn2, &dgu, cols(2 * f, offset), &dxn)?;
+                self.lora_backward(b, (n, l), p, &xn2, &dgu, cols(2 * f, offset), &dxn)?;
             }
         }
         rms_norm_backward(b, &x_mid, self.norm(l, false), &dxn, &dx, &rstd, c.rms_eps, NormWeight::Plain, true)?;
@@ -904,7 +983,7 @@ impl<'m> Trainer<'m> {
         };
         self.project_backward(b, n, (l, Proj::O), &o_in, &dx, &d_o, false)?;
         if let Some(p) = self.lora.get(l, LoraTarget::O) {
-            self.lora_backward(b, n, p, &o_in, &dx, cols(h, 0), &d_o)?;
+            self.lora_backward(b, (n, l), p, &o_in, &dx, cols(h, 0), &d_o)?;
         }
         // Through the gate: d_o is the gated output's gradient; attention gets the ungated one.
         let d_attn = match gate {
@@ -958,7 +1037,7 @@ impl<'m> Trainer<'m> {
             (LoraTarget::V, &dv_flat, cols(kd, 0)),
         ] {
             if let Some(p) = self.lora.get(l, target) {
-                self.lora_backward(b, n, p, &xn, dy, at, &dxn)?;
+                self.lora_backward(b, (n, l), p, &xn, dy, at, &dxn)?;
             }
         }
         if let Some((g, gw)) = gate {

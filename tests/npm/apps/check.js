@@ -73,6 +73,15 @@ async function run() {
     { rank: 2, alpha: 4, steps: 3, seqLen: 48, batchRows: 2, lr: 0.01, warmup: 1, evalFraction: 0.25, onStep: (s) => steps.push(s.step) });
   check(report.steps.length === 3 && steps.join() === '1,2,3' && report.evalLossAfter < report.evalLossBefore,
     'finetune() trains: a step callback each, held-out loss down', JSON.stringify({ steps, before: report.evalLossBefore, after: report.evalLossAfter }));
+  // The trained adapters as a safetensors file: an 8-byte header length, the JSON header, data.
+  const w = await engine.trainedWeights();
+  const hlen = w ? Number(new DataView(w.buffer, w.byteOffset, 8).getBigUint64(0, true)) : 0;
+  const header = w ? JSON.parse(new TextDecoder().decode(w.subarray(8, 8 + hlen))) : {};
+  const names = Object.keys(header).filter((k) => k !== '__metadata__');
+  const end = Math.max(0, ...names.map((k) => header[k].data_offsets[1]));
+  check(w instanceof Uint8Array && header.__metadata__?.rank === '2' && names.length > 0
+    && names.every((k) => /\.lora_[AB]$/.test(k)) && w.length === 8 + hlen + end,
+  'trainedWeights(): the adapters as safetensors', `${w?.length} bytes, ${names.length} tensors`);
   // dispose() while generating: the running request ends early with finish_reason 'abort',
   // a queued one is refused.
   const before = await engine.memory();

@@ -266,6 +266,8 @@ pub async fn trained_safetensors(ctx: &GpuContext, trainer: &Trainer<'_>, archit
                 "attn_norm" => one("attn_norm.weight"),
                 "qk" => split("attn_q.weight", "attn_k.weight", qd, h),
                 "qk_bias" => split("attn_q.bias", "attn_k.bias", qd, 1),
+                "q_norm" => one("attn_q_norm.weight"),
+                "k_norm" => one("attn_k_norm.weight"),
                 "v" => one("attn_v.weight"),
                 "v_bias" => one("attn_v.bias"),
                 "o" => one("attn_output.weight"),

@@ -10,8 +10,9 @@
 //! `IGNORE_TARGET`); the loss is the mean cross-entropy over the counted targets, as
 //! transformers computes it with `labels` (`ignore_index`).
 //!
-//! Supported now: llama and qwen2 blocks (biases are frozen), f32 activations. QK-norm,
-//! post-norms (gemma3), gated attention and sliding windows refuse to train (`Unsupported`).
+//! Supported now: llama, qwen2 and qwen3 blocks (biases and QK-norm weights frozen unless the
+//! layer trains in full), f32 activations. Post-norms (gemma3),
+//! gated attention and sliding windows refuse to train (`Unsupported`).
 
 use super::lora::{dropout_seed, Lora, LoraConfig, LoraPair, LoraTarget};
 use super::{Layer, LlamaModel, Stacked};
@@ -55,12 +56,16 @@ pub struct DenseLayer {
     pub attn_norm: Param,
     pub qk: Param,
     pub qk_bias: Option<Param>,
+    /// QK-norm weights (qwen3), per head dimension.
+    pub qk_norm: Option<(Param, Param)>,
     pub v: Param,
     pub v_bias: Option<Param>,
     pub o: Param,
     pub ffn_norm: Param,
     pub gate_up: Param,
     pub down: Param,
+    /// Q's rows in `qk`.
+    q_rows: usize,
 }
 
 impl DenseLayer {
@@ -68,20 +73,34 @@ impl DenseLayer {
     pub fn params(&self) -> Vec<(&'static str, &Param)> {
         let mut out = vec![("attn_norm", &self.attn_norm), ("qk", &self.qk)];
         out.extend(self.qk_bias.as_ref().map(|p| ("qk_bias", p)));
+        if let Some((q, k)) = &self.qk_norm {
+            out.extend([("q_norm", q), ("k_norm", k)]);
+        }
         out.push(("v", &self.v));
         out.extend(self.v_bias.as_ref().map(|p| ("v_bias", p)));
         out.extend([("o", &self.o), ("ffn_norm", &self.ffn_norm), ("gate_up", &self.gate_up), ("down", &self.down)]);
         out
     }
 
-    fn proj(&self, which: Proj) -> (&Param, Option<&Param>) {
-        match which {
-            Proj::Qk => (&self.qk, self.qk_bias.as_ref()),
-            Proj::V => (&self.v, self.v_bias.as_ref()),
-            Proj::O => (&self.o, None),
-            Proj::GateUp => (&self.gate_up, None),
-            Proj::Down => (&self.down, None),
-        }
+    /// A projection's weight and its gradient (Q and K apart: row blocks of the fused Q|K),
+    /// and its bias.
+    fn proj(&self, which: Proj) -> Result<(Tensor, Tensor, Option<&Param>)> {
+        let whole = |p: &Param| (p.w.clone(), p.g.clone());
+        let ((w, g), bias) = match which {
+            Proj::Qk => (whole(&self.qk), self.qk_bias.as_ref()),
+            Proj::Q | Proj::K => {
+                let cols = self.qk.w.shape()[1];
+                let q_rows = self.q_rows;
+                let (at, rows) =
+                    if which == Proj::Q { (0, q_rows) } else { (q_rows * cols, self.qk.w.shape()[0] - q_rows) };
+                ((self.qk.w.view(at, &[rows, cols])?, self.qk.g.view(at, &[rows, cols])?), None)
+            }
+            Proj::V => (whole(&self.v), self.v_bias.as_ref()),
+            Proj::O => (whole(&self.o), None),
+            Proj::GateUp => (whole(&self.gate_up), None),
+            Proj::Down => (whole(&self.down), None),
+        };
+        Ok((w, g, bias))
     }
 }
 
@@ -105,24 +124,33 @@ struct GateWork {
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Proj {
     Qk,
+    /// Q and K apart (QK-norm models, or two formats): frozen only.
+    Q,
+    K,
     V,
     O,
     GateUp,
     Down,
 }
 
-/// A GGUF weight as f32 `[rows, cols]` on the GPU: the transposed product of an identity with
-/// it (`dX = I·W`, exact: one product by 1 and sums of zeros per element).
-fn dequantized(ctx: &GpuContext, w: &QuantWeight) -> Result<Tensor> {
-    let mut eye = vec![0.0f32; w.rows * w.rows];
-    for i in 0..w.rows {
-        eye[i * w.rows + i] = 1.0;
+/// GGUF weights stacked by rows as one f32 `[Σ rows, cols]` on the GPU: each the transposed
+/// product of an identity with it (`dX = I·W`, exact: one product by 1 and sums of zeros per
+/// element) into its row block.
+fn dequantized(ctx: &GpuContext, ws: &[&QuantWeight]) -> Result<Tensor> {
+    let (rows, cols) = (ws.iter().map(|w| w.rows).sum::<usize>(), ws[0].cols);
+    let out = Tensor::empty(ctx, &[rows, cols], DType::F32)?;
+    let mut at = 0;
+    for w in ws {
+        let mut eye = vec![0.0f32; w.rows * w.rows];
+        for i in 0..w.rows {
+            eye[i * w.rows + i] = 1.0;
+        }
+        let eye = Tensor::from_f32(ctx, &eye, &[w.rows, w.rows], DType::F32)?;
+        let mut b = Batch::new(ctx);
+        matmul_transposed_forward(&mut b, &eye, w, &out.view(at, &[w.rows, cols])?, false)?;
+        b.submit();
+        at += w.rows * cols;
     }
-    let eye = Tensor::from_f32(ctx, &eye, &[w.rows, w.rows], DType::F32)?;
-    let out = Tensor::empty(ctx, &[w.rows, w.cols], DType::F32)?;
-    let mut b = Batch::new(ctx);
-    matmul_transposed_forward(&mut b, &eye, w, &out, false)?;
-    b.submit();
     Ok(out)
 }
 
@@ -158,6 +186,9 @@ struct Work {
     xn: Tensor,
     rstd: Tensor,
     qk: Tensor,
+    /// Q and K apart (`Stacked::Two`): raw Q is `qk`'s first `[tokens, q width]`; raw K, the
+    /// QK-normed Q and K, their gradients, and the per-head rstd of the norm's backward.
+    split: Option<SplitQk>,
     q: Tensor,
     k: Tensor,
     v: Tensor,
@@ -185,6 +216,17 @@ struct Work {
     stats: Tensor,
     logits: Tensor,
     loss: Tensor,
+}
+
+/// Work buffers of a block whose Q and K are projected apart (see `Work::split`).
+struct SplitQk {
+    k_raw: Tensor,
+    q_normed: Tensor,
+    k_normed: Tensor,
+    dq_normed: Tensor,
+    dk_normed: Tensor,
+    dk_raw: Tensor,
+    rstd_heads: Tensor,
 }
 
 /// The result of one optimizer step.
@@ -260,9 +302,6 @@ impl<'m> Trainer<'m> {
         let c = &model.config;
         let unsupported =
             |what: &str| Err(PupilError::Unsupported(format!("training {} models ({what})", c.architecture)));
-        if c.qk_norm {
-            return unsupported("QK-norm backward is not wired into training yet");
-        }
         if c.post_norms || c.output_gate || c.sliding_window.is_some() || c.attn_softcap.is_some() {
             return unsupported(
                 "post-norms, gated attention, sliding windows and softcaps are not wired into training yet",
@@ -274,9 +313,13 @@ impl<'m> Trainer<'m> {
         if model.attn.streaming.is_some() {
             return Err(PupilError::arg(OP, "a streaming model cannot train: load it with the error overflow policy"));
         }
-        for l in &model.layers {
-            if matches!(l.qk, Stacked::Two(..)) || matches!(l.gate_up, Stacked::Two(..)) {
-                return unsupported("Q and K, or gate and up, stored in different formats");
+        for (i, l) in model.layers.iter().enumerate() {
+            if matches!(l.gate_up, Stacked::Two(..)) {
+                return unsupported("gate and up stored in different formats");
+            }
+            let biased_apart = l.q_bias.is_some() || l.k_bias.is_some();
+            if matches!(l.qk, Stacked::Two(..)) && biased_apart && i + last_layers >= c.n_layers {
+                return unsupported("full training of layers whose Q and K are apart and biased");
             }
         }
         if max_tokens == 0 || u32::try_from(max_tokens).is_err() {
@@ -308,19 +351,29 @@ impl<'m> Trainer<'m> {
                 dense.push(None);
                 continue;
             }
-            let (Stacked::One(qk), Stacked::One(gu)) = (&lay.qk, &lay.gate_up) else { unreachable!("checked above") };
+            let Stacked::One(gu) = &lay.gate_up else { unreachable!("checked above") };
+            let qk = match &lay.qk {
+                Stacked::One(qk) => vec![qk],
+                Stacked::Two(q, k) => vec![q, k],
+            };
             let p = |t: Tensor| Param::new(ctx, t);
             let bias = |t: &Option<Tensor>| t.as_ref().map(|t| p(copied(ctx, t)?)).transpose();
+            let qk_norm = match &lay.qk_norm {
+                Some((q, k)) => Some((p(copied(ctx, q)?)?, p(copied(ctx, k)?)?)),
+                None => None,
+            };
             dense.push(Some(DenseLayer {
                 attn_norm: p(copied(ctx, &lay.attn_norm)?)?,
-                qk: p(dequantized(ctx, qk)?)?,
+                qk: p(dequantized(ctx, &qk)?)?,
                 qk_bias: bias(&lay.qk_bias)?,
-                v: p(dequantized(ctx, &lay.v)?)?,
+                qk_norm,
+                v: p(dequantized(ctx, &[&lay.v])?)?,
                 v_bias: bias(&lay.v_bias)?,
-                o: p(dequantized(ctx, &lay.o)?)?,
+                o: p(dequantized(ctx, &[&lay.o])?)?,
                 ffn_norm: p(copied(ctx, &lay.ffn_norm)?)?,
-                gate_up: p(dequantized(ctx, gu)?)?,
-                down: p(dequantized(ctx, &lay.down)?)?,
+                gate_up: p(dequantized(ctx, &[gu])?)?,
+                down: p(dequantized(ctx, &[&lay.down])?)?,
+                q_rows: c.n_heads * c.head_dim,
             }));
         }
         let t = max_tokens;
@@ -331,6 +384,19 @@ impl<'m> Trainer<'m> {
             xn: e(&[t, h])?,
             rstd: e(&[t])?,
             qk: e(&[t, qd + kd])?,
+            split: if model.layers.iter().any(|l| matches!(l.qk, Stacked::Two(..))) {
+                Some(SplitQk {
+                    k_raw: e(&[t, kd])?,
+                    q_normed: e(&[t, qd])?,
+                    k_normed: e(&[t, kd])?,
+                    dq_normed: e(&[t, qd])?,
+                    dk_normed: e(&[t, kd])?,
+                    dk_raw: e(&[t, kd])?,
+                    rstd_heads: e(&[t * nh.max(nkv)])?,
+                })
+            } else {
+                None
+            },
             q: e(&[t, nh, hd])?,
             k: e(&[t, nkv, hd])?,
             v: e(&[t, nkv, hd])?,
@@ -652,15 +718,15 @@ impl<'m> Trainer<'m> {
                 matmul_forward(b, x, w, bias, y, accumulate)?;
             }
             Some(d) => {
-                let (w, bias) = d.proj(which);
-                let (out, inp) = (w.w.shape()[0], w.w.shape()[1]);
+                let (w, _, bias) = d.proj(which)?;
+                let (out, inp) = (w.shape()[0], w.shape()[1]);
                 let mut acc = accumulate;
                 if let Some(bias) = bias {
                     let ones = self.ones.view(0, &[n, 1])?;
                     matmul_dense_strided(b, (&ones, None), &bias.w, (y, None), DenseLayout::Nn, (n, out, 1), 1.0, acc)?;
                     acc = true;
                 }
-                matmul_dense_strided(b, (x, None), &w.w, (y, None), DenseLayout::Nt, (n, out, inp), 1.0, acc)?;
+                matmul_dense_strided(b, (x, None), &w, (y, None), DenseLayout::Nt, (n, out, inp), 1.0, acc)?;
             }
         }
         for &(l, target, at) in adapters {
@@ -681,14 +747,29 @@ impl<'m> Trainer<'m> {
         let lay = self.layer(l);
         let one = |s: &'m Stacked| match s {
             Stacked::One(w) => w,
-            Stacked::Two(..) => unreachable!("checked in Trainer::with_last_layers"),
+            Stacked::Two(..) => unreachable!("Q|K apart go through Proj::Q and Proj::K; gate|up checked"),
         };
+        match (which, &lay.qk) {
+            (Proj::Q, Stacked::Two(wq, _)) => return (wq, lay.q_bias.as_ref()),
+            (Proj::K, Stacked::Two(_, wk)) => return (wk, lay.k_bias.as_ref()),
+            _ => {}
+        }
         match which {
             Proj::Qk => (one(&lay.qk), lay.qk_bias.as_ref()),
+            Proj::Q | Proj::K => unreachable!("a fused Q|K goes through Proj::Qk"),
             Proj::V => (&lay.v, lay.v_bias.as_ref()),
             Proj::O => (&lay.o, None),
             Proj::GateUp => (one(&lay.gate_up), None),
             Proj::Down => (&lay.down, None),
+        }
+    }
+
+    /// Layer l's QK-norm weights, if it has them: the trained copies or the model's.
+    fn qk_norm(&self, l: usize) -> Option<(&Tensor, &Tensor)> {
+        match (&self.dense[l], &self.layer(l).qk_norm) {
+            (Some(DenseLayer { qk_norm: Some((q, k)), .. }), _) => Some((&q.w, &k.w)),
+            (_, Some((q, k))) => Some((q, k)),
+            _ => None,
         }
     }
 
@@ -718,10 +799,10 @@ impl<'m> Trainer<'m> {
         match &self.dense[l] {
             None => matmul_transposed_forward(b, dy, self.frozen(l, which).0, dx, accumulate),
             Some(d) => {
-                let (w, bias) = d.proj(which);
-                let (out, inp) = (w.w.shape()[0], w.w.shape()[1]);
-                matmul_dense_strided(b, (dy, None), &w.w, (dx, None), DenseLayout::Nn, (n, inp, out), 1.0, accumulate)?;
-                matmul_dense_strided(b, (dy, None), x, (&w.g, None), DenseLayout::Tn, (out, inp, n), 1.0, true)?;
+                let (w, g, bias) = d.proj(which)?;
+                let (out, inp) = (w.shape()[0], w.shape()[1]);
+                matmul_dense_strided(b, (dy, None), &w, (dx, None), DenseLayout::Nn, (n, inp, out), 1.0, accumulate)?;
+                matmul_dense_strided(b, (dy, None), x, (&g, None), DenseLayout::Tn, (out, inp, n), 1.0, true)?;
                 if let Some(bias) = bias {
                     let ones = self.ones.view(0, &[n, 1])?;
                     matmul_dense_strided(
@@ -830,26 +911,42 @@ impl<'m> Trainer<'m> {
         let qk = v(&w.qk, &[n, qd + kd])?;
         let cols = |stride: usize, offset: usize| Strided { row_stride: stride, offset };
         rms_norm_forward(b, &x, self.norm(l, true), &xn, c.rms_eps, NormWeight::Plain)?;
-        let qk_adapters = [(l, LoraTarget::Q, cols(qd + kd, 0)), (l, LoraTarget::K, cols(qd + kd, qd))];
-        self.project(b, n, (l, Proj::Qk), &xn, &qk, false, &qk_adapters)?;
         let pos = v(&self.positions, &[n])?;
         let (q, k, vv) = (v(&w.q, &[n, nh, hd])?, v(&w.k, &[n, nkv, hd])?, v(&w.v, &[n, nkv, hd])?);
-        rope_forward(
-            b,
-            &qk,
-            &pos,
-            &self.model.rope,
-            RopeInput { tokens: n, heads: nh, head_dim: hd, stride: qd + kd, offset: 0 },
-            &q,
-        )?;
-        rope_forward(
-            b,
-            &qk,
-            &pos,
-            &self.model.rope,
-            RopeInput { tokens: n, heads: nkv, head_dim: hd, stride: qd + kd, offset: qd },
-            &k,
-        )?;
+        // RoPE's sources: the fused Q|K rows, or Q and K apart (each QK-normed when the model
+        // has it), as (tensor, row stride, K's column offset).
+        let (q_src, k_src) = match (&self.layer(l).qk, &w.split) {
+            (Stacked::Two(..), Some(sp)) => {
+                let (q_raw, k_raw) = (v(&w.qk, &[n, qd])?, v(&sp.k_raw, &[n, kd])?);
+                self.project(b, n, (l, Proj::Q), &xn, &q_raw, false, &[(l, LoraTarget::Q, cols(qd, 0))])?;
+                self.project(b, n, (l, Proj::K), &xn, &k_raw, false, &[(l, LoraTarget::K, cols(kd, 0))])?;
+                match self.qk_norm(l) {
+                    Some((qn, kn)) => {
+                        let (q_normed, k_normed) = (v(&sp.q_normed, &[n, qd])?, v(&sp.k_normed, &[n, kd])?);
+                        let heads = |t: &Tensor, count: usize| t.view(0, &[n * count, hd]);
+                        let eps = c.rms_eps;
+                        rms_norm_forward(b, &heads(&q_raw, nh)?, qn, &heads(&q_normed, nh)?, eps, NormWeight::Plain)?;
+                        rms_norm_forward(b, &heads(&k_raw, nkv)?, kn, &heads(&k_normed, nkv)?, eps, NormWeight::Plain)?;
+                        ((q_normed, qd, 0), (k_normed, kd, 0))
+                    }
+                    None => ((q_raw, qd, 0), (k_raw, kd, 0)),
+                }
+            }
+            _ => {
+                let qk_adapters = [(l, LoraTarget::Q, cols(qd + kd, 0)), (l, LoraTarget::K, cols(qd + kd, qd))];
+                self.project(b, n, (l, Proj::Qk), &xn, &qk, false, &qk_adapters)?;
+                ((qk.clone(), qd + kd, 0), (qk.clone(), qd + kd, qd))
+            }
+        };
+        let rope_in = |heads: usize, (_, stride, offset): &(Tensor, usize, usize)| RopeInput {
+            tokens: n,
+            heads,
+            head_dim: hd,
+            stride: *stride,
+            offset: *offset,
+        };
+        rope_forward(b, &q_src.0, &pos, &self.model.rope, rope_in(nh, &q_src), &q)?;
+        rope_forward(b, &k_src.0, &pos, &self.model.rope, rope_in(nkv, &k_src), &k)?;
         self.project(b, n, (l, Proj::V), &xn, &vv.view(0, &[n, kd])?, false, &[(l, LoraTarget::V, cols(kd, 0))])?;
         let (o, lse) = (v(&w.o, &[n, nh, hd])?, v(&w.lse, &[n, nh])?);
         attention_packed_forward(b, &self.model.attn, &q, &k, &vv, &v(&self.doc_start, &[n])?, &o, &lse, None)?;
@@ -1009,31 +1106,59 @@ impl<'m> Trainer<'m> {
             &stats,
             (&dq, &dk, &dv),
         )?;
-        let dqk = v(&w.dqk, &[n, qd + kd])?;
         let pos = v(&self.positions, &[n])?;
-        rope_backward(
-            b,
-            &dq,
-            &pos,
-            &self.model.rope,
-            RopeInput { tokens: n, heads: nh, head_dim: hd, stride: qd + kd, offset: 0 },
-            &dqk,
-        )?;
-        rope_backward(
-            b,
-            &dk,
-            &pos,
-            &self.model.rope,
-            RopeInput { tokens: n, heads: nkv, head_dim: hd, stride: qd + kd, offset: qd },
-            &dqk,
-        )?;
+        let rope_at =
+            |heads: usize, stride: usize, offset: usize| RopeInput { tokens: n, heads, head_dim: hd, stride, offset };
+        let rope = &self.model.rope;
         let xn = v(&w.xn, &[n, h])?;
-        self.project_backward(b, n, (l, Proj::Qk), &xn, &dqk, &dxn, false)?;
+        // The gradients of the projections' outputs, as (tensor, LoRA column block).
+        let (dq_proj, dk_proj) = match (&self.layer(l).qk, &w.split) {
+            (Stacked::Two(..), Some(sp)) => {
+                let (dq_raw, dk_raw) = (v(&w.dqk, &[n, qd])?, v(&sp.dk_raw, &[n, kd])?);
+                match self.qk_norm(l) {
+                    Some((qn, kn)) => {
+                        let (dq_normed, dk_normed) = (v(&sp.dq_normed, &[n, qd])?, v(&sp.dk_normed, &[n, kd])?);
+                        rope_backward(b, &dq, &pos, rope, rope_at(nh, qd, 0), &dq_normed)?;
+                        rope_backward(b, &dk, &pos, rope, rope_at(nkv, kd, 0), &dk_normed)?;
+                        let heads = |t: &Tensor, count: usize| t.view(0, &[n * count, hd]);
+                        let (q_raw, k_raw) = (v(&w.qk, &[n, qd])?, v(&sp.k_raw, &[n, kd])?);
+                        let trained = self.dense[l].as_ref().and_then(|d| d.qk_norm.as_ref());
+                        let grads = [trained.map(|t| &t.0.g), trained.map(|t| &t.1.g)];
+                        for ((raw, norm_w, dy, dx, count), grad) in
+                            [(&q_raw, qn, &dq_normed, &dq_raw, nh), (&k_raw, kn, &dk_normed, &dk_raw, nkv)]
+                                .into_iter()
+                                .zip(grads)
+                        {
+                            let rstd = v(&sp.rstd_heads, &[n * count])?;
+                            let (x, dy, dx) = (heads(raw, count)?, heads(dy, count)?, heads(dx, count)?);
+                            rms_norm_backward(b, &x, norm_w, &dy, &dx, &rstd, c.rms_eps, NormWeight::Plain, false)?;
+                            if let Some(g) = grad {
+                                rms_norm_backward_weight(b, &x, &dy, &rstd, g, true)?;
+                            }
+                        }
+                    }
+                    None => {
+                        rope_backward(b, &dq, &pos, rope, rope_at(nh, qd, 0), &dq_raw)?;
+                        rope_backward(b, &dk, &pos, rope, rope_at(nkv, kd, 0), &dk_raw)?;
+                    }
+                }
+                self.project_backward(b, n, (l, Proj::Q), &xn, &dq_raw, &dxn, false)?;
+                self.project_backward(b, n, (l, Proj::K), &xn, &dk_raw, &dxn, true)?;
+                ((dq_raw, cols(qd, 0)), (dk_raw, cols(kd, 0)))
+            }
+            _ => {
+                let dqk = v(&w.dqk, &[n, qd + kd])?;
+                rope_backward(b, &dq, &pos, rope, rope_at(nh, qd + kd, 0), &dqk)?;
+                rope_backward(b, &dk, &pos, rope, rope_at(nkv, qd + kd, qd), &dqk)?;
+                self.project_backward(b, n, (l, Proj::Qk), &xn, &dqk, &dxn, false)?;
+                ((dqk.clone(), cols(qd + kd, 0)), (dqk, cols(qd + kd, qd)))
+            }
+        };
         let dv_flat = dv.view(0, &[n, kd])?;
         self.project_backward(b, n, (l, Proj::V), &xn, &dv_flat, &dxn, true)?;
         for (target, dy, at) in [
-            (LoraTarget::Q, &dqk, cols(qd + kd, 0)),
-            (LoraTarget::K, &dqk, cols(qd + kd, qd)),
+            (LoraTarget::Q, &dq_proj.0, dq_proj.1),
+            (LoraTarget::K, &dk_proj.0, dk_proj.1),
             (LoraTarget::V, &dv_flat, cols(kd, 0)),
         ] {
             if let Some(p) = self.lora.get(l, target) {

@@ -10,16 +10,18 @@
 //! `IGNORE_TARGET`); the loss is the mean cross-entropy over the counted targets, as
 //! transformers computes it with `labels` (`ignore_index`).
 //!
-//! Supported now: llama, qwen2 and qwen3 blocks (biases and QK-norm weights frozen unless the
-//! layer trains in full), f32 activations. Post-norms (gemma3),
-//! gated attention and sliding windows refuse to train (`Unsupported`).
+//! Supported now: llama, qwen2, qwen3 and gemma3 blocks (biases and QK-norm weights frozen
+//! unless the layer trains in full; gemma3's post-norms, sliding windows and per-layer RoPE;
+//! its layers cannot yet train in full), f32 activations. Gated attention and attention
+//! softcaps refuse to train (`Unsupported`).
 
 use super::lora::{dropout_seed, Lora, LoraConfig, LoraPair, LoraTarget};
 use super::{Layer, LlamaModel, Stacked};
 use crate::error::{PupilError, Result};
 use crate::gpu::{Batch, DType, GpuContext, Tensor};
 use crate::ops::activation::{gated_activation_fused_backward, gated_activation_fused_forward};
-use crate::ops::attention::{attention_packed_forward, doc_starts, GateInput, GateMode};
+use crate::ops::add::add_inplace;
+use crate::ops::attention::{attention_packed_forward, doc_starts, AttentionConfig, GateInput, GateMode};
 use crate::ops::attention_backward::{attention_backward, attention_backward_stats, doc_bounds};
 use crate::ops::cross_entropy::{cross_entropy_forward_backward, IGNORE_TARGET};
 use crate::ops::dropout::dropout_forward;
@@ -29,7 +31,7 @@ use crate::ops::matmul_dense::{matmul_dense_strided, DenseLayout, Strided};
 use crate::ops::optim::{adamw_step, grad_sum_squares, sum_squares_slots, AdamW, GradStats};
 use crate::ops::rms_norm::{rms_norm_backward, rms_norm_backward_weight, rms_norm_forward};
 use crate::ops::rope::{rope_backward, rope_forward, RopeInput};
-use crate::ops::{NormWeight, QuantWeight};
+use crate::ops::{NormWeight, QuantWeight, RopeTable};
 
 /// Rows of logits computed at a time for the loss (a multiple of 64 keeps every row view's
 /// byte offset aligned for binding).
@@ -195,6 +197,12 @@ struct Work {
     o: Tensor,
     lse: Tensor,
     x_mid: Tensor,
+    /// Post-norm models (gemma3): the attention's and the MLP's output projections before
+    /// their norms, the normed output, and the gradient of a projection's output.
+    attn_proj: Tensor,
+    mlp_proj: Tensor,
+    post_out: Tensor,
+    d_post: Tensor,
     xn2: Tensor,
     gu: Tensor,
     h: Tensor,
@@ -302,10 +310,11 @@ impl<'m> Trainer<'m> {
         let c = &model.config;
         let unsupported =
             |what: &str| Err(PupilError::Unsupported(format!("training {} models ({what})", c.architecture)));
-        if c.post_norms || c.output_gate || c.sliding_window.is_some() || c.attn_softcap.is_some() {
-            return unsupported(
-                "post-norms, gated attention, sliding windows and softcaps are not wired into training yet",
-            );
+        if c.output_gate || c.attn_softcap.is_some() {
+            return unsupported("gated attention and attention softcaps are not wired into training yet");
+        }
+        if c.post_norms && last_layers > 0 {
+            return unsupported("full training of layers with post-norms (gemma3) is not wired yet");
         }
         if model.dtype != DType::F32 {
             return Err(PupilError::Unsupported("training with f16 activations (load the model with f32)".into()));
@@ -403,6 +412,10 @@ impl<'m> Trainer<'m> {
             o: e(&[t, nh, hd])?,
             lse: e(&[t, nh])?,
             x_mid: e(&[t, h])?,
+            attn_proj: e(&[if c.post_norms { t * h } else { 1 }])?,
+            mlp_proj: e(&[if c.post_norms { t * h } else { 1 }])?,
+            post_out: e(&[if c.post_norms { t * h } else { 1 }])?,
+            d_post: e(&[if c.post_norms { t * h } else { 1 }])?,
             xn2: e(&[t, h])?,
             gu: e(&[t, 2 * f])?,
             h: e(&[t, f])?,
@@ -764,6 +777,15 @@ impl<'m> Trainer<'m> {
         }
     }
 
+    /// Layer l's RoPE table and attention: a sliding-window layer's own (gemma3's local layers),
+    /// else the model's.
+    fn attention_of(&self, l: usize) -> (&'m RopeTable, &'m AttentionConfig) {
+        match &self.model.local {
+            Some((rope, cfg)) if self.model.config.layer_window(l).is_some() => (rope, cfg),
+            _ => (&self.model.rope, &self.model.attn),
+        }
+    }
+
     /// Layer l's QK-norm weights, if it has them: the trained copies or the model's.
     fn qk_norm(&self, l: usize) -> Option<(&Tensor, &Tensor)> {
         match (&self.dense[l], &self.layer(l).qk_norm) {
@@ -945,11 +967,12 @@ impl<'m> Trainer<'m> {
             stride: *stride,
             offset: *offset,
         };
-        rope_forward(b, &q_src.0, &pos, &self.model.rope, rope_in(nh, &q_src), &q)?;
-        rope_forward(b, &k_src.0, &pos, &self.model.rope, rope_in(nkv, &k_src), &k)?;
+        let (rope, attn) = self.attention_of(l);
+        rope_forward(b, &q_src.0, &pos, rope, rope_in(nh, &q_src), &q)?;
+        rope_forward(b, &k_src.0, &pos, rope, rope_in(nkv, &k_src), &k)?;
         self.project(b, n, (l, Proj::V), &xn, &vv.view(0, &[n, kd])?, false, &[(l, LoraTarget::V, cols(kd, 0))])?;
         let (o, lse) = (v(&w.o, &[n, nh, hd])?, v(&w.lse, &[n, nh])?);
-        attention_packed_forward(b, &self.model.attn, &q, &k, &vv, &v(&self.doc_start, &[n])?, &o, &lse, None)?;
+        attention_packed_forward(b, attn, &q, &k, &vv, &v(&self.doc_start, &[n])?, &o, &lse, None)?;
         let x_mid = v(&w.x_mid, &[n, h])?;
         b.copy(&x, &x_mid)?;
         let o_in = match (self.gates.get(l), &self.gate_work) {
@@ -978,14 +1001,36 @@ impl<'m> Trainer<'m> {
                 o.view(0, &[n, qd])?
             }
         };
-        self.project(b, n, (l, Proj::O), &o_in, &x_mid, true, &[(l, LoraTarget::O, cols(h, 0))])?;
+        let o_adapter = [(l, LoraTarget::O, cols(h, 0))];
+        let post_norms = self.layer(l).post_norms.as_ref();
+        match post_norms {
+            None => self.project(b, n, (l, Proj::O), &o_in, &x_mid, true, &o_adapter)?,
+            Some((attn_post, _)) => {
+                // x_mid = x + post_norm(o): the projection apart, kept for the backward.
+                let (proj, normed) = (v(&w.attn_proj, &[n, h])?, v(&w.post_out, &[n, h])?);
+                self.project(b, n, (l, Proj::O), &o_in, &proj, false, &o_adapter)?;
+                rms_norm_forward(b, &proj, attn_post, &normed, c.rms_eps, NormWeight::Plain)?;
+                add_inplace(b, &x_mid, &normed)?;
+            }
+        }
         let (xn2, gu, hh) = (v(&w.xn2, &[n, h])?, v(&w.gu, &[n, 2 * f])?, v(&w.h, &[n, f])?);
         rms_norm_forward(b, &x_mid, self.norm(l, false), &xn2, c.rms_eps, NormWeight::Plain)?;
         let gu_adapters = [(l, LoraTarget::Gate, cols(2 * f, 0)), (l, LoraTarget::Up, cols(2 * f, f))];
         self.project(b, n, (l, Proj::GateUp), &xn2, &gu, false, &gu_adapters)?;
         gated_activation_fused_forward(b, c.activation, &gu, &hh)?;
         let down = [(l, LoraTarget::Down, cols(h, 0))];
-        if store {
+        if let Some((_, ffn_post)) = post_norms {
+            // out = x_mid + post_norm(down): the backward needs the projection, recomputed too.
+            let proj = v(&w.mlp_proj, &[n, h])?;
+            self.project(b, n, (l, Proj::Down), &hh, &proj, false, &down)?;
+            if store {
+                let (normed, out) = (v(&w.post_out, &[n, h])?, v(&self.xs[l + 1], &[n, h])?);
+                rms_norm_forward(b, &proj, ffn_post, &normed, c.rms_eps, NormWeight::Plain)?;
+                b.copy(&x_mid, &out)?;
+                b.next_pass();
+                add_inplace(b, &out, &normed)?;
+            }
+        } else if store {
             let out = v(&self.xs[l + 1], &[n, h])?;
             b.copy(&x_mid, &out)?;
             b.next_pass();
@@ -1055,9 +1100,20 @@ impl<'m> Trainer<'m> {
         let (hh, gu, xn2, x_mid) =
             (v(&w.h, &[n, f])?, v(&w.gu, &[n, 2 * f])?, v(&w.xn2, &[n, h])?, v(&w.x_mid, &[n, h])?);
         let (dh, dgu, dxn) = (v(&w.dh, &[n, f])?, v(&w.dgu, &[n, 2 * f])?, v(&w.dxn, &[n, h])?);
-        self.project_backward(b, n, (l, Proj::Down), &hh, &dx, &dh, false)?;
+        // With a post-norm, the projection's output gradient is the norm's input gradient.
+        let post_norms = self.layer(l).post_norms.as_ref();
+        let through_post = |b: &mut Batch, proj: &Tensor, norm: &Tensor| -> Result<Tensor> {
+            let d = v(&w.d_post, &[n, h])?;
+            rms_norm_backward(b, proj, norm, &dx, &d, &rstd, c.rms_eps, NormWeight::Plain, false)?;
+            Ok(d)
+        };
+        let d_down = match post_norms {
+            Some((_, ffn_post)) => through_post(b, &v(&w.mlp_proj, &[n, h])?, ffn_post)?,
+            None => dx.clone(),
+        };
+        self.project_backward(b, n, (l, Proj::Down), &hh, &d_down, &dh, false)?;
         if let Some(p) = self.lora.get(l, LoraTarget::Down) {
-            self.lora_backward(b, (n, l), p, &hh, &dx, cols(h, 0), &dh)?;
+            self.lora_backward(b, (n, l), p, &hh, &d_down, cols(h, 0), &dh)?;
         }
         gated_activation_fused_backward(b, c.activation, &gu, &dh, &dgu)?;
         self.project_backward(b, n, (l, Proj::GateUp), &xn2, &dgu, &dxn, false)?;
@@ -1078,9 +1134,13 @@ impl<'m> Trainer<'m> {
             Some((_, gw)) => v(&gw.gated, &[n, qd])?,
             None => o.view(0, &[n, qd])?,
         };
-        self.project_backward(b, n, (l, Proj::O), &o_in, &dx, &d_o, false)?;
+        let d_proj = match post_norms {
+            Some((attn_post, _)) => through_post(b, &v(&w.attn_proj, &[n, h])?, attn_post)?,
+            None => dx.clone(),
+        };
+        self.project_backward(b, n, (l, Proj::O), &o_in, &d_proj, &d_o, false)?;
         if let Some(p) = self.lora.get(l, LoraTarget::O) {
-            self.lora_backward(b, (n, l), p, &o_in, &dx, cols(h, 0), &d_o)?;
+            self.lora_backward(b, (n, l), p, &o_in, &d_proj, cols(h, 0), &d_o)?;
         }
         // Through the gate: d_o is the gated output's gradient; attention gets the ungated one.
         let d_attn = match gate {
@@ -1097,7 +1157,7 @@ impl<'m> Trainer<'m> {
         let bounds = v(&self.doc_bounds, &[n, 2])?;
         attention_backward(
             b,
-            &self.model.attn,
+            self.attention_of(l).1,
             (&q, &k, &vv),
             &o,
             &lse,
@@ -1109,7 +1169,7 @@ impl<'m> Trainer<'m> {
         let pos = v(&self.positions, &[n])?;
         let rope_at =
             |heads: usize, stride: usize, offset: usize| RopeInput { tokens: n, heads, head_dim: hd, stride, offset };
-        let rope = &self.model.rope;
+        let rope = self.attention_of(l).0;
         let xn = v(&w.xn, &[n, h])?;
         // The gradients of the projections' outputs, as (tensor, LoRA column block).
         let (dq_proj, dk_proj) = match (&self.layer(l).qk, &w.split) {

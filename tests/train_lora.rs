@@ -274,6 +274,12 @@ fn gemma3_lora_dropout_matches_pytorch() {
     gradients_match_pytorch("dropout", "tiny-gemma3");
 }
 
+/// gemma3's last layer in full: its post-norms' and QK-norms' weights too.
+#[test]
+fn gemma3_last_layer_gradients_and_adamw_match_pytorch() {
+    last_layer_matches_pytorch("tiny-gemma3");
+}
+
 #[test]
 fn gemma3_attention_gates_match_pytorch() {
     gates_match_pytorch("tiny-gemma3");
@@ -318,14 +324,14 @@ fn nan_gradients_skip_the_step_and_bad_input_is_refused() {
     assert_eq!(bad(&vec![1; 65], &vec![1; 65], &[65]), "InvalidArgument");
     drop(tr);
 
-    // Not wired yet: full training of gemma3's (post-norm) layers.
+    // Not wired yet: training gated attention (Qwen3-Next's own gate).
     let synth_model = |preset: &str| {
         let file = synth::synthesize(&synth::preset(preset).unwrap(), 1, &mut |_, _| {}).unwrap();
         let opts = ModelOptions { context: Some(64), ..ModelOptions::default() };
         LlamaModel::load(&ctx, &file, &opts, &mut |_, _| {}).unwrap()
     };
-    let g3 = synth_model("tiny-gemma3");
-    let e = Trainer::with_last_layers(&ctx, &g3, None, 1, 64, 1).err().unwrap();
+    let q3n = synth_model("tiny-qwen3next");
+    let e = Trainer::new(&ctx, &q3n, LoraConfig::new(4, 8.0, vec![LoraTarget::Q]), 64, 1).err().unwrap();
     println!("refused: {e}");
     assert_eq!(e.kind(), "Unsupported");
 }
@@ -373,12 +379,22 @@ fn last_layer_matches_pytorch(preset: &str) {
     if c.architecture == "qwen2" {
         want.push(("v_bias", g("self_attn.v_proj.bias")));
     }
+    want.push(("o", g("self_attn.o_proj.weight")));
+    // gemma3's norms: post_attention_layernorm is the attention's post-norm there, the MLP's
+    // input norm is pre_feedforward_layernorm (llama's post_attention_layernorm).
+    let gemma = c.post_norms;
+    if gemma {
+        want.push(("attn_post_norm", g("post_attention_layernorm.weight")));
+    }
+    let ffn_norm = if gemma { "pre_feedforward_layernorm.weight" } else { "post_attention_layernorm.weight" };
     want.extend([
-        ("o", g("self_attn.o_proj.weight")),
-        ("ffn_norm", g("post_attention_layernorm.weight")),
+        ("ffn_norm", g(ffn_norm)),
         ("gate_up", cat(g("mlp.gate_proj.weight"), g("mlp.up_proj.weight"))),
         ("down", g("mlp.down_proj.weight")),
     ]);
+    if gemma {
+        want.push(("ffn_post_norm", g("post_feedforward_layernorm.weight")));
+    }
     let (ids, targets, docs) = batch(&fx);
     let mut tr = Trainer::with_last_layers(&ctx, &model, None, 1, 64, 1).unwrap();
     let loss = pollster::block_on(tr.forward_backward(&ctx, &ids, &targets, &docs)).unwrap();
@@ -523,6 +539,31 @@ fn trained_weights_round_trip_through_safetensors() {
     }
     assert_eq!(read.len(), expected, "nothing else in the file");
     println!("{} tensors, {} bytes", read.len(), bytes.len());
+
+    // gemma3: a trained layer's norms train as w of x̂·(1 + w) and go back to the file's 1 + w.
+    let fx = fixture_of("last1", "tiny-gemma3");
+    let model = self::model(&ctx, &fx);
+    let tr = Trainer::with_last_layers(&ctx, &model, None, 1, 64, 3).unwrap();
+    let bytes = pollster::block_on(pupil::train::trained_safetensors(&ctx, &tr, "gemma3")).unwrap();
+    let read = pollster::block_on(pupil::model::safetensors::read_safetensors_header(&bytes, "trained")).unwrap();
+    let last = model.config.n_layers - 1;
+    let d = tr.dense[last].as_ref().unwrap();
+    let (q_norm, k_norm) = d.qk_norm.as_ref().unwrap();
+    let (attn_post, ffn_post) = d.post_norms.as_ref().unwrap();
+    for (name, p) in [
+        ("attn_norm", &d.attn_norm),
+        ("attn_q_norm", q_norm),
+        ("attn_k_norm", k_norm),
+        ("post_attention_norm", attn_post),
+        ("ffn_norm", &d.ffn_norm),
+        ("post_ffw_norm", ffn_post),
+    ] {
+        let t = read.iter().find(|t| t.name == format!("blk.{last}.{name}.weight")).unwrap();
+        let raw = &bytes[t.start as usize..(t.start + t.len) as usize];
+        let saved: Vec<f32> = raw.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect();
+        let plus_one: Vec<f32> = host(&p.w).iter().map(|w| w + 1.0).collect();
+        assert_eq!(saved, plus_one, "{name}");
+    }
 }
 
 /// Gradient accumulation: the fixture's two sequences as two passes, each weighted by its

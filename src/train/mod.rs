@@ -244,7 +244,11 @@ pub async fn trained_safetensors(ctx: &GpuContext, trainer: &Trainer<'_>, archit
     for (l, d) in trainer.dense.iter().enumerate() {
         let Some(d) = d else { continue };
         for (name, p) in d.params() {
-            let (v, shape) = (p.w.read_f32(ctx).await?, p.w.shape().to_vec());
+            let (mut v, shape) = (p.w.read_f32(ctx).await?, p.w.shape().to_vec());
+            if d.norms_one_plus && name.ends_with("norm") {
+                // Back to the file's 1 + w (Gemma's norms train as w).
+                v.iter_mut().for_each(|x| *x += 1.0);
+            }
             // Q|K and gate|up are fused in Pupil: split them back into the file's tensors.
             let split = |a: &str, b: &str, rows_a: usize, width: usize| {
                 let rows_b = v.len() / width - rows_a;
@@ -274,6 +278,8 @@ pub async fn trained_safetensors(ctx: &GpuContext, trainer: &Trainer<'_>, archit
                 "ffn_norm" => one("ffn_norm.weight"),
                 "gate_up" => split("ffn_gate.weight", "ffn_up.weight", c.ffn_hidden, h),
                 "down" => one("ffn_down.weight"),
+                "attn_post_norm" => one("post_attention_norm.weight"),
+                "ffn_post_norm" => one("post_ffw_norm.weight"),
                 other => unreachable!("DenseLayer::params has no {other}"),
             });
         }

@@ -10,9 +10,9 @@
 //! `IGNORE_TARGET`); the loss is the mean cross-entropy over the counted targets, as
 //! transformers computes it with `labels` (`ignore_index`).
 //!
-//! Supported now: llama, qwen2, qwen3 and gemma3 blocks (biases and QK-norm weights frozen
-//! unless the layer trains in full; gemma3's post-norms, sliding windows and per-layer RoPE;
-//! its layers cannot yet train in full), f32 activations. Gated attention and attention
+//! Supported now: llama, qwen2, qwen3 and gemma3 blocks (biases, QK-norm and post-norm weights
+//! frozen unless the layer trains in full; gemma3's sliding windows and per-layer RoPE), f32
+//! activations. Gated attention and attention
 //! softcaps refuse to train (`Unsupported`).
 
 use super::lora::{dropout_seed, Lora, LoraConfig, LoraPair, LoraTarget};
@@ -66,6 +66,10 @@ pub struct DenseLayer {
     pub ffn_norm: Param,
     pub gate_up: Param,
     pub down: Param,
+    /// Post-attention and post-MLP norms (gemma3).
+    pub post_norms: Option<(Param, Param)>,
+    /// The norm weights hold Gemma's `w` of `x̂·(1 + w)` (the file stores `1 + w`).
+    pub norms_one_plus: bool,
     /// Q's rows in `qk`.
     q_rows: usize,
 }
@@ -80,7 +84,10 @@ impl DenseLayer {
         }
         out.push(("v", &self.v));
         out.extend(self.v_bias.as_ref().map(|p| ("v_bias", p)));
-        out.extend([("o", &self.o), ("ffn_norm", &self.ffn_norm), ("gate_up", &self.gate_up), ("down", &self.down)]);
+        out.push(("o", &self.o));
+        out.extend(self.post_norms.as_ref().map(|p| ("attn_post_norm", &p.0)));
+        out.extend([("ffn_norm", &self.ffn_norm), ("gate_up", &self.gate_up), ("down", &self.down)]);
+        out.extend(self.post_norms.as_ref().map(|p| ("ffn_post_norm", &p.1)));
         out
     }
 
@@ -153,6 +160,16 @@ fn dequantized(ctx: &GpuContext, ws: &[&QuantWeight]) -> Result<Tensor> {
         b.submit();
         at += w.rows * cols;
     }
+    Ok(out)
+}
+
+/// `t − 1` (a Gemma norm weight as its checkpoint parameter).
+fn minus_one(ctx: &GpuContext, t: &Tensor) -> Result<Tensor> {
+    let out = Tensor::empty(ctx, t.shape(), DType::F32)?;
+    let ones = Tensor::from_f32(ctx, &vec![-1.0; t.len()], t.shape(), DType::F32)?;
+    let mut b = Batch::new(ctx);
+    crate::ops::add::add_forward(&mut b, t, &ones, &out)?;
+    b.submit();
     Ok(out)
 }
 
@@ -313,9 +330,6 @@ impl<'m> Trainer<'m> {
         if c.output_gate || c.attn_softcap.is_some() {
             return unsupported("gated attention and attention softcaps are not wired into training yet");
         }
-        if c.post_norms && last_layers > 0 {
-            return unsupported("full training of layers with post-norms (gemma3) is not wired yet");
-        }
         if model.dtype != DType::F32 {
             return Err(PupilError::Unsupported("training with f16 activations (load the model with f32)".into()));
         }
@@ -355,6 +369,7 @@ impl<'m> Trainer<'m> {
             }
         };
         let mut dense = Vec::with_capacity(c.n_layers);
+        let one_plus = c.architecture == "gemma3";
         for (l, lay) in model.layers.iter().enumerate() {
             if l + last_layers < c.n_layers {
                 dense.push(None);
@@ -367,21 +382,28 @@ impl<'m> Trainer<'m> {
             };
             let p = |t: Tensor| Param::new(ctx, t);
             let bias = |t: &Option<Tensor>| t.as_ref().map(|t| p(copied(ctx, t)?)).transpose();
-            let qk_norm = match &lay.qk_norm {
-                Some((q, k)) => Some((p(copied(ctx, q)?)?, p(copied(ctx, k)?)?)),
-                None => None,
+            // Gemma's norms train as w of x̂·(1 + w), as the checkpoint's parameters are.
+            let norm = |t: &Tensor| p(if one_plus { minus_one(ctx, t)? } else { copied(ctx, t)? });
+            let pair = |t: &Option<(Tensor, Tensor)>| -> Result<Option<(Param, Param)>> {
+                match t {
+                    Some((a, b)) => Ok(Some((norm(a)?, norm(b)?))),
+                    None => Ok(None),
+                }
             };
+            let (qk_norm, post_norms) = (pair(&lay.qk_norm)?, pair(&lay.post_norms)?);
             dense.push(Some(DenseLayer {
-                attn_norm: p(copied(ctx, &lay.attn_norm)?)?,
+                attn_norm: norm(&lay.attn_norm)?,
                 qk: p(dequantized(ctx, &qk)?)?,
                 qk_bias: bias(&lay.qk_bias)?,
                 qk_norm,
                 v: p(dequantized(ctx, &[&lay.v])?)?,
                 v_bias: bias(&lay.v_bias)?,
                 o: p(dequantized(ctx, &[&lay.o])?)?,
-                ffn_norm: p(copied(ctx, &lay.ffn_norm)?)?,
+                ffn_norm: norm(&lay.ffn_norm)?,
                 gate_up: p(dequantized(ctx, &[gu])?)?,
                 down: p(dequantized(ctx, &[&lay.down])?)?,
+                post_norms,
+                norms_one_plus: one_plus,
                 q_rows: c.n_heads * c.head_dim,
             }));
         }
@@ -786,6 +808,26 @@ impl<'m> Trainer<'m> {
         }
     }
 
+    /// How layer l's norm weights apply: the model's as loaded (a GGUF file stores Gemma's
+    /// `1 + w`), a trained copy as the checkpoint's parameter (`w` for Gemma, so that AdamW's
+    /// weight decay pulls it towards 0 as PyTorch's does).
+    fn norm_form(&self, l: usize) -> NormWeight {
+        match self.dense[l] {
+            Some(ref d) if d.norms_one_plus => NormWeight::OnePlus,
+            _ => NormWeight::Plain,
+        }
+    }
+
+    /// Layer l's post-attention and post-MLP norm weights, if it has them: the trained copies
+    /// or the model's.
+    fn post_norms(&self, l: usize) -> Option<(&Tensor, &Tensor)> {
+        match (&self.dense[l], &self.layer(l).post_norms) {
+            (Some(DenseLayer { post_norms: Some((a, m)), .. }), _) => Some((&a.w, &m.w)),
+            (_, Some((a, m))) => Some((a, m)),
+            _ => None,
+        }
+    }
+
     /// Layer l's QK-norm weights, if it has them: the trained copies or the model's.
     fn qk_norm(&self, l: usize) -> Option<(&Tensor, &Tensor)> {
         match (&self.dense[l], &self.layer(l).qk_norm) {
@@ -925,6 +967,7 @@ impl<'m> Trainer<'m> {
     /// its output into `xs[l + 1]` (the backward's recomputation skips that last product).
     fn layer_forward(&self, b: &mut Batch, l: usize, n: usize, store: bool) -> Result<()> {
         let c = &self.model.config;
+        let form = self.norm_form(l);
         let Dims { h, f, hd, nh, nkv, qd, kd } = Dims::of(c);
         let w = &self.w;
         let v = |t: &Tensor, shape: &[usize]| t.view(0, shape);
@@ -932,7 +975,7 @@ impl<'m> Trainer<'m> {
         let xn = v(&w.xn, &[n, h])?;
         let qk = v(&w.qk, &[n, qd + kd])?;
         let cols = |stride: usize, offset: usize| Strided { row_stride: stride, offset };
-        rms_norm_forward(b, &x, self.norm(l, true), &xn, c.rms_eps, NormWeight::Plain)?;
+        rms_norm_forward(b, &x, self.norm(l, true), &xn, c.rms_eps, form)?;
         let pos = v(&self.positions, &[n])?;
         let (q, k, vv) = (v(&w.q, &[n, nh, hd])?, v(&w.k, &[n, nkv, hd])?, v(&w.v, &[n, nkv, hd])?);
         // RoPE's sources: the fused Q|K rows, or Q and K apart (each QK-normed when the model
@@ -947,8 +990,8 @@ impl<'m> Trainer<'m> {
                         let (q_normed, k_normed) = (v(&sp.q_normed, &[n, qd])?, v(&sp.k_normed, &[n, kd])?);
                         let heads = |t: &Tensor, count: usize| t.view(0, &[n * count, hd]);
                         let eps = c.rms_eps;
-                        rms_norm_forward(b, &heads(&q_raw, nh)?, qn, &heads(&q_normed, nh)?, eps, NormWeight::Plain)?;
-                        rms_norm_forward(b, &heads(&k_raw, nkv)?, kn, &heads(&k_normed, nkv)?, eps, NormWeight::Plain)?;
+                        rms_norm_forward(b, &heads(&q_raw, nh)?, qn, &heads(&q_normed, nh)?, eps, form)?;
+                        rms_norm_forward(b, &heads(&k_raw, nkv)?, kn, &heads(&k_normed, nkv)?, eps, form)?;
                         ((q_normed, qd, 0), (k_normed, kd, 0))
                     }
                     None => ((q_raw, qd, 0), (k_raw, kd, 0)),
@@ -1002,19 +1045,19 @@ impl<'m> Trainer<'m> {
             }
         };
         let o_adapter = [(l, LoraTarget::O, cols(h, 0))];
-        let post_norms = self.layer(l).post_norms.as_ref();
+        let post_norms = self.post_norms(l);
         match post_norms {
             None => self.project(b, n, (l, Proj::O), &o_in, &x_mid, true, &o_adapter)?,
             Some((attn_post, _)) => {
                 // x_mid = x + post_norm(o): the projection apart, kept for the backward.
                 let (proj, normed) = (v(&w.attn_proj, &[n, h])?, v(&w.post_out, &[n, h])?);
                 self.project(b, n, (l, Proj::O), &o_in, &proj, false, &o_adapter)?;
-                rms_norm_forward(b, &proj, attn_post, &normed, c.rms_eps, NormWeight::Plain)?;
+                rms_norm_forward(b, &proj, attn_post, &normed, c.rms_eps, form)?;
                 add_inplace(b, &x_mid, &normed)?;
             }
         }
         let (xn2, gu, hh) = (v(&w.xn2, &[n, h])?, v(&w.gu, &[n, 2 * f])?, v(&w.h, &[n, f])?);
-        rms_norm_forward(b, &x_mid, self.norm(l, false), &xn2, c.rms_eps, NormWeight::Plain)?;
+        rms_norm_forward(b, &x_mid, self.norm(l, false), &xn2, c.rms_eps, form)?;
         let gu_adapters = [(l, LoraTarget::Gate, cols(2 * f, 0)), (l, LoraTarget::Up, cols(2 * f, f))];
         self.project(b, n, (l, Proj::GateUp), &xn2, &gu, false, &gu_adapters)?;
         gated_activation_fused_forward(b, c.activation, &gu, &hh)?;
@@ -1025,7 +1068,7 @@ impl<'m> Trainer<'m> {
             self.project(b, n, (l, Proj::Down), &hh, &proj, false, &down)?;
             if store {
                 let (normed, out) = (v(&w.post_out, &[n, h])?, v(&self.xs[l + 1], &[n, h])?);
-                rms_norm_forward(b, &proj, ffn_post, &normed, c.rms_eps, NormWeight::Plain)?;
+                rms_norm_forward(b, &proj, ffn_post, &normed, c.rms_eps, form)?;
                 b.copy(&x_mid, &out)?;
                 b.next_pass();
                 add_inplace(b, &out, &normed)?;
@@ -1090,6 +1133,7 @@ impl<'m> Trainer<'m> {
     /// layer's output on entry and of its input on return; adapter gradients accumulate.
     fn layer_backward(&self, b: &mut Batch, l: usize, n: usize) -> Result<()> {
         let c = &self.model.config;
+        let form = self.norm_form(l);
         let Dims { h, f, hd, nh, nkv, qd, kd } = Dims::of(c);
         let w = &self.w;
         let v = |t: &Tensor, shape: &[usize]| t.view(0, shape);
@@ -1100,15 +1144,20 @@ impl<'m> Trainer<'m> {
         let (hh, gu, xn2, x_mid) =
             (v(&w.h, &[n, f])?, v(&w.gu, &[n, 2 * f])?, v(&w.xn2, &[n, h])?, v(&w.x_mid, &[n, h])?);
         let (dh, dgu, dxn) = (v(&w.dh, &[n, f])?, v(&w.dgu, &[n, 2 * f])?, v(&w.dxn, &[n, h])?);
-        // With a post-norm, the projection's output gradient is the norm's input gradient.
-        let post_norms = self.layer(l).post_norms.as_ref();
-        let through_post = |b: &mut Batch, proj: &Tensor, norm: &Tensor| -> Result<Tensor> {
+        // With a post-norm, the projection's output gradient is the norm's input gradient (and
+        // a trained layer's norm weight gets its own).
+        let post_norms = self.post_norms(l);
+        let trained_post = self.dense[l].as_ref().and_then(|d| d.post_norms.as_ref());
+        let through_post = |b: &mut Batch, proj: &Tensor, norm: &Tensor, grad: Option<&Tensor>| -> Result<Tensor> {
             let d = v(&w.d_post, &[n, h])?;
-            rms_norm_backward(b, proj, norm, &dx, &d, &rstd, c.rms_eps, NormWeight::Plain, false)?;
+            rms_norm_backward(b, proj, norm, &dx, &d, &rstd, c.rms_eps, form, false)?;
+            if let Some(g) = grad {
+                rms_norm_backward_weight(b, proj, &dx, &rstd, g, true)?;
+            }
             Ok(d)
         };
         let d_down = match post_norms {
-            Some((_, ffn_post)) => through_post(b, &v(&w.mlp_proj, &[n, h])?, ffn_post)?,
+            Some((_, ffn_post)) => through_post(b, &v(&w.mlp_proj, &[n, h])?, ffn_post, trained_post.map(|p| &p.1.g))?,
             None => dx.clone(),
         };
         self.project_backward(b, n, (l, Proj::Down), &hh, &d_down, &dh, false)?;
@@ -1122,7 +1171,7 @@ impl<'m> Trainer<'m> {
                 self.lora_backward(b, (n, l), p, &xn2, &dgu, cols(2 * f, offset), &dxn)?;
             }
         }
-        rms_norm_backward(b, &x_mid, self.norm(l, false), &dxn, &dx, &rstd, c.rms_eps, NormWeight::Plain, true)?;
+        rms_norm_backward(b, &x_mid, self.norm(l, false), &dxn, &dx, &rstd, c.rms_eps, form, true)?;
         self.norm_weight_backward(b, l, false, &x_mid, &dxn, &rstd)?;
         // Attention: x_mid = x + o(attention(rope(q), rope(k), v)) of norm(x).
         let (o, lse) = (v(&w.o, &[n, nh, hd])?, v(&w.lse, &[n, nh])?);
@@ -1135,7 +1184,9 @@ impl<'m> Trainer<'m> {
             None => o.view(0, &[n, qd])?,
         };
         let d_proj = match post_norms {
-            Some((attn_post, _)) => through_post(b, &v(&w.attn_proj, &[n, h])?, attn_post)?,
+            Some((attn_post, _)) => {
+                through_post(b, &v(&w.attn_proj, &[n, h])?, attn_post, trained_post.map(|p| &p.0.g))?
+            }
             None => dx.clone(),
         };
         self.project_backward(b, n, (l, Proj::O), &o_in, &d_proj, &d_o, false)?;
@@ -1191,7 +1242,7 @@ impl<'m> Trainer<'m> {
                         {
                             let rstd = v(&sp.rstd_heads, &[n * count])?;
                             let (x, dy, dx) = (heads(raw, count)?, heads(dy, count)?, heads(dx, count)?);
-                            rms_norm_backward(b, &x, norm_w, &dy, &dx, &rstd, c.rms_eps, NormWeight::Plain, false)?;
+                            rms_norm_backward(b, &x, norm_w, &dy, &dx, &rstd, c.rms_eps, form, false)?;
                             if let Some(g) = grad {
                                 rms_norm_backward_weight(b, &x, &dy, &rstd, g, true)?;
                             }
@@ -1234,7 +1285,7 @@ impl<'m> Trainer<'m> {
             matmul_dense_strided(b, (&dl, None), &g.w.w, (&dxn, None), DenseLayout::Nn, (n, h, qd), 1.0, true)?;
         }
         let x = v(&self.xs[l], &[n, h])?;
-        rms_norm_backward(b, &x, self.norm(l, true), &dxn, &dx, &rstd, c.rms_eps, NormWeight::Plain, true)?;
+        rms_norm_backward(b, &x, self.norm(l, true), &dxn, &dx, &rstd, c.rms_eps, form, true)?;
         self.norm_weight_backward(b, l, true, &x, &dxn, &rstd)
     }
 }

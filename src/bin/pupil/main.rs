@@ -638,6 +638,12 @@ async fn run(command: Command, options: ContextOptions) -> pupil::Result<ExitCod
                 ),
                 _ => println!("no held-out rows (--eval 0 or a single row)"),
             }
+            let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+            println!(
+                "GPU memory: peak {:.1} MiB, {:.1} MiB held now (model and trainer)",
+                mib(ctx.memory.peak_bytes()),
+                mib(ctx.memory.current_bytes())
+            );
             if let Some(path) = save {
                 let bytes = train::trained_safetensors(&ctx, &trainer, &l.model.config.architecture).await?;
                 std::fs::write(&path, &bytes).map_err(|e| other(format!("{}: {e}", path.display())))?;

@@ -18,6 +18,7 @@
 mod load;
 mod lora;
 mod train;
+mod trained;
 
 use std::sync::Arc;
 

@@ -52,6 +52,7 @@ pub const SHADER_FILES: &[(&str, &str)] = &[
     ("matmul_dense", include_str!("../../shaders/matmul_dense.wgsl")),
     ("attention_backward", include_str!("../../shaders/attention_backward.wgsl")),
     ("dropout", include_str!("../../shaders/dropout.wgsl")),
+    ("distill_loss", include_str!("../../shaders/distill_loss.wgsl")),
 ];
 
 /// Which WGSL compiler will read the source.

@@ -13,6 +13,7 @@ pub mod attention;
 pub mod attention_backward;
 pub mod bench;
 pub mod cross_entropy;
+pub mod distill_loss;
 pub mod dropout;
 pub mod embedding;
 pub mod gate;
@@ -134,6 +135,7 @@ pub fn all_variants() -> Vec<KernelKey> {
     v.extend(matmul_dense::variants());
     v.extend(attention_backward::variants());
     v.extend(dropout::variants());
+    v.extend(distill_loss::variants());
     v
 }
 

@@ -7,6 +7,7 @@ pub mod add;
 pub mod argmax;
 pub mod attention;
 pub mod cross_entropy;
+pub mod distill_loss;
 pub mod dropout;
 pub mod embedding;
 pub mod finite_difference;

@@ -24,6 +24,7 @@ pub async fn check(ctx: &GpuContext, dt: DType) -> Result<Vec<CaseReport>> {
     out.extend(attention(ctx, dt).await?);
     out.extend(gate(ctx, dt).await?);
     out.extend(cross_entropy(ctx, dt).await?);
+    out.extend(distill_loss(ctx, dt).await?);
     Ok(out)
 }
 
@@ -147,6 +148,54 @@ async fn cross_entropy(ctx: &GpuContext, dt: DType) -> Result<Vec<CaseReport>> {
         let case = |s: &str| format!("{s} {rows}x{vocab} ({what})");
         out.push(check_float(ctx, "cross_entropy", case("loss"), &loss, &want_loss).await?);
         out.push(check_float(ctx, "cross_entropy", case("dlogits"), &lt, &want_grad).await?);
+    }
+    Ok(out)
+}
+
+/// The distillation loss (both divergences, τ ≠ 1, with and without the CE term, ignored rows)
+/// against `reference::distill_loss`: per-row loss and KL, and the student's logit gradient.
+async fn distill_loss(ctx: &GpuContext, dt: DType) -> Result<Vec<CaseReport>> {
+    use crate::ops::distill_loss::{distill_loss_forward_backward, DistillLoss, Divergence};
+    let mut rng = SplitMix64::new(0x5EED_0B0D);
+    let mut out = Vec::new();
+    // (rows, vocab, ignored row, τ, α, divergence)
+    let cases: &[(usize, usize, Option<usize>, f32, f32, Divergence, &str)] = &[
+        (1, 7, None, 1.0, 0.5, Divergence::Forward, "one row"),
+        (3, 1000, Some(1), 2.0, 0.1, Divergence::Forward, "odd vocab, one row ignored"),
+        (2, 1000, None, 2.0, 0.0, Divergence::Reverse, "reverse KL, no CE"),
+        (4, 49152, Some(3), 4.0, 0.5, Divergence::Forward, "SmolLM2 vocab"),
+        (2, 262144, None, 1.5, 0.2, Divergence::Reverse, "Gemma 3 vocab, reverse"),
+    ];
+    for &(rows, vocab, ignored, tau, alpha, divergence, what) in cases {
+        let student = inputs(&mut rng, rows * vocab, -8.0, 8.0, dt);
+        let teacher = inputs(&mut rng, rows * vocab, -8.0, 8.0, dt);
+        let targets: Vec<u32> = (0..rows)
+            .map(|r| if Some(r) == ignored { IGNORE_TARGET } else { (rng.next_u64() % vocab as u64) as u32 })
+            .collect();
+        let cfg = DistillLoss { divergence, ..DistillLoss::hinton(tau, alpha) };
+        let scale = 1.0 / rows as f32;
+        let f64s = |v: &[f32]| v.iter().map(|&x| x as f64).collect::<Vec<_>>();
+        let (want_loss, want_kl, want_grad) = reference::distill_loss::distill_loss(
+            &f64s(&student),
+            &f64s(&teacher),
+            vocab,
+            &targets,
+            (tau as f64, cfg.kl_coef as f64, alpha as f64),
+            divergence == Divergence::Reverse,
+            scale as f64,
+        );
+        let st = poisoned(ctx, &[rows, vocab], dt)?;
+        write_keeping_canary(ctx, &st, &student)?;
+        let tt = Tensor::from_f32(ctx, &teacher, &[rows, vocab], dt)?;
+        let targets_t = Tensor::from_u32(ctx, &targets, &[rows])?;
+        let (loss, kl) = (poisoned(ctx, &[rows], DType::F32)?, poisoned(ctx, &[rows], DType::F32)?);
+        let mut b = Batch::new(ctx);
+        distill_loss_forward_backward(&mut b, &cfg, &st, &tt, &targets_t, (&loss, &kl), scale)?;
+        b.submit();
+        let case = |s: &str| format!("{s} {rows}x{vocab} τ={tau} α={alpha} ({what})");
+        out.push(check_float(ctx, "distill_loss", case("loss"), &loss, &want_loss).await?);
+        out.push(check_float(ctx, "distill_loss", case("kl"), &kl, &want_kl).await?);
+        out.push(check_float(ctx, "distill_loss", case("dlogits"), &st, &want_grad).await?);
     }
     Ok(out)
 }

@@ -158,8 +158,9 @@ async fn distill_loss(ctx: &GpuContext, dt: DType) -> Result<Vec<CaseReport>> {
     use crate::ops::distill_loss::{distill_loss_forward_backward, DistillLoss, Divergence};
     let mut rng = SplitMix64::new(0x5EED_0B0D);
     let mut out = Vec::new();
-    // (rows, vocab, ignored row, τ, α, divergence)
-    let cases: &[(usize, usize, Option<usize>, f32, f32, Divergence, &str)] = &[
+    // (rows, vocab, ignored row, τ, α, divergence, what)
+    type Case = (usize, usize, Option<usize>, f32, f32, Divergence, &'static str);
+    let cases: &[Case] = &[
         (1, 7, None, 1.0, 0.5, Divergence::Forward, "one row"),
         (3, 1000, Some(1), 2.0, 0.1, Divergence::Forward, "odd vocab, one row ignored"),
         (2, 1000, None, 2.0, 0.0, Divergence::Reverse, "reverse KL, no CE"),

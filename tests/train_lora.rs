@@ -599,3 +599,82 @@ fn accumulated_passes_match_pytorch_on_the_whole_batch() {
         "InvalidArgument"
     );
 }
+
+/// Online distillation (`Trainer::distill_forward_backward`): another `pupil synth` model of
+/// the same shape (seed 2) teaches the LoRA student of the `lora` fixture through Hinton's loss
+/// (τ = 2, τ²·KL + 0.5·CE per next-token position, kd_<preset>.*): the loss, the KL and every
+/// adapter gradient within 1e-4 of PyTorch's, and ten clipped AdamW steps' losses and KLs.
+fn distillation_matches_pytorch(preset: &str) {
+    use pupil::ops::distill_loss::DistillLoss;
+    let fx = fixture_of("kd", preset);
+    let ctx = common::context(false, true).unwrap();
+    let model = model(&ctx, &fx);
+    let teacher_file =
+        synth::synthesize(&synth::preset(preset).unwrap(), fx.meta["teacher_seed"].as_u64().unwrap(), &mut |_, _| {})
+            .unwrap();
+    assert_eq!(format!("{:x}", Sha256::digest(&teacher_file)), fx.meta["teacher_gguf_sha256"].as_str().unwrap());
+    let opts = ModelOptions { context: Some(64), ..ModelOptions::default() };
+    let teacher_model = LlamaModel::load(&ctx, &teacher_file, &opts, &mut |_, _| {}).unwrap();
+    let mut teacher = Trainer::with_last_layers(&ctx, &teacher_model, None, 0, 64, 1).unwrap();
+    let f = |k: &str| fx.meta[k].as_f64().unwrap();
+    let cfg =
+        DistillLoss { kl_coef: f("kl_coef") as f32, ..DistillLoss::hinton(f("tau") as f32, f("kd_alpha") as f32) };
+    let (ids, targets, docs) = batch(&fx);
+    let (mut tr, want) = trainer(&ctx, &model, &fx);
+    let (loss, kl) =
+        pollster::block_on(tr.distill_forward_backward(&ctx, &mut teacher, &cfg, &ids, &targets, &docs, 1.0)).unwrap();
+    let (el, ek) = ((loss - f("loss")).abs() / f("loss"), (kl - f("kl")).abs() / f("kl"));
+    println!(
+        "{preset} distillation: loss {loss:.6} vs PyTorch {:.6} ({el:.1e}), KL {kl:.6} vs {:.6} ({ek:.1e})",
+        f("loss"),
+        f("kl")
+    );
+    assert!(el < 1e-5 && ek < 1e-5);
+    let (mut got, mut wanted) = (Vec::new(), Vec::new());
+    for ((name, da, db), (_, p)) in want.iter().zip(tr.lora.pairs()) {
+        let (ga, gb) =
+            (pollster::block_on(p.da.read_f32(&ctx)).unwrap(), pollster::block_on(p.db.read_f32(&ctx)).unwrap());
+        let (ea, eb) = (rel(&ga, da), rel(&gb, db));
+        assert!(ea < 1e-4 && eb < 1e-4, "{preset} {name}: dA {ea:.2e}, dB {eb:.2e}");
+        got.extend(ga.iter().chain(&gb));
+        wanted.extend(da.iter().chain(db));
+    }
+    println!("{preset} distillation: every adapter gradient together, rel err {:.2e}", rel(&got, &wanted));
+    let a = &fx.meta["adamw"];
+    let opt = AdamW {
+        lr: a["lr"].as_f64().unwrap(),
+        beta1: a["beta1"].as_f64().unwrap(),
+        beta2: a["beta2"].as_f64().unwrap(),
+        eps: a["eps"].as_f64().unwrap(),
+        weight_decay: a["weight_decay"].as_f64().unwrap(),
+    };
+    let (mut tr, _) = trainer(&ctx, &model, &fx);
+    for (i, s) in fx.meta["steps"].as_array().unwrap().iter().enumerate() {
+        let (loss, kl) =
+            pollster::block_on(tr.distill_forward_backward(&ctx, &mut teacher, &cfg, &ids, &targets, &docs, 1.0))
+                .unwrap();
+        let report = pollster::block_on(tr.step(&ctx, &opt, fx.meta["max_norm"].as_f64())).unwrap();
+        let r = |got: f64, key: &str| (got - s[key].as_f64().unwrap()).abs() / s[key].as_f64().unwrap();
+        let (el, ek, en) = (r(loss, "loss"), r(kl, "kl"), r(report.grad_norm, "grad_norm"));
+        println!("  step {}: loss {loss:.6} ({el:.1e}), KL {kl:.6} ({ek:.1e}), grad norm rel {en:.1e}", i + 1);
+        assert!(report.applied && el < 1e-4 && ek < 1e-4 && en < 1e-4, "{preset} step {}", i + 1);
+    }
+    // One vocabulary: a teacher with another is refused.
+    let mut spec = synth::preset(preset).unwrap();
+    spec.vocab += 64;
+    let other = synth::synthesize(&spec, 1, &mut |_, _| {}).unwrap();
+    let other = LlamaModel::load(&ctx, &other, &opts, &mut |_, _| {}).unwrap();
+    let mut t2 = Trainer::with_last_layers(&ctx, &other, None, 0, 64, 1).unwrap();
+    let e = pollster::block_on(tr.distill_forward_backward(&ctx, &mut t2, &cfg, &ids, &targets, &docs, 1.0));
+    assert_eq!(e.unwrap_err().kind(), "InvalidArgument");
+}
+
+#[test]
+fn llama_distillation_matches_pytorch() {
+    distillation_matches_pytorch("tiny-llama");
+}
+
+#[test]
+fn qwen2_distillation_matches_pytorch() {
+    distillation_matches_pytorch("tiny-qwen2");
+}

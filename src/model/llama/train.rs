@@ -27,6 +27,7 @@ use crate::ops::add::add_inplace;
 use crate::ops::attention::{attention_packed_forward, doc_starts, AttentionConfig, GateInput, GateMode};
 use crate::ops::attention_backward::{attention_backward, attention_backward_stats, doc_bounds};
 use crate::ops::cross_entropy::{cross_entropy_forward_backward, IGNORE_TARGET};
+use crate::ops::distill_loss::{distill_loss_forward_backward, DistillLoss};
 use crate::ops::dropout::dropout_forward;
 use crate::ops::gate::{gate_apply_forward, gate_backward};
 use crate::ops::matmul::{matmul_forward, matmul_transposed_forward};
@@ -99,6 +100,8 @@ struct Work {
     stats: Tensor,
     logits: Tensor,
     loss: Tensor,
+    /// Per-token divergence to the teacher (distillation).
+    kl: Tensor,
 }
 
 /// Work buffers of a block whose Q and K are projected apart (see `Work::split`).
@@ -315,6 +318,7 @@ impl<'m> Trainer<'m> {
             stats: attention_backward_stats(ctx, t, nh)?,
             logits: e(&[HEAD_ROWS.min(t), c.vocab_size])?,
             loss: e(&[t])?,
+            kl: e(&[t])?,
         };
         let slots = lora
             .pairs()
@@ -468,14 +472,45 @@ impl<'m> Trainer<'m> {
         if !(weight.is_finite() && weight > 0.0) {
             return Err(PupilError::arg("Trainer::forward_backward", format!("weight must be positive, got {weight}")));
         }
-        let loss = self.run(ctx, ids, targets, doc_lengths, Some(weight)).await?;
+        let (loss, _) = self.run(ctx, ids, targets, doc_lengths, Some(weight), None).await?;
         self.last_loss = Some(loss);
         Ok(loss)
     }
 
+    /// Distillation: `teacher` (a trainer of another model with the same vocabulary; nothing of
+    /// it trains) runs forward on the same batch, and the loss is `loss` (τ²·KL to the teacher's
+    /// tempered distribution + α·CE) per counted target, its gradients scaled by `weight` and
+    /// added as [`forward_backward`](Self::forward_backward)'s are. The teacher's logits are
+    /// made HEAD_ROWS rows at a time beside the student's, never whole. Returns the batch's
+    /// mean loss and mean KL.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn distill_forward_backward(
+        &mut self,
+        ctx: &GpuContext,
+        teacher: &mut Trainer<'_>,
+        loss: &DistillLoss,
+        ids: &[u32],
+        targets: &[u32],
+        doc_lengths: &[usize],
+        weight: f64,
+    ) -> Result<(f64, f64)> {
+        const OP: &str = "Trainer::distill_forward_backward";
+        let (sv, tv) = (self.model.config.vocab_size, teacher.model.config.vocab_size);
+        if sv != tv {
+            return Err(PupilError::arg(OP, format!("the teacher's vocabulary ({tv}) is not the student's ({sv})")));
+        }
+        if !(weight.is_finite() && weight > 0.0) {
+            return Err(PupilError::arg(OP, format!("weight must be positive, got {weight}")));
+        }
+        teacher.write_batch(ctx, ids, targets, doc_lengths)?;
+        let out = self.run(ctx, ids, targets, doc_lengths, Some(weight), Some((teacher, loss))).await?;
+        self.last_loss = Some(out.0);
+        Ok(out)
+    }
+
     /// The mean loss of a batch with the adapters as they are; gradients untouched (evaluation).
     pub async fn loss(&mut self, ctx: &GpuContext, ids: &[u32], targets: &[u32], doc_lengths: &[usize]) -> Result<f64> {
-        self.run(ctx, ids, targets, doc_lengths, None).await
+        Ok(self.run(ctx, ids, targets, doc_lengths, None, None).await?.0)
     }
 
     async fn run(
@@ -485,7 +520,8 @@ impl<'m> Trainer<'m> {
         targets: &[u32],
         doc_lengths: &[usize],
         backward_weight: Option<f64>,
-    ) -> Result<f64> {
+        teacher: Option<(&Trainer<'_>, &DistillLoss)>,
+    ) -> Result<(f64, f64)> {
         let backward = backward_weight.is_some();
         let counted = self.write_batch(ctx, ids, targets, doc_lengths)?;
         let n = ids.len();
@@ -495,21 +531,15 @@ impl<'m> Trainer<'m> {
             self.calls += 1;
         }
         let mut b = Batch::new(ctx);
-        let emb = &self.model.embd;
         let c = &self.model.config;
-        let x0 = self.xs[0].view(0, &[n, c.hidden])?;
-        crate::ops::embedding::embedding_quant_scaled_forward(
-            &mut b,
-            &self.ids.view(0, &[n])?,
-            emb,
-            c.embedding_scale.unwrap_or(1.0),
-            &x0,
-        )?;
-        for l in 0..c.n_layers {
-            self.layer_forward(&mut b, l, n, true)?;
+        if let Some((t, _)) = teacher {
+            t.record_forward(&mut b, n)?;
+            t.record_final_norm(&mut b, n)?;
         }
+        self.record_forward(&mut b, n)?;
         // (The head always writes the last stream's gradient; only training carries it down.)
-        self.head_forward_backward(&mut b, n, (backward_weight.unwrap_or(1.0) / counted as f64) as f32)?;
+        let scale = (backward_weight.unwrap_or(1.0) / counted as f64) as f32;
+        self.head_forward_backward(&mut b, n, scale, teacher)?;
         if backward {
             for l in (0..c.n_layers).rev() {
                 self.layer_forward(&mut b, l, n, false)?;
@@ -518,8 +548,42 @@ impl<'m> Trainer<'m> {
         }
         b.submit();
         self.dropout_call = None;
-        let losses = self.w.loss.view(0, &[n])?.read_f32(ctx).await?;
-        Ok(losses.iter().map(|&x| x as f64).sum::<f64>() / counted as f64)
+        let mean = |v: Vec<f32>| v.iter().map(|&x| x as f64).sum::<f64>() / counted as f64;
+        let loss = mean(self.w.loss.view(0, &[n])?.read_f32(ctx).await?);
+        let kl = if teacher.is_some() { mean(self.w.kl.view(0, &[n])?.read_f32(ctx).await?) } else { 0.0 };
+        Ok((loss, kl))
+    }
+
+    /// Embedding and every layer's forward, each layer's input kept (`xs`).
+    fn record_forward(&self, b: &mut Batch, n: usize) -> Result<()> {
+        let c = &self.model.config;
+        let x0 = self.xs[0].view(0, &[n, c.hidden])?;
+        let scale = c.embedding_scale.unwrap_or(1.0);
+        crate::ops::embedding::embedding_quant_scaled_forward(
+            b,
+            &self.ids.view(0, &[n])?,
+            &self.model.embd,
+            scale,
+            &x0,
+        )?;
+        for l in 0..c.n_layers {
+            self.layer_forward(b, l, n, true)?;
+        }
+        Ok(())
+    }
+
+    /// The final norm of the last residual stream into `w.xn` (what the head reads).
+    fn record_final_norm(&self, b: &mut Batch, n: usize) -> Result<()> {
+        let c = &self.model.config;
+        let x_last = self.xs[c.n_layers].view(0, &[n, c.hidden])?;
+        rms_norm_forward(
+            b,
+            &x_last,
+            &self.model.output_norm,
+            &self.w.xn.view(0, &[n, c.hidden])?,
+            c.rms_eps,
+            NormWeight::Plain,
+        )
     }
 
     /// Zero every adapter gradient.
@@ -956,13 +1020,21 @@ impl<'m> Trainer<'m> {
 
     /// Final norm, head and cross-entropy, HEAD_ROWS rows at a time: the loss per token, and
     /// the gradient of the last residual stream into `w.dx`.
-    fn head_forward_backward(&self, b: &mut Batch, n: usize, grad_scale: f32) -> Result<()> {
+    /// With a `teacher` (its final norm recorded), the loss is the distillation loss against
+    /// its logits, made chunk by chunk from its normed hidden states.
+    fn head_forward_backward(
+        &self,
+        b: &mut Batch,
+        n: usize,
+        grad_scale: f32,
+        teacher: Option<(&Trainer<'_>, &DistillLoss)>,
+    ) -> Result<()> {
         let c = &self.model.config;
         let (h, vocab) = (c.hidden, c.vocab_size);
         let w = &self.w;
         let x_last = self.xs[c.n_layers].view(0, &[n, h])?;
         let xn = w.xn.view(0, &[n, h])?;
-        rms_norm_forward(b, &x_last, &self.model.output_norm, &xn, c.rms_eps, NormWeight::Plain)?;
+        self.record_final_norm(b, n)?;
         let head = self.model.output.as_ref().unwrap_or(&self.model.embd);
         let dxn = w.dxn.view(0, &[n, h])?;
         for r0 in (0..n).step_by(HEAD_ROWS) {
@@ -970,7 +1042,17 @@ impl<'m> Trainer<'m> {
             let logits = w.logits.view(0, &[rows, vocab])?;
             matmul_forward(b, &xn.view(r0 * h, &[rows, h])?, head, None, &logits, false)?;
             let (targets, loss) = (self.targets.view(r0, &[rows])?, w.loss.view(r0, &[rows])?);
-            cross_entropy_forward_backward(b, &logits, &targets, &loss, grad_scale)?;
+            match teacher {
+                None => cross_entropy_forward_backward(b, &logits, &targets, &loss, grad_scale)?,
+                Some((t, cfg)) => {
+                    let th = t.model.config.hidden;
+                    let t_logits = t.w.logits.view(0, &[rows, vocab])?;
+                    let t_head = t.model.output.as_ref().unwrap_or(&t.model.embd);
+                    matmul_forward(b, &t.w.xn.view(r0 * th, &[rows, th])?, t_head, None, &t_logits, false)?;
+                    let kl = w.kl.view(r0, &[rows])?;
+                    distill_loss_forward_backward(b, cfg, &logits, &t_logits, &targets, (&loss, &kl), grad_scale)?;
+                }
+            }
             matmul_transposed_forward(b, &logits, head, &dxn.view(r0 * h, &[rows, h])?, false)?;
         }
         let rstd = w.rstd.view(0, &[n])?;

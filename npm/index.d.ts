@@ -256,6 +256,8 @@ export interface FinetuneStep {
   tokens: number;
   /** False when the step was skipped for NaN/Inf gradients. */
   applied: boolean;
+  /** Distillation runs: the step's mean KL to the teacher (null otherwise). */
+  kl: number | null;
 }
 
 export interface FinetuneReport {
@@ -263,6 +265,9 @@ export interface FinetuneReport {
   evalRows: number;
   evalLossBefore: number | null;
   evalLossAfter: number | null;
+  /** Distillation runs: the held-out KL to the teacher before and after (null otherwise). */
+  evalKlBefore: number | null;
+  evalKlAfter: number | null;
   skippedSteps: number;
   trainableParameters: number;
   steps: FinetuneStep[];

@@ -11,6 +11,7 @@ pub use data::{concat, documents, pack, DataFormat, Document, Row};
 use crate::error::{PupilError, Result};
 use crate::gpu::GpuContext;
 use crate::model::{LlamaModel, LoraConfig, LoraTarget, Trainer};
+use crate::ops::distill_loss::DistillLoss;
 use crate::ops::optim::AdamW;
 use crate::rng::SplitMix64;
 
@@ -87,6 +88,8 @@ pub struct StepLog {
     pub tokens: usize,
     /// False when the step was skipped for NaN/Inf gradients.
     pub applied: bool,
+    /// Distillation: the step's mean divergence to the teacher.
+    pub kl: Option<f64>,
 }
 
 /// The outcome of a run.
@@ -96,6 +99,9 @@ pub struct FinetuneReport {
     pub eval_rows: usize,
     pub eval_loss_before: Option<f64>,
     pub eval_loss_after: Option<f64>,
+    /// Distillation: the held-out mean KL to the teacher before and after.
+    pub eval_kl_before: Option<f64>,
+    pub eval_kl_after: Option<f64>,
     pub steps: Vec<StepLog>,
     pub skipped_steps: usize,
     pub trainable_parameters: usize,
@@ -113,12 +119,80 @@ pub async fn eval_loss(ctx: &GpuContext, trainer: &mut Trainer<'_>, rows: &[Row]
     Ok(sum / n.max(1) as f64)
 }
 
+/// The held-out (hard-label loss, KL) of a distillation: `batch` rows at a time, weighted by
+/// counted tokens; the loss here is the hard-label cross-entropy, as [`eval_loss`]'s.
+pub async fn eval_distill(
+    ctx: &GpuContext,
+    trainer: &mut Trainer<'_>,
+    teacher: &mut Trainer<'_>,
+    loss: &DistillLoss,
+    rows: &[Row],
+    batch: usize,
+) -> Result<(f64, f64)> {
+    let (mut kl_sum, mut n) = (0.0, 0usize);
+    for group in rows.chunks(batch.max(1)) {
+        let b = concat(&group.iter().collect::<Vec<_>>());
+        let counted = b.counted();
+        kl_sum +=
+            trainer.distill_loss(ctx, teacher, loss, &b.ids, &b.targets, &b.doc_lengths).await?.1 * counted as f64;
+        n += counted;
+    }
+    Ok((eval_loss(ctx, trainer, rows, batch).await?, kl_sum / n.max(1) as f64))
+}
+
 /// Train `trainer`'s adapters on `rows` per `cfg` (the trainer's adapters are taken as they
 /// are), calling `progress` after every step. The eval split is the last `eval_fraction` of the
 /// rows, before any shuffling.
 pub async fn finetune(
     ctx: &GpuContext,
     trainer: &mut Trainer<'_>,
+    rows: &[Row],
+    cfg: &FinetuneConfig,
+    progress: &mut dyn FnMut(&StepLog),
+) -> Result<FinetuneReport> {
+    train(ctx, trainer, None, rows, cfg, progress).await
+}
+
+/// [`finetune`] by distillation from `teacher` (a trainer over a model with the student's
+/// vocabulary): every step's loss is `loss` (τ²·KL to the teacher + α·CE); the report adds the
+/// held-out KL before and after, each step its KL.
+pub async fn distill(
+    ctx: &GpuContext,
+    trainer: &mut Trainer<'_>,
+    teacher: &mut Trainer<'_>,
+    loss: &DistillLoss,
+    rows: &[Row],
+    cfg: &FinetuneConfig,
+    progress: &mut dyn FnMut(&StepLog),
+) -> Result<FinetuneReport> {
+    train(ctx, trainer, Some((teacher, loss)), rows, cfg, progress).await
+}
+
+/// The held-out (loss, KL) over `eval` (nothing when it is empty; the KL with a teacher).
+async fn evaluate(
+    ctx: &GpuContext,
+    trainer: &mut Trainer<'_>,
+    teacher: &mut Option<(&mut Trainer<'_>, &DistillLoss)>,
+    eval: &[Row],
+    batch: usize,
+) -> Result<(Option<f64>, Option<f64>)> {
+    if eval.is_empty() {
+        return Ok((None, None));
+    }
+    Ok(match teacher {
+        Some((t, loss)) => {
+            let (ce, kl) = eval_distill(ctx, trainer, t, loss, eval, batch).await?;
+            (Some(ce), Some(kl))
+        }
+        None => (Some(eval_loss(ctx, trainer, eval, batch).await?), None),
+    })
+}
+
+/// The loop of [`finetune`] and [`distill`].
+async fn train(
+    ctx: &GpuContext,
+    trainer: &mut Trainer<'_>,
+    mut teacher: Option<(&mut Trainer<'_>, &DistillLoss)>,
     rows: &[Row],
     cfg: &FinetuneConfig,
     progress: &mut dyn FnMut(&StepLog),
@@ -148,8 +222,7 @@ pub async fn finetune(
         0
     };
     let (train, eval) = rows.split_at(rows.len() - n_eval);
-    let eval_loss_before =
-        if eval.is_empty() { None } else { Some(eval_loss(ctx, trainer, eval, cfg.batch_rows).await?) };
+    let (eval_loss_before, eval_kl_before) = evaluate(ctx, trainer, &mut teacher, eval, cfg.batch_rows).await?;
     let mut rng = SplitMix64::new(cfg.seed);
     let mut order: Vec<usize> = Vec::new();
     let mut logs = Vec::with_capacity(cfg.steps);
@@ -170,11 +243,16 @@ pub async fn finetune(
             passes.push(concat(&picked));
         }
         let total: usize = passes.iter().map(|b| b.counted()).sum();
-        let mut loss = 0.0;
+        let (mut loss, mut kl) = (0.0, 0.0);
         for batch in &passes {
             let w = batch.counted() as f64 / total as f64;
-            loss +=
-                w * trainer.forward_backward_weighted(ctx, &batch.ids, &batch.targets, &batch.doc_lengths, w).await?;
+            let (ids, targets, docs) = (&batch.ids, &batch.targets, &batch.doc_lengths);
+            let (l, k) = match &mut teacher {
+                Some((t, cfg)) => trainer.distill_forward_backward(ctx, t, cfg, ids, targets, docs, w).await?,
+                None => (trainer.forward_backward_weighted(ctx, ids, targets, docs, w).await?, 0.0),
+            };
+            loss += w * l;
+            kl += w * k;
         }
         let lr = cfg.lr_at(step);
         let opt = AdamW { lr, weight_decay: cfg.weight_decay, ..AdamW::default() };
@@ -187,17 +265,19 @@ pub async fn finetune(
             lr,
             tokens: total,
             applied: report.applied,
+            kl: teacher.is_some().then_some(kl),
         };
         progress(&log);
         logs.push(log);
     }
-    let eval_loss_after =
-        if eval.is_empty() { None } else { Some(eval_loss(ctx, trainer, eval, cfg.batch_rows).await?) };
+    let (eval_loss_after, eval_kl_after) = evaluate(ctx, trainer, &mut teacher, eval, cfg.batch_rows).await?;
     Ok(FinetuneReport {
         train_rows: train.len(),
         eval_rows: eval.len(),
         eval_loss_before,
         eval_loss_after,
+        eval_kl_before,
+        eval_kl_after,
         skipped_steps: logs.iter().filter(|l| !l.applied).count(),
         steps: logs,
         trainable_parameters: trainer.parameter_count(),
@@ -428,6 +508,8 @@ impl FinetuneReport {
             "evalRows": self.eval_rows,
             "evalLossBefore": self.eval_loss_before,
             "evalLossAfter": self.eval_loss_after,
+            "evalKlBefore": self.eval_kl_before,
+            "evalKlAfter": self.eval_kl_after,
             "skippedSteps": self.skipped_steps,
             "trainableParameters": self.trainable_parameters,
             "steps": self.steps.iter().map(StepLog::to_json).collect::<Vec<_>>(),
@@ -439,7 +521,7 @@ impl StepLog {
     pub fn to_json(&self) -> serde_json::Value {
         serde_json::json!({
             "step": self.step, "steps": self.steps, "loss": self.loss, "gradNorm": self.grad_norm,
-            "lr": self.lr, "tokens": self.tokens, "applied": self.applied,
+            "lr": self.lr, "tokens": self.tokens, "applied": self.applied, "kl": self.kl,
         })
     }
 }

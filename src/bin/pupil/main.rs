@@ -16,7 +16,8 @@ use pupil::engine::{
 };
 use pupil::model::gguf::GgufHeader;
 use pupil::model::{read_split, shard_paths, ShardedSource};
-use pupil::model::{synth, LlamaModel, LoraConfig, LoraTarget, ModelConfig, ModelOptions};
+use pupil::model::{synth, LlamaModel, LoraConfig, LoraTarget, ModelConfig, ModelOptions, Trainer};
+use pupil::ops::distill_loss::{DistillLoss, Divergence};
 use pupil::sampling::{Sampler, SamplerConfig};
 use pupil::tokenizer::{ChatMessage, ChatTemplate, TemplateValue, Tokenizer};
 use pupil::train::{self, DataFormat, FinetuneConfig};
@@ -49,6 +50,55 @@ struct ModelArgs {
     /// Tokens per prefill chunk.
     #[arg(long, default_value_t = 128)]
     chunk: usize,
+}
+
+/// A training run's settings (`finetune`, `distill`).
+#[derive(Args, Clone)]
+struct TrainArgs {
+    /// Training data: .txt (one document) or .jsonl.
+    #[arg(long)]
+    data: PathBuf,
+    /// Optimizer steps.
+    #[arg(long, default_value_t = 100)]
+    steps: usize,
+    /// Tokens per packed row.
+    #[arg(long, default_value_t = 256)]
+    seq: usize,
+    /// Rows per forward/backward pass.
+    #[arg(long, default_value_t = 4)]
+    batch: usize,
+    /// Passes accumulated into each optimizer step (gradient accumulation).
+    #[arg(long, default_value_t = 1)]
+    accum: usize,
+    /// LoRA rank (0: no adapters).
+    #[arg(long, default_value_t = 16)]
+    rank: usize,
+    /// Also train the last N layers in full (every weight of those blocks, as f32).
+    #[arg(long, default_value_t = 0)]
+    last_layers: usize,
+    /// Add a trainable output gate to every layer's attention (starts near pass-through).
+    #[arg(long)]
+    gates: bool,
+    #[arg(long, default_value_t = 32.0)]
+    alpha: f32,
+    /// LoRA dropout on each adapter's input while training (PEFT's lora_dropout).
+    #[arg(long, default_value_t = 0.0)]
+    dropout: f32,
+    /// Projections to adapt, comma-separated (q,k,v,o,gate,up,down).
+    #[arg(long, default_value = "q,k,v,o,gate,up,down")]
+    targets: String,
+    #[arg(long, default_value_t = 2e-4)]
+    lr: f64,
+    #[arg(long, default_value_t = 10)]
+    warmup: usize,
+    /// Share of the rows held out for evaluation.
+    #[arg(long, default_value_t = 0.1)]
+    eval: f64,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Write what was trained here (safetensors: adapters, trained layers, gates).
+    #[arg(long)]
+    save: Option<PathBuf>,
 }
 
 #[derive(Args, Clone)]
@@ -151,50 +201,30 @@ enum Command {
     Finetune {
         #[command(flatten)]
         model: ModelArgs,
-        /// Training data: .txt (one document) or .jsonl.
+        #[command(flatten)]
+        train: TrainArgs,
+    },
+    /// Distil a teacher into the model (the student): the same run as `finetune`, every step's
+    /// loss τ²·KL(teacher^τ ‖ student^τ) + α·CE (Hinton et al.) against the teacher's logits on
+    /// the same tokens; the held-out KL to the teacher measured before and after. The teacher
+    /// must share the student's vocabulary; nothing of it trains.
+    Distill {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// The teacher's GGUF file.
         #[arg(long)]
-        data: PathBuf,
-        /// Optimizer steps.
-        #[arg(long, default_value_t = 100)]
-        steps: usize,
-        /// Tokens per packed row.
-        #[arg(long, default_value_t = 256)]
-        seq: usize,
-        /// Rows per forward/backward pass.
-        #[arg(long, default_value_t = 4)]
-        batch: usize,
-        /// Passes accumulated into each optimizer step (gradient accumulation).
-        #[arg(long, default_value_t = 1)]
-        accum: usize,
-        /// LoRA rank (0: no adapters).
-        #[arg(long, default_value_t = 16)]
-        rank: usize,
-        /// Also train the last N layers in full (every weight of those blocks, as f32).
-        #[arg(long, default_value_t = 0)]
-        last_layers: usize,
-        /// Add a trainable output gate to every layer's attention (starts near pass-through).
+        teacher: PathBuf,
+        /// Temperature of both softmaxes in the divergence.
+        #[arg(long, default_value_t = 2.0)]
+        tau: f32,
+        /// Weight of the hard-label cross-entropy.
+        #[arg(long, default_value_t = 0.5)]
+        kd_alpha: f32,
+        /// Reverse KL(student ‖ teacher) instead of the forward KL.
         #[arg(long)]
-        gates: bool,
-        #[arg(long, default_value_t = 32.0)]
-        alpha: f32,
-        /// LoRA dropout on each adapter's input while training (PEFT's lora_dropout).
-        #[arg(long, default_value_t = 0.0)]
-        dropout: f32,
-        /// Projections to adapt, comma-separated (q,k,v,o,gate,up,down).
-        #[arg(long, default_value = "q,k,v,o,gate,up,down")]
-        targets: String,
-        #[arg(long, default_value_t = 2e-4)]
-        lr: f64,
-        #[arg(long, default_value_t = 10)]
-        warmup: usize,
-        /// Share of the rows held out for evaluation.
-        #[arg(long, default_value_t = 0.1)]
-        eval: f64,
-        #[arg(long, default_value_t = 1)]
-        seed: u64,
-        /// Write what was trained here (safetensors: adapters, trained layers, gates).
-        #[arg(long)]
-        save: Option<PathBuf>,
+        reverse_kl: bool,
+        #[command(flatten)]
+        train: TrainArgs,
     },
     /// Write a random-weight GGUF of a real architecture and size, for benchmarks.
     Synth {
@@ -548,111 +578,149 @@ async fn run(command: Command, options: ContextOptions) -> pupil::Result<ExitCod
             );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Finetune {
-            model,
-            data,
-            steps,
-            seq,
-            batch,
-            accum,
-            rank,
-            last_layers,
-            gates,
-            alpha,
-            dropout,
-            targets,
-            lr,
-            warmup,
-            eval,
-            seed,
-            save,
-        } => {
-            let text = std::fs::read_to_string(&data).map_err(|e| other(format!("{}: {e}", data.display())))?;
-            let targets = targets.split(',').map(LoraTarget::parse).collect::<pupil::Result<Vec<_>>>()?;
-            let cfg = FinetuneConfig {
-                lora: LoraConfig { rank, alpha, targets, dropout },
-                last_layers,
-                gates,
-                steps,
-                seq_len: seq,
-                batch_rows: batch,
-                grad_accum: accum,
-                lr,
-                warmup,
-                eval_fraction: eval,
-                seed,
-                ..FinetuneConfig::default()
-            };
-            if model.f16 {
-                return Err(PupilError::Unsupported("fine-tuning with --f16 (training runs on the f32 path)".into()));
-            }
-            let l = load(&ctx, &model)?;
-            let format = DataFormat::guess(&data.to_string_lossy());
-            let docs = train::documents(&text, format, &l.tokenizer, Some(&l.template))?;
-            let rows = train::pack(&docs, seq);
-            let mut trainer = train::trainer_for(&ctx, &l.model, &cfg)?;
-            eprintln!(
-                "{}: {} documents, {} rows of ≤ {seq} tokens; LoRA rank {rank} on {:?}, the last {last_layers} \
-                 layers in full: {} trainable parameters",
-                data.display(),
-                docs.len(),
-                rows.len(),
-                trainer.lora.config.targets,
-                trainer.parameter_count()
-            );
-            let bar = ProgressBar::new(steps as u64);
-            bar.set_style(
-                ProgressStyle::with_template("{bar:40} {pos}/{len} steps {elapsed_precise} (eta {eta}) {msg}")
-                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
-            );
-            let start = web_time::Instant::now();
-            let mut tokens = 0usize;
-            let report = train::finetune(&ctx, &mut trainer, &rows, &cfg, &mut |s| {
-                tokens += s.tokens;
-                let skipped = if s.applied { "" } else { " (skipped: NaN/Inf gradients)" };
-                let line = format!(
-                    "step {:>4}/{}: loss {:.4}  |g| {:.3}  lr {:.2e}  {:.0} tokens/s{skipped}",
-                    s.step,
-                    s.steps,
-                    s.loss,
-                    s.grad_norm,
-                    s.lr,
-                    tokens as f64 / start.elapsed().as_secs_f64().max(1e-9)
-                );
-                // A loss line per step, above the bar (or alone when stdout is not a terminal).
-                bar.suspend(|| println!("{line}"));
-                bar.set_message(format!("loss {:.4}", s.loss));
-                bar.inc(1);
-            })
-            .await?;
-            bar.finish_and_clear();
-            match (report.eval_loss_before, report.eval_loss_after) {
-                (Some(a), Some(b)) => println!(
-                    "held-out loss ({} rows): {a:.4} → {b:.4} ({:+.4}); {} train rows, {} steps ({} skipped), {:.1} s",
-                    report.eval_rows,
-                    b - a,
-                    report.train_rows,
-                    report.steps.len(),
-                    report.skipped_steps,
-                    start.elapsed().as_secs_f64()
-                ),
-                _ => println!("no held-out rows (--eval 0 or a single row)"),
-            }
-            let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
-            println!(
-                "GPU memory: peak {:.1} MiB, {:.1} MiB held now (model and trainer)",
-                mib(ctx.memory.peak_bytes()),
-                mib(ctx.memory.current_bytes())
-            );
-            if let Some(path) = save {
-                let bytes = train::trained_safetensors(&ctx, &trainer, &l.model.config.architecture).await?;
-                std::fs::write(&path, &bytes).map_err(|e| other(format!("{}: {e}", path.display())))?;
-                println!("trained weights written to {} ({} bytes)", path.display(), bytes.len());
-            }
-            Ok(ExitCode::SUCCESS)
+        Command::Finetune { model, train } => train_run(&ctx, &model, &train, None).await,
+        Command::Distill { model, teacher, tau, kd_alpha, reverse_kl, train } => {
+            let divergence = if reverse_kl { Divergence::Reverse } else { Divergence::Forward };
+            let loss = DistillLoss { divergence, ..DistillLoss::hinton(tau, kd_alpha) };
+            train_run(&ctx, &model, &train, Some((teacher, loss))).await
         }
         Command::Fetch { .. } | Command::Synth { .. } | Command::Convert { .. } => {
             unreachable!("handled before opening the GPU")
         }
     }
+}
+
+/// `pupil finetune`, or with a teacher `pupil distill`.
+async fn train_run(
+    ctx: &GpuContext,
+    model: &ModelArgs,
+    args: &TrainArgs,
+    teacher: Option<(PathBuf, DistillLoss)>,
+) -> pupil::Result<ExitCode> {
+    let TrainArgs {
+        data,
+        steps,
+        seq,
+        batch,
+        accum,
+        rank,
+        last_layers,
+        gates,
+        alpha,
+        dropout,
+        targets,
+        lr,
+        warmup,
+        eval,
+        seed,
+        save,
+    } = args.clone();
+    let text = std::fs::read_to_string(&data).map_err(|e| other(format!("{}: {e}", data.display())))?;
+    let targets = targets.split(',').map(LoraTarget::parse).collect::<pupil::Result<Vec<_>>>()?;
+    let cfg = FinetuneConfig {
+        lora: LoraConfig { rank, alpha, targets, dropout },
+        last_layers,
+        gates,
+        steps,
+        seq_len: seq,
+        batch_rows: batch,
+        grad_accum: accum,
+        lr,
+        warmup,
+        eval_fraction: eval,
+        seed,
+        ..FinetuneConfig::default()
+    };
+    if model.f16 {
+        return Err(PupilError::Unsupported("fine-tuning with --f16 (training runs on the f32 path)".into()));
+    }
+    let l = load(ctx, model)?;
+    // The teacher: the same options but its file; f32, nothing of it trains.
+    let teacher = match teacher {
+        Some((path, loss)) => {
+            let args = ModelArgs { model: Some(path), f16: false, ..model.clone() };
+            Some((load(ctx, &args)?, loss))
+        }
+        None => None,
+    };
+    let format = DataFormat::guess(&data.to_string_lossy());
+    let docs = train::documents(&text, format, &l.tokenizer, Some(&l.template))?;
+    let rows = train::pack(&docs, seq);
+    let mut trainer = train::trainer_for(ctx, &l.model, &cfg)?;
+    let mut teacher_trainer = match &teacher {
+        Some((t, loss)) => {
+            eprintln!(
+                "teacher: {} layers, vocabulary {}; τ {}, KL weight {}, CE weight {}, {:?} KL",
+                t.model.config.n_layers, t.model.config.vocab_size, loss.tau, loss.kl_coef, loss.alpha, loss.divergence
+            );
+            Some((Trainer::with_last_layers(ctx, &t.model, None, 0, batch * seq, seed)?, *loss))
+        }
+        None => None,
+    };
+    eprintln!(
+        "{}: {} documents, {} rows of ≤ {seq} tokens; LoRA rank {rank} on {:?}, the last {last_layers} \
+         layers in full: {} trainable parameters",
+        data.display(),
+        docs.len(),
+        rows.len(),
+        trainer.lora.config.targets,
+        trainer.parameter_count()
+    );
+    let bar = ProgressBar::new(steps as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} steps {elapsed_precise} (eta {eta}) {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let start = web_time::Instant::now();
+    let mut tokens = 0usize;
+    let mut on_step = |s: &train::StepLog| {
+        tokens += s.tokens;
+        let skipped = if s.applied { "" } else { " (skipped: NaN/Inf gradients)" };
+        let line = format!(
+            "step {:>4}/{}: loss {:.4}{}  |g| {:.3}  lr {:.2e}  {:.0} tokens/s{skipped}",
+            s.step,
+            s.steps,
+            s.loss,
+            s.kl.map_or(String::new(), |k| format!("  KL {k:.4}")),
+            s.grad_norm,
+            s.lr,
+            tokens as f64 / start.elapsed().as_secs_f64().max(1e-9)
+        );
+        // A loss line per step, above the bar (or alone when stdout is not a terminal).
+        bar.suspend(|| println!("{line}"));
+        bar.set_message(format!("loss {:.4}", s.loss));
+        bar.inc(1);
+    };
+    let report = match &mut teacher_trainer {
+        Some((t, loss)) => train::distill(ctx, &mut trainer, t, loss, &rows, &cfg, &mut on_step).await?,
+        None => train::finetune(ctx, &mut trainer, &rows, &cfg, &mut on_step).await?,
+    };
+    bar.finish_and_clear();
+    match (report.eval_loss_before, report.eval_loss_after) {
+        (Some(a), Some(b)) => println!(
+            "held-out loss ({} rows): {a:.4} → {b:.4} ({:+.4}); {} train rows, {} steps ({} skipped), {:.1} s",
+            report.eval_rows,
+            b - a,
+            report.train_rows,
+            report.steps.len(),
+            report.skipped_steps,
+            start.elapsed().as_secs_f64()
+        ),
+        _ => println!("no held-out rows (--eval 0 or a single row)"),
+    }
+    if let (Some(a), Some(b)) = (report.eval_kl_before, report.eval_kl_after) {
+        println!("held-out KL to the teacher: {a:.4} → {b:.4} ({:+.1}%)", 100.0 * (b - a) / a);
+    }
+    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+    println!(
+        "GPU memory: peak {:.1} MiB, {:.1} MiB held now (model and trainer)",
+        mib(ctx.memory.peak_bytes()),
+        mib(ctx.memory.current_bytes())
+    );
+    if let Some(path) = save {
+        let bytes = train::trained_safetensors(ctx, &trainer, &l.model.config.architecture).await?;
+        std::fs::write(&path, &bytes).map_err(|e| other(format!("{}: {e}", path.display())))?;
+        println!("trained weights written to {} ({} bytes)", path.display(), bytes.len());
+    }
+    Ok(ExitCode::SUCCESS)
 }

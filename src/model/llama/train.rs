@@ -508,6 +508,28 @@ impl<'m> Trainer<'m> {
         Ok(out)
     }
 
+    /// The distillation loss and KL of a batch against `teacher` with the adapters as they are;
+    /// gradients untouched (evaluation).
+    pub async fn distill_loss(
+        &mut self,
+        ctx: &GpuContext,
+        teacher: &mut Trainer<'_>,
+        loss: &DistillLoss,
+        ids: &[u32],
+        targets: &[u32],
+        doc_lengths: &[usize],
+    ) -> Result<(f64, f64)> {
+        let (sv, tv) = (self.model.config.vocab_size, teacher.model.config.vocab_size);
+        if sv != tv {
+            return Err(PupilError::arg(
+                "Trainer::distill_loss",
+                format!("the teacher's vocabulary ({tv}) is not the student's ({sv})"),
+            ));
+        }
+        teacher.write_batch(ctx, ids, targets, doc_lengths)?;
+        self.run(ctx, ids, targets, doc_lengths, None, Some((teacher, loss))).await
+    }
+
     /// The mean loss of a batch with the adapters as they are; gradients untouched (evaluation).
     pub async fn loss(&mut self, ctx: &GpuContext, ids: &[u32], targets: &[u32], doc_lengths: &[usize]) -> Result<f64> {
         Ok(self.run(ctx, ids, targets, doc_lengths, None, None).await?.0)

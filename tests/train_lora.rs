@@ -43,20 +43,20 @@ fn fixture(preset: &str) -> Fixture {
     fixture_of("lora", preset)
 }
 
+/// The fixture's optimizer settings.
+fn adamw_of(fx: &Fixture) -> AdamW {
+    let a = &fx.meta["adamw"];
+    let f = |k: &str| a[k].as_f64().unwrap();
+    AdamW { lr: f("lr"), beta1: f("beta1"), beta2: f("beta2"), eps: f("eps"), weight_decay: f("weight_decay") }
+}
+
 /// The fixture's ten AdamW steps with clipping, each on the same batch as the script ran them:
 /// every loss and the gradient norm clipped from within 1e-4 relative of PyTorch's float32 run,
 /// or — where the fixture has PyTorch's float64 run too (`loss_f64`: the last-layer fixtures,
 /// whose loss falls towards 0, where float32 rounding moves either float32 run by more) —
 /// within 1e-4 of that or no farther from it than PyTorch's float32 run.
 fn adamw_steps_match(ctx: &GpuContext, tr: &mut Trainer, fx: &Fixture, what: &str) {
-    let a = &fx.meta["adamw"];
-    let opt = AdamW {
-        lr: a["lr"].as_f64().unwrap(),
-        beta1: a["beta1"].as_f64().unwrap(),
-        beta2: a["beta2"].as_f64().unwrap(),
-        eps: a["eps"].as_f64().unwrap(),
-        weight_decay: a["weight_decay"].as_f64().unwrap(),
-    };
+    let opt = adamw_of(fx);
     let (ids, targets, docs) = batch(fx);
     for (i, s) in fx.meta["steps"].as_array().unwrap().iter().enumerate() {
         let loss = pollster::block_on(tr.forward_backward(ctx, &ids, &targets, &docs)).unwrap();
@@ -640,14 +640,7 @@ fn distillation_matches_pytorch(preset: &str) {
         wanted.extend(da.iter().chain(db));
     }
     println!("{preset} distillation: every adapter gradient together, rel err {:.2e}", rel(&got, &wanted));
-    let a = &fx.meta["adamw"];
-    let opt = AdamW {
-        lr: a["lr"].as_f64().unwrap(),
-        beta1: a["beta1"].as_f64().unwrap(),
-        beta2: a["beta2"].as_f64().unwrap(),
-        eps: a["eps"].as_f64().unwrap(),
-        weight_decay: a["weight_decay"].as_f64().unwrap(),
-    };
+    let opt = adamw_of(&fx);
     let (mut tr, _) = trainer(&ctx, &model, &fx);
     for (i, s) in fx.meta["steps"].as_array().unwrap().iter().enumerate() {
         let (loss, kl) =

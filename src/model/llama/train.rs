@@ -495,17 +495,31 @@ impl<'m> Trainer<'m> {
         weight: f64,
     ) -> Result<(f64, f64)> {
         const OP: &str = "Trainer::distill_forward_backward";
-        let (sv, tv) = (self.model.config.vocab_size, teacher.model.config.vocab_size);
-        if sv != tv {
-            return Err(PupilError::arg(OP, format!("the teacher's vocabulary ({tv}) is not the student's ({sv})")));
-        }
         if !(weight.is_finite() && weight > 0.0) {
             return Err(PupilError::arg(OP, format!("weight must be positive, got {weight}")));
         }
-        teacher.write_batch(ctx, ids, targets, doc_lengths)?;
+        self.teacher_batch(OP, ctx, teacher, ids, targets, doc_lengths)?;
         let out = self.run(ctx, ids, targets, doc_lengths, Some(weight), Some((teacher, loss))).await?;
         self.last_loss = Some(out.0);
         Ok(out)
+    }
+
+    /// Check that `teacher` shares the student's vocabulary, and write the batch into it.
+    fn teacher_batch(
+        &self,
+        op: &'static str,
+        ctx: &GpuContext,
+        teacher: &mut Trainer<'_>,
+        ids: &[u32],
+        targets: &[u32],
+        doc_lengths: &[usize],
+    ) -> Result<()> {
+        let (sv, tv) = (self.model.config.vocab_size, teacher.model.config.vocab_size);
+        if sv != tv {
+            return Err(PupilError::arg(op, format!("the teacher's vocabulary ({tv}) is not the student's ({sv})")));
+        }
+        teacher.write_batch(ctx, ids, targets, doc_lengths)?;
+        Ok(())
     }
 
     /// The distillation loss and KL of a batch against `teacher` with the adapters as they are;
@@ -519,14 +533,7 @@ impl<'m> Trainer<'m> {
         targets: &[u32],
         doc_lengths: &[usize],
     ) -> Result<(f64, f64)> {
-        let (sv, tv) = (self.model.config.vocab_size, teacher.model.config.vocab_size);
-        if sv != tv {
-            return Err(PupilError::arg(
-                "Trainer::distill_loss",
-                format!("the teacher's vocabulary ({tv}) is not the student's ({sv})"),
-            ));
-        }
-        teacher.write_batch(ctx, ids, targets, doc_lengths)?;
+        self.teacher_batch("Trainer::distill_loss", ctx, teacher, ids, targets, doc_lengths)?;
         self.run(ctx, ids, targets, doc_lengths, None, Some((teacher, loss))).await
     }
 

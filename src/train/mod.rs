@@ -4,9 +4,13 @@
 //! batches, report every step, measure again. The engine underneath is
 //! `model::Trainer` (forward, backward, optimizer on the GPU).
 
+pub mod checkpoint;
 pub mod data;
+pub mod export;
 
+pub use checkpoint::checkpoint_step;
 pub use data::{concat, documents, pack, DataFormat, Document, Row};
+pub use export::{merged_gguf, peft_adapter, MergeReport, MergedTensor, PeftAdapter};
 
 use crate::error::{PupilError, Result};
 use crate::gpu::GpuContext;
@@ -105,6 +109,25 @@ pub struct FinetuneReport {
     pub steps: Vec<StepLog>,
     pub skipped_steps: usize,
     pub trainable_parameters: usize,
+    /// The run resumed from a checkpoint of this step.
+    pub resumed_from: Option<usize>,
+    /// The run stopped at [`RunControl::stop_after`] before its last step (no held-out figures
+    /// after; resume from the checkpoint written there).
+    pub stopped_at: Option<usize>,
+}
+
+/// Checkpoints of a run: where to resume from, when to write one, and an optional early stop.
+#[derive(Default)]
+pub struct RunControl<'a> {
+    /// A checkpoint written by the same run (settings, model and data): training continues from
+    /// its step exactly as the uninterrupted run would have.
+    pub resume: Option<&'a [u8]>,
+    /// Write a checkpoint every this many steps (0: only at `stop_after`).
+    pub checkpoint_every: usize,
+    /// Receives (step, checkpoint bytes).
+    pub on_checkpoint: Option<&'a mut dyn FnMut(usize, Vec<u8>) -> Result<()>>,
+    /// Stop after this step, writing a checkpoint there.
+    pub stop_after: Option<usize>,
 }
 
 /// Mean loss over `rows`, `batch` rows at a time, weighted by counted tokens.
@@ -150,7 +173,7 @@ pub async fn finetune(
     cfg: &FinetuneConfig,
     progress: &mut dyn FnMut(&StepLog),
 ) -> Result<FinetuneReport> {
-    train(ctx, trainer, None, rows, cfg, progress).await
+    train(ctx, trainer, None, rows, cfg, RunControl::default(), progress).await
 }
 
 /// [`finetune`] by distillation from `teacher` (a trainer over a model with the student's
@@ -165,7 +188,22 @@ pub async fn distill(
     cfg: &FinetuneConfig,
     progress: &mut dyn FnMut(&StepLog),
 ) -> Result<FinetuneReport> {
-    train(ctx, trainer, Some((teacher, loss)), rows, cfg, progress).await
+    train(ctx, trainer, Some((teacher, loss)), rows, cfg, RunControl::default(), progress).await
+}
+
+/// [`finetune`] (no teacher) or [`distill`] with checkpoints: resumed from, written, or stopped
+/// at per `control`.
+#[allow(clippy::too_many_arguments)]
+pub async fn train_resumable(
+    ctx: &GpuContext,
+    trainer: &mut Trainer<'_>,
+    teacher: Option<(&mut Trainer<'_>, &DistillLoss)>,
+    rows: &[Row],
+    cfg: &FinetuneConfig,
+    control: RunControl<'_>,
+    progress: &mut dyn FnMut(&StepLog),
+) -> Result<FinetuneReport> {
+    train(ctx, trainer, teacher, rows, cfg, control, progress).await
 }
 
 /// The held-out (loss, KL) over `eval` (nothing when it is empty; the KL with a teacher).
@@ -188,6 +226,17 @@ async fn evaluate(
     })
 }
 
+/// (training rows, held-out rows): the last `eval_fraction` of `rows`, at least one when there
+/// are two or more, before any shuffling.
+pub fn eval_split<'r>(rows: &'r [Row], cfg: &FinetuneConfig) -> (&'r [Row], &'r [Row]) {
+    let n_eval = if rows.len() >= 2 && cfg.eval_fraction > 0.0 {
+        ((rows.len() as f64 * cfg.eval_fraction).round() as usize).clamp(1, rows.len() - 1)
+    } else {
+        0
+    };
+    rows.split_at(rows.len() - n_eval)
+}
+
 /// The loop of [`finetune`] and [`distill`].
 async fn train(
     ctx: &GpuContext,
@@ -195,6 +244,7 @@ async fn train(
     mut teacher: Option<(&mut Trainer<'_>, &DistillLoss)>,
     rows: &[Row],
     cfg: &FinetuneConfig,
+    mut control: RunControl<'_>,
     progress: &mut dyn FnMut(&StepLog),
 ) -> Result<FinetuneReport> {
     const OP: &str = "finetune";
@@ -216,29 +266,34 @@ async fn train(
             ),
         ));
     }
-    let n_eval = if rows.len() >= 2 && cfg.eval_fraction > 0.0 {
-        ((rows.len() as f64 * cfg.eval_fraction).round() as usize).clamp(1, rows.len() - 1)
-    } else {
-        0
+    let (train, eval) = eval_split(rows, cfg);
+    let distilling = teacher.is_some();
+    let mut state = match control.resume {
+        Some(bytes) => checkpoint::restore(ctx, trainer, bytes, cfg, rows, distilling).await?,
+        None => checkpoint::LoopState {
+            step: 0,
+            rng: cfg.seed,
+            order: Vec::new(),
+            logs: Vec::with_capacity(cfg.steps),
+            eval_before: evaluate(ctx, trainer, &mut teacher, eval, cfg.batch_rows).await?,
+        },
     };
-    let (train, eval) = rows.split_at(rows.len() - n_eval);
-    let (eval_loss_before, eval_kl_before) = evaluate(ctx, trainer, &mut teacher, eval, cfg.batch_rows).await?;
-    let mut rng = SplitMix64::new(cfg.seed);
-    let mut order: Vec<usize> = Vec::new();
-    let mut logs = Vec::with_capacity(cfg.steps);
-    for step in 1..=cfg.steps {
+    let resumed_from = control.resume.map(|_| state.step);
+    let mut rng = SplitMix64::new(state.rng);
+    let mut stopped_at = None;
+    for step in state.step + 1..=cfg.steps {
         // Epochs of the training rows, each in a fresh shuffled order; `grad_accum` passes.
         let mut passes = Vec::with_capacity(cfg.grad_accum);
         for _ in 0..cfg.grad_accum {
             let mut picked = Vec::with_capacity(cfg.batch_rows);
             while picked.len() < cfg.batch_rows.min(train.len()) {
-                if order.is_empty() {
-                    order = (0..train.len()).collect();
-                    for i in (1..order.len()).rev() {
-                        order.swap(i, rng.below(i as u32 + 1) as usize);
+                if state.order.is_empty() {
+                    state.order = (0..train.len()).collect();
+                    for i in (1..state.order.len()).rev() {
+                        state.order.swap(i, rng.below(i as u32 + 1) as usize);
                     }
                 }
-                picked.push(&train[order.pop().unwrap_or(0)]);
+                picked.push(&train[state.order.pop().unwrap_or(0)]);
             }
             passes.push(concat(&picked));
         }
@@ -265,22 +320,39 @@ async fn train(
             lr,
             tokens: total,
             applied: report.applied,
-            kl: teacher.is_some().then_some(kl),
+            kl: distilling.then_some(kl),
         };
         progress(&log);
-        logs.push(log);
+        state.logs.push(log);
+        state.step = step;
+        let stop = control.stop_after == Some(step) && step < cfg.steps;
+        let due = control.checkpoint_every > 0 && step.is_multiple_of(control.checkpoint_every);
+        if let (true, Some(sink)) = (stop || due, control.on_checkpoint.as_mut()) {
+            state.rng = rng.state();
+            sink(step, checkpoint::save(ctx, trainer, cfg, rows, distilling, &state).await?)?;
+        }
+        if stop {
+            stopped_at = Some(step);
+            break;
+        }
     }
-    let (eval_loss_after, eval_kl_after) = evaluate(ctx, trainer, &mut teacher, eval, cfg.batch_rows).await?;
+    let (eval_loss_after, eval_kl_after) = match stopped_at {
+        Some(_) => (None, None),
+        None => evaluate(ctx, trainer, &mut teacher, eval, cfg.batch_rows).await?,
+    };
+    let logs = state.logs;
     Ok(FinetuneReport {
         train_rows: train.len(),
         eval_rows: eval.len(),
-        eval_loss_before,
+        eval_loss_before: state.eval_before.0,
         eval_loss_after,
-        eval_kl_before,
+        eval_kl_before: state.eval_before.1,
         eval_kl_after,
         skipped_steps: logs.iter().filter(|l| !l.applied).count(),
         steps: logs,
         trainable_parameters: trainer.parameter_count(),
+        resumed_from,
+        stopped_at,
     })
 }
 
@@ -319,8 +391,35 @@ pub async fn trained_safetensors(ctx: &GpuContext, trainer: &Trainer<'_>, archit
             ));
         }
     }
+    tensors.extend(trained_layer_tensors(ctx, trainer).await?);
+    for (l, g) in trainer.gates.iter().enumerate() {
+        tensors.push((format!("blk.{l}.attn_output_gate.weight"), g.w.w.shape().to_vec(), g.w.w.read_f32(ctx).await?));
+        tensors.push((format!("blk.{l}.attn_output_gate.bias"), g.b.w.shape().to_vec(), g.b.w.read_f32(ctx).await?));
+    }
+    let last_layers = trainer.dense.iter().flatten().count();
+    let metadata = serde_json::json!({
+        "format": "pupil-trained",
+        "rank": cfg.rank.to_string(),
+        "alpha": cfg.alpha.to_string(),
+        "dropout": cfg.dropout.to_string(),
+        "targets": targets.join(","),
+        "last_layers": last_layers.to_string(),
+        "gates": (!trainer.gates.is_empty()).to_string(),
+        "architecture": architecture,
+    });
+    safetensors_f32(metadata, &tensors)
+}
+
+/// The fully trained layers' weights as the GGUF file holds them: (GGUF name, shape, values),
+/// Pupil's fused Q|K and gate|up split back into the file's tensors, Gemma's norms back to the
+/// file's `1 + w`, rows in the file's order.
+pub(crate) async fn trained_layer_tensors(
+    ctx: &GpuContext,
+    trainer: &Trainer<'_>,
+) -> Result<Vec<(String, Vec<usize>, Vec<f32>)>> {
     let c = &trainer.model_config();
     let (qd, h) = (c.n_heads * c.head_dim, c.hidden);
+    let mut tensors = Vec::new();
     for (l, d) in trainer.dense.iter().enumerate() {
         let Some(d) = d else { continue };
         for (name, p) in d.params() {
@@ -364,26 +463,14 @@ pub async fn trained_safetensors(ctx: &GpuContext, trainer: &Trainer<'_>, archit
             });
         }
     }
-    for (l, g) in trainer.gates.iter().enumerate() {
-        tensors.push((format!("blk.{l}.attn_output_gate.weight"), g.w.w.shape().to_vec(), g.w.w.read_f32(ctx).await?));
-        tensors.push((format!("blk.{l}.attn_output_gate.bias"), g.b.w.shape().to_vec(), g.b.w.read_f32(ctx).await?));
-    }
-    let last_layers = trainer.dense.iter().flatten().count();
-    let metadata = serde_json::json!({
-        "format": "pupil-trained",
-        "rank": cfg.rank.to_string(),
-        "alpha": cfg.alpha.to_string(),
-        "dropout": cfg.dropout.to_string(),
-        "targets": targets.join(","),
-        "last_layers": last_layers.to_string(),
-        "gates": (!trainer.gates.is_empty()).to_string(),
-        "architecture": architecture,
-    });
-    safetensors_f32(metadata, &tensors)
+    Ok(tensors)
 }
 
 /// A safetensors file of F32 tensors (name, shape, values), in the order given.
-fn safetensors_f32(metadata: serde_json::Value, tensors: &[(String, Vec<usize>, Vec<f32>)]) -> Result<Vec<u8>> {
+pub(crate) fn safetensors_f32(
+    metadata: serde_json::Value,
+    tensors: &[(String, Vec<usize>, Vec<f32>)],
+) -> Result<Vec<u8>> {
     let mut header = serde_json::Map::new();
     header.insert("__metadata__".into(), metadata);
     let mut data = Vec::new();
@@ -512,6 +599,8 @@ impl FinetuneReport {
             "evalKlAfter": self.eval_kl_after,
             "skippedSteps": self.skipped_steps,
             "trainableParameters": self.trainable_parameters,
+            "resumedFrom": self.resumed_from,
+            "stoppedAt": self.stopped_at,
             "steps": self.steps.iter().map(StepLog::to_json).collect::<Vec<_>>(),
         })
     }

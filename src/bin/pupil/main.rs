@@ -99,6 +99,28 @@ struct TrainArgs {
     /// Write what was trained here (safetensors: adapters, trained layers, gates).
     #[arg(long)]
     save: Option<PathBuf>,
+    /// Write the adapters as a PEFT adapter directory (adapter_model.safetensors +
+    /// adapter_config.json, Hugging Face's row order) for `PeftModel.from_pretrained`.
+    #[arg(long)]
+    peft: Option<PathBuf>,
+    /// Write the model with the training merged in as one GGUF (and report the drift).
+    #[arg(long)]
+    merge: Option<PathBuf>,
+    /// The type of the merged matrices: `same` (each its file's type), or F32, F16, Q8_0, Q4_K, …
+    #[arg(long, default_value = "same")]
+    merge_type: String,
+    /// Write a resumable checkpoint (weights, optimizer, RNG and data order) to this file every
+    /// --checkpoint-every steps and at --stop-after.
+    #[arg(long)]
+    checkpoint: Option<PathBuf>,
+    #[arg(long, default_value_t = 0)]
+    checkpoint_every: usize,
+    /// Continue the run a checkpoint stopped (the same data and settings).
+    #[arg(long)]
+    resume: Option<PathBuf>,
+    /// Stop after this step, writing the checkpoint (resume later with --resume).
+    #[arg(long)]
+    stop_after: Option<usize>,
 }
 
 #[derive(Args, Clone)]
@@ -318,6 +340,8 @@ struct Loaded {
     model: LlamaModel,
     tokenizer: Tokenizer,
     template: ChatTemplate,
+    /// `general.name`, else the file's name.
+    name: String,
 }
 
 fn load(ctx: &GpuContext, args: &ModelArgs) -> pupil::Result<Loaded> {
@@ -361,7 +385,11 @@ fn load(ctx: &GpuContext, args: &ModelArgs) -> pupil::Result<Loaded> {
         model.weight_bytes as f64 / (1 << 20) as f64,
         model.cache_bytes(1) as f64 / (1 << 20) as f64,
     );
-    Ok(Loaded { model, tokenizer, template })
+    let name = match header.get("general.name").and_then(|v| v.as_str()) {
+        Some(n) if !n.is_empty() => n.to_string(),
+        _ => path.file_stem().map_or(String::new(), |s| s.to_string_lossy().into_owned()),
+    };
+    Ok(Loaded { model, tokenizer, template, name })
 }
 
 fn sampler_config(s: &SampleArgs) -> SamplerConfig {
@@ -614,7 +642,28 @@ async fn train_run(
         eval,
         seed,
         save,
+        peft,
+        merge,
+        merge_type,
+        checkpoint,
+        checkpoint_every,
+        resume,
+        stop_after,
     } = args.clone();
+    if (stop_after.is_some() || checkpoint_every > 0) && checkpoint.is_none() {
+        return Err(other("--stop-after and --checkpoint-every need --checkpoint FILE"));
+    }
+    let merge_type =
+        match merge_type.to_ascii_uppercase().as_str() {
+            "SAME" => None,
+            name => Some(pupil::quant::QuantType::ALL.into_iter().find(|t| t.name() == name).ok_or_else(|| {
+                PupilError::Unsupported(format!("merge type {name} (same, F32, F16, Q8_0, Q4_K, …)"))
+            })?),
+        };
+    let resume_bytes = match &resume {
+        Some(p) => Some(std::fs::read(p).map_err(|e| other(format!("{}: {e}", p.display())))?),
+        None => None,
+    };
     let text = std::fs::read_to_string(&data).map_err(|e| other(format!("{}: {e}", data.display())))?;
     let targets = targets.split(',').map(LoraTarget::parse).collect::<pupil::Result<Vec<_>>>()?;
     let cfg = FinetuneConfig {
@@ -671,6 +720,12 @@ async fn train_run(
         ProgressStyle::with_template("{bar:40} {pos}/{len} steps {elapsed_precise} (eta {eta}) {msg}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
+    if let Some(bytes) = &resume_bytes {
+        let step = train::checkpoint_step(bytes)?;
+        eprintln!("resuming at step {step} of {steps}");
+        bar.set_position(step as u64);
+        bar.reset_eta();
+    }
     let start = web_time::Instant::now();
     let mut tokens = 0usize;
     let mut on_step = |s: &train::StepLog| {
@@ -691,11 +746,31 @@ async fn train_run(
         bar.set_message(format!("loss {:.4}", s.loss));
         bar.inc(1);
     };
-    let report = match &mut teacher_trainer {
-        Some((t, loss)) => train::distill(ctx, &mut trainer, t, loss, &rows, &cfg, &mut on_step).await?,
-        None => train::finetune(ctx, &mut trainer, &rows, &cfg, &mut on_step).await?,
+    let mut write_checkpoint = |step: usize, bytes: Vec<u8>| -> pupil::Result<()> {
+        let Some(path) = &checkpoint else { return Ok(()) };
+        // Whole or not at all: a run killed while writing keeps the previous checkpoint.
+        let tmp = path.with_extension("partial");
+        std::fs::write(&tmp, &bytes)
+            .and_then(|_| std::fs::rename(&tmp, path))
+            .map_err(|e| other(format!("{}: {e}", path.display())))?;
+        eprintln!("checkpoint of step {step} written to {} ({} bytes)", path.display(), bytes.len());
+        Ok(())
     };
+    let control = train::RunControl {
+        resume: resume_bytes.as_deref(),
+        checkpoint_every,
+        on_checkpoint: Some(&mut write_checkpoint),
+        stop_after,
+    };
+    let teacher_arg = teacher_trainer.as_mut().map(|(t, loss)| (t, &*loss));
+    let report = train::train_resumable(ctx, &mut trainer, teacher_arg, &rows, &cfg, control, &mut on_step).await?;
     bar.finish_and_clear();
+    if let Some(step) = report.stopped_at {
+        println!(
+            "stopped after step {step} of {steps}; continue with --resume {}",
+            checkpoint.as_ref().map_or(String::new(), |p| p.display().to_string())
+        );
+    }
     match (report.eval_loss_before, report.eval_loss_after) {
         (Some(a), Some(b)) => println!(
             "held-out loss ({} rows): {a:.4} → {b:.4} ({:+.4}); {} train rows, {} steps ({} skipped), {:.1} s",
@@ -706,6 +781,7 @@ async fn train_run(
             report.skipped_steps,
             start.elapsed().as_secs_f64()
         ),
+        _ if report.stopped_at.is_some() => {}
         _ => println!("no held-out rows (--eval 0 or a single row)"),
     }
     if let (Some(a), Some(b)) = (report.eval_kl_before, report.eval_kl_after) {
@@ -717,6 +793,54 @@ async fn train_run(
         mib(ctx.memory.peak_bytes()),
         mib(ctx.memory.current_bytes())
     );
+    if let Some(dir) = peft {
+        let name = l.name.clone();
+        let adapter = train::peft_adapter(ctx, &trainer, &name).await?;
+        let write = |file: &str, bytes: &[u8]| {
+            let p = dir.join(file);
+            std::fs::write(&p, bytes).map_err(|e| other(format!("{}: {e}", p.display())))
+        };
+        std::fs::create_dir_all(&dir).map_err(|e| other(format!("{}: {e}", dir.display())))?;
+        write("adapter_model.safetensors", &adapter.weights)?;
+        write("adapter_config.json", adapter.config.as_bytes())?;
+        println!("PEFT adapter written to {} (base model `{name}`)", dir.display());
+    }
+    if let Some(path) = merge {
+        let ModelFile { header, source, .. } = model_file(&model.model)?;
+        let bar = ProgressBar::new(header.tensors.len() as u64);
+        let (bytes, merged) =
+            train::merged_gguf(ctx, &trainer, &header, &source, merge_type, &mut |i, _| bar.set_position(i as u64))
+                .await?;
+        bar.finish_and_clear();
+        std::fs::write(&path, &bytes).map_err(|e| other(format!("{}: {e}", path.display())))?;
+        println!(
+            "merged model written to {} ({} bytes): {} tensors changed; training moved them by {:.3e} (relative), \
+             writing them as {} cost {:.3e}",
+            path.display(),
+            bytes.len(),
+            merged.tensors.len(),
+            merged.update,
+            merge_type.map_or("their own types".to_string(), |t| t.name().to_string()),
+            merged.requantisation
+        );
+        // The drift where it matters: the merged file's held-out loss against the trainer's.
+        let (_, eval_rows) = train::eval_split(&rows, &cfg);
+        if let (false, Some(trained)) = (eval_rows.is_empty(), report.eval_loss_after) {
+            let opts = ModelOptions {
+                dtype: Some(DType::F32),
+                context: model.context,
+                chunk: model.chunk,
+                ..ModelOptions::default()
+            };
+            let reloaded = LlamaModel::load(ctx, &bytes, &opts, &mut |_, _| {})?;
+            let mut t = Trainer::with_last_layers(ctx, &reloaded, None, 0, batch * seq, seed)?;
+            let merged_loss = train::eval_loss(ctx, &mut t, eval_rows, batch).await?;
+            println!(
+                "held-out loss: trained {trained:.4}, merged file reloaded {merged_loss:.4} ({:+.4})",
+                merged_loss - trained
+            );
+        }
+    }
     if let Some(path) = save {
         let bytes = train::trained_safetensors(ctx, &trainer, &l.model.config.architecture).await?;
         std::fs::write(&path, &bytes).map_err(|e| other(format!("{}: {e}", path.display())))?;

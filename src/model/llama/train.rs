@@ -626,6 +626,46 @@ impl<'m> Trainer<'m> {
         }
     }
 
+    /// Everything a resumed run needs besides the counters: every trainable tensor and its AdamW
+    /// moments, by a stable name (`lora.{l}.{target}.{a|b|ma|va|mb|vb}`,
+    /// `dense.{l}.{param}.{w|m|v}`, `gate.{l}.{w|b}.{w|m|v}`), in a fixed order.
+    pub fn state_tensors(&self) -> Vec<(String, Tensor)> {
+        let mut out = Vec::new();
+        for (l, p) in self.lora.pairs() {
+            let t = p.target.hf_name();
+            let [ma, va, mb, vb] = &p.moments;
+            for (k, x) in [("a", &p.a), ("b", &p.b), ("ma", ma), ("va", va), ("mb", mb), ("vb", vb)] {
+                out.push((format!("lora.{l}.{t}.{k}"), x.clone()));
+            }
+        }
+        let param = |out: &mut Vec<(String, Tensor)>, name: String, p: &Param| {
+            for (k, x) in [("w", &p.w), ("m", &p.m), ("v", &p.v)] {
+                out.push((format!("{name}.{k}"), x.clone()));
+            }
+        };
+        for (l, d) in self.dense.iter().enumerate() {
+            for (name, p) in d.iter().flat_map(|d| d.params()) {
+                param(&mut out, format!("dense.{l}.{name}"), p);
+            }
+        }
+        for (l, g) in self.gates.iter().enumerate() {
+            param(&mut out, format!("gate.{l}.w"), &g.w);
+            param(&mut out, format!("gate.{l}.b"), &g.b);
+        }
+        out
+    }
+
+    /// (AdamW steps applied, training passes run, the seed dropout masks derive from): with
+    /// [`state_tensors`](Self::state_tensors), the whole state of the trainer.
+    pub fn counters(&self) -> (u64, u64, u64) {
+        (self.steps, self.calls, self.seed)
+    }
+
+    /// Restore [`counters`](Self::counters) (a resumed run).
+    pub fn set_counters(&mut self, (steps, calls, seed): (u64, u64, u64)) {
+        (self.steps, self.calls, self.seed) = (steps, calls, seed);
+    }
+
     /// Every parameter of the fully trained layers, then of the gates.
     fn dense_params(&self) -> impl Iterator<Item = (&'static str, &Param)> {
         let gates = self.gates.iter().flat_map(|g| [("gate_w", &g.w), ("gate_b", &g.b)]);

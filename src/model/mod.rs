@@ -5,13 +5,16 @@
 pub mod config;
 pub mod gguf;
 pub mod llama;
+pub mod prune;
 pub mod safetensors;
 pub mod source;
 pub mod split;
 pub mod synth;
 
 pub use config::{ModelConfig, RopeScaling};
-pub use llama::{LlamaModel, LoadPlan, Logits, LoraConfig, LoraTarget, ModelOptions, Overflow, StepReport, Trainer};
+pub use llama::{
+    LlamaModel, LoadPlan, Logits, LoraConfig, LoraTarget, ModelOptions, Overflow, StepReport, TeacherRow, Trainer,
+};
 pub use safetensors::{index_shards, read_safetensors, to_gguf, SafetensorsSource};
 pub use source::{read_header, ModelSource};
 pub use split::{read_split, shard_paths, ShardedSource};

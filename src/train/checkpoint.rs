@@ -42,6 +42,10 @@ pub(crate) fn fingerprint(rows: &[Row]) -> String {
         eat(r.ids.len() as u64);
         r.ids.iter().chain(&r.targets).for_each(|&v| eat(v as u64));
         r.doc_lengths.iter().for_each(|&v| eat(v as u64));
+        if let Some(t) = &r.teacher {
+            t.ids.iter().chain(&t.rows).for_each(|&v| eat(v as u64));
+            t.doc_lengths.iter().for_each(|&v| eat(v as u64));
+        }
     }
     format!("{h:016x}")
 }

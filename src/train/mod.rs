@@ -9,7 +9,9 @@ pub mod data;
 pub mod export;
 
 pub use checkpoint::checkpoint_step;
-pub use data::{concat, documents, pack, DataFormat, Document, Row};
+pub use data::{
+    concat, context_documents, documents, pack, pack_context, ContextPair, DataFormat, Document, Row, TeacherRow,
+};
 pub use export::{merged_gguf, peft_adapter, MergeReport, MergedTensor, PeftAdapter};
 
 use crate::error::{PupilError, Result};
@@ -106,6 +108,8 @@ pub struct FinetuneReport {
     /// Distillation: the held-out mean KL to the teacher before and after.
     pub eval_kl_before: Option<f64>,
     pub eval_kl_after: Option<f64>,
+    /// Distillation: the teacher's own held-out loss (the floor a student's closes in on).
+    pub teacher_eval_loss: Option<f64>,
     pub steps: Vec<StepLog>,
     pub skipped_steps: usize,
     pub trainable_parameters: usize,
@@ -156,8 +160,9 @@ pub async fn eval_distill(
     for group in rows.chunks(batch.max(1)) {
         let b = concat(&group.iter().collect::<Vec<_>>());
         let counted = b.counted();
+        let t = b.teacher.as_ref();
         kl_sum +=
-            trainer.distill_loss(ctx, teacher, loss, &b.ids, &b.targets, &b.doc_lengths).await?.1 * counted as f64;
+            trainer.distill_loss(ctx, teacher, loss, t, &b.ids, &b.targets, &b.doc_lengths).await?.1 * counted as f64;
         n += counted;
     }
     Ok((eval_loss(ctx, trainer, rows, batch).await?, kl_sum / n.max(1) as f64))
@@ -266,6 +271,9 @@ async fn train(
             ),
         ));
     }
+    if teacher.is_none() && rows.iter().any(|r| r.teacher.is_some()) {
+        return Err(PupilError::arg(OP, "context-distillation rows need a teacher"));
+    }
     let (train, eval) = eval_split(rows, cfg);
     let distilling = teacher.is_some();
     let mut state = match control.resume {
@@ -279,6 +287,13 @@ async fn train(
         },
     };
     let resumed_from = control.resume.map(|_| state.step);
+    let teacher_eval_loss = match &mut teacher {
+        Some((t, _)) if !eval.is_empty() => {
+            let as_read: Vec<Row> = eval.iter().map(Row::as_teacher_reads).collect();
+            Some(eval_loss(ctx, t, &as_read, cfg.batch_rows).await?)
+        }
+        _ => None,
+    };
     let mut rng = SplitMix64::new(state.rng);
     let mut stopped_at = None;
     for step in state.step + 1..=cfg.steps {
@@ -303,7 +318,10 @@ async fn train(
             let w = batch.counted() as f64 / total as f64;
             let (ids, targets, docs) = (&batch.ids, &batch.targets, &batch.doc_lengths);
             let (l, k) = match &mut teacher {
-                Some((t, cfg)) => trainer.distill_forward_backward(ctx, t, cfg, ids, targets, docs, w).await?,
+                Some((t, cfg)) => {
+                    let input = batch.teacher.as_ref();
+                    trainer.distill_forward_backward_with(ctx, t, cfg, input, ids, targets, docs, w).await?
+                }
                 None => (trainer.forward_backward_weighted(ctx, ids, targets, docs, w).await?, 0.0),
             };
             loss += w * l;
@@ -348,6 +366,7 @@ async fn train(
         eval_loss_after,
         eval_kl_before: state.eval_before.1,
         eval_kl_after,
+        teacher_eval_loss,
         skipped_steps: logs.iter().filter(|l| !l.applied).count(),
         steps: logs,
         trainable_parameters: trainer.parameter_count(),
@@ -597,6 +616,7 @@ impl FinetuneReport {
             "evalLossAfter": self.eval_loss_after,
             "evalKlBefore": self.eval_kl_before,
             "evalKlAfter": self.eval_kl_after,
+            "teacherEvalLoss": self.teacher_eval_loss,
             "skippedSteps": self.skipped_steps,
             "trainableParameters": self.trainable_parameters,
             "resumedFrom": self.resumed_from,

@@ -233,9 +233,14 @@ enum Command {
     Distill {
         #[command(flatten)]
         model: ModelArgs,
-        /// The teacher's GGUF file.
+        /// The teacher's GGUF file (with --instruction: default the student's own).
+        #[arg(long, required_unless_present = "instruction")]
+        teacher: Option<PathBuf>,
+        /// Context distillation: the teacher reads each line of the JSONL data with this
+        /// instruction as its system message, the student without it, and the student learns
+        /// to answer as the instructed teacher does.
         #[arg(long)]
-        teacher: PathBuf,
+        instruction: Option<String>,
         /// Temperature of both softmaxes in the divergence.
         #[arg(long, default_value_t = 2.0)]
         tau: f32,
@@ -247,6 +252,29 @@ enum Command {
         reverse_kl: bool,
         #[command(flatten)]
         train: TrainArgs,
+    },
+    /// Depth pruning: write the model with some of its blocks dropped (renumbered; a student to
+    /// heal with `pupil distill --teacher` the original). Either the layers to keep, or how many
+    /// to drop: the least influential on calibration text (ShortGPT's block influence, 1 − the
+    /// cosine between a block's input and output; the first and last layers stay).
+    Prune {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// The pruned GGUF to write.
+        #[arg(short, long)]
+        out: PathBuf,
+        /// Layers to keep, e.g. `0-17,29`.
+        #[arg(long, conflicts_with = "drop")]
+        keep: Option<String>,
+        /// Drop this many layers, chosen by block influence on --data.
+        #[arg(long, requires = "data")]
+        drop: Option<usize>,
+        /// Calibration text (.txt or .jsonl) for --drop.
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Calibration tokens (from the start of --data).
+        #[arg(long, default_value_t = 1024)]
+        tokens: usize,
     },
     /// Write a random-weight GGUF of a real architecture and size, for benchmarks.
     Synth {
@@ -607,10 +635,13 @@ async fn run(command: Command, options: ContextOptions) -> pupil::Result<ExitCod
             Ok(ExitCode::SUCCESS)
         }
         Command::Finetune { model, train } => train_run(&ctx, &model, &train, None).await,
-        Command::Distill { model, teacher, tau, kd_alpha, reverse_kl, train } => {
+        Command::Prune { model, out, keep, drop, data, tokens } => {
+            prune(&ctx, &model, &out, keep.as_deref(), drop, data.as_deref(), tokens).await
+        }
+        Command::Distill { model, teacher, instruction, tau, kd_alpha, reverse_kl, train } => {
             let divergence = if reverse_kl { Divergence::Reverse } else { Divergence::Forward };
             let loss = DistillLoss { divergence, ..DistillLoss::hinton(tau, kd_alpha) };
-            train_run(&ctx, &model, &train, Some((teacher, loss))).await
+            train_run(&ctx, &model, &train, Some(TeacherArgs { path: teacher, loss, context: instruction })).await
         }
         Command::Fetch { .. } | Command::Synth { .. } | Command::Convert { .. } => {
             unreachable!("handled before opening the GPU")
@@ -618,12 +649,75 @@ async fn run(command: Command, options: ContextOptions) -> pupil::Result<ExitCod
     }
 }
 
+/// `pupil prune`.
+async fn prune(
+    ctx: &GpuContext,
+    args: &ModelArgs,
+    out: &std::path::Path,
+    keep: Option<&str>,
+    drop: Option<usize>,
+    data: Option<&std::path::Path>,
+    tokens: usize,
+) -> pupil::Result<ExitCode> {
+    use pupil::model::prune;
+    let ModelFile { header, source, .. } = model_file(&args.model)?;
+    let n = ModelConfig::from_gguf(&header)?.n_layers;
+    let keep = match (keep, drop, data) {
+        (Some(list), None, _) => prune::parse_layer_list(list)?,
+        (None, Some(k), Some(data)) => {
+            let l = load(ctx, &ModelArgs { f16: false, ..args.clone() })?;
+            let text = std::fs::read_to_string(data).map_err(|e| other(format!("{}: {e}", data.display())))?;
+            let docs =
+                train::documents(&text, DataFormat::guess(&data.to_string_lossy()), &l.tokenizer, Some(&l.template))?;
+            let ids: Vec<u32> = docs.iter().flat_map(|d| d.ids.iter().copied()).take(tokens).collect();
+            // Calibration in documents of at most 256 tokens (within any context), averaged.
+            let chunk = 256.min(l.model.context);
+            let mut t = Trainer::with_last_layers(ctx, &l.model, None, 0, chunk, 1)?;
+            let mut influence = vec![0.0; n];
+            let pieces: Vec<&[u32]> = ids.chunks(chunk).filter(|c| c.len() >= 2).collect();
+            if pieces.is_empty() {
+                return Err(other(format!("{}: fewer than 2 calibration tokens", data.display())));
+            }
+            for piece in &pieces {
+                let bi = t.block_influence(ctx, piece, &[piece.len()]).await?;
+                influence.iter_mut().zip(bi).for_each(|(a, b)| *a += b * piece.len() as f64);
+            }
+            let counted: usize = pieces.iter().map(|p| p.len()).sum();
+            influence.iter_mut().for_each(|a| *a /= counted as f64);
+            println!("block influence on {counted} tokens of {} (1 − cos(in, out)):", data.display());
+            for (l, bi) in influence.iter().enumerate() {
+                println!("  layer {l:>3}: {bi:.5}");
+            }
+            prune::least_influential_dropped(&influence, k)?
+        }
+        _ => return Err(other("give --keep LAYERS, or --drop N with --data CALIBRATION")),
+    };
+    let bytes = prune::keep_layers(&header, &source, &keep).await?;
+    std::fs::write(out, &bytes).map_err(|e| other(format!("{}: {e}", out.display())))?;
+    let dropped: Vec<usize> = (0..n).filter(|l| !keep.contains(l)).collect();
+    println!(
+        "{} of {n} layers kept, dropped {dropped:?}: {} written ({} bytes)",
+        keep.len(),
+        out.display(),
+        bytes.len()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `pupil distill`'s teacher: its file (None: the student's own), loss, and the instruction of
+/// context distillation.
+struct TeacherArgs {
+    path: Option<PathBuf>,
+    loss: DistillLoss,
+    context: Option<String>,
+}
+
 /// `pupil finetune`, or with a teacher `pupil distill`.
 async fn train_run(
     ctx: &GpuContext,
     model: &ModelArgs,
     args: &TrainArgs,
-    teacher: Option<(PathBuf, DistillLoss)>,
+    teacher: Option<TeacherArgs>,
 ) -> pupil::Result<ExitCode> {
     let TrainArgs {
         data,
@@ -684,25 +778,45 @@ async fn train_run(
         return Err(PupilError::Unsupported("fine-tuning with --f16 (training runs on the f32 path)".into()));
     }
     let l = load(ctx, model)?;
-    // The teacher: the same options but its file; f32, nothing of it trains.
-    let teacher = match teacher {
-        Some((path, loss)) => {
-            let args = ModelArgs { model: Some(path), f16: false, ..model.clone() };
-            Some((load(ctx, &args)?, loss))
-        }
+    // The teacher: the same options but its file (or the student's own model); f32, nothing of
+    // it trains.
+    let teacher_file = match teacher.as_ref().and_then(|t| t.path.clone()) {
+        Some(path) => Some(load(ctx, &ModelArgs { model: Some(path), f16: false, ..model.clone() })?),
         None => None,
     };
+    let context = teacher.as_ref().and_then(|t| t.context.clone());
     let format = DataFormat::guess(&data.to_string_lossy());
-    let docs = train::documents(&text, format, &l.tokenizer, Some(&l.template))?;
-    let rows = train::pack(&docs, seq);
+    let (n_docs, rows) = match &context {
+        Some(instruction) => {
+            if format != DataFormat::Jsonl {
+                return Err(other("context distillation reads JSONL (a conversation or {\"text\"} per line)"));
+            }
+            let pairs = train::context_documents(&text, &l.tokenizer, Some(&l.template), instruction)?;
+            (pairs.len(), train::pack_context(&pairs, seq))
+        }
+        None => {
+            let docs = train::documents(&text, format, &l.tokenizer, Some(&l.template))?;
+            (docs.len(), train::pack(&docs, seq))
+        }
+    };
     let mut trainer = train::trainer_for(ctx, &l.model, &cfg)?;
     let mut teacher_trainer = match &teacher {
-        Some((t, loss)) => {
+        Some(TeacherArgs { loss, .. }) => {
+            let t = teacher_file.as_ref().map_or(&l.model, |t| &t.model);
             eprintln!(
-                "teacher: {} layers, vocabulary {}; τ {}, KL weight {}, CE weight {}, {:?} KL",
-                t.model.config.n_layers, t.model.config.vocab_size, loss.tau, loss.kl_coef, loss.alpha, loss.divergence
+                "teacher: {} layers, vocabulary {}; τ {}, KL weight {}, CE weight {}, {:?} KL{}",
+                t.config.n_layers,
+                t.config.vocab_size,
+                loss.tau,
+                loss.kl_coef,
+                loss.alpha,
+                loss.divergence,
+                context.as_ref().map_or(String::new(), |c| format!("; context: {c:?}"))
             );
-            Some((Trainer::with_last_layers(ctx, &t.model, None, 0, batch * seq, seed)?, *loss))
+            // A context teacher's rows are longer than the student's by the instruction.
+            let longest = rows.iter().map(|r| r.teacher.as_ref().map_or(r.ids.len(), |t| t.ids.len())).max();
+            let max_tokens = batch * longest.unwrap_or(seq).max(seq);
+            Some((Trainer::with_last_layers(ctx, t, None, 0, max_tokens, seed)?, *loss))
         }
         None => None,
     };
@@ -710,7 +824,7 @@ async fn train_run(
         "{}: {} documents, {} rows of ≤ {seq} tokens; LoRA rank {rank} on {:?}, the last {last_layers} \
          layers in full: {} trainable parameters",
         data.display(),
-        docs.len(),
+        n_docs,
         rows.len(),
         trainer.lora.config.targets,
         trainer.parameter_count()
@@ -787,6 +901,14 @@ async fn train_run(
     if let (Some(a), Some(b)) = (report.eval_kl_before, report.eval_kl_after) {
         println!("held-out KL to the teacher: {a:.4} → {b:.4} ({:+.1}%)", 100.0 * (b - a) / a);
     }
+    if let (Some(t), Some(a), Some(b)) = (report.teacher_eval_loss, report.eval_loss_before, report.eval_loss_after) {
+        println!(
+            "the teacher's held-out loss {t:.4}: the student closed {:.1}% of its gap ({:.4} → {:.4})",
+            100.0 * (a - b) / (a - t),
+            a - t,
+            b - t
+        );
+    }
     let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
     println!(
         "GPU memory: peak {:.1} MiB, {:.1} MiB held now (model and trainer)",
@@ -847,4 +969,15 @@ async fn train_run(
         println!("trained weights written to {} ({} bytes)", path.display(), bytes.len());
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    /// clap's own checks of the argument definitions (unique names, valid requirements): they
+    /// run only when a command line is parsed, so a broken definition would ship unnoticed.
+    #[test]
+    fn command_line_definitions_are_valid() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
 }

@@ -115,6 +115,16 @@ struct SplitQk {
     rstd_heads: Tensor,
 }
 
+/// Context distillation: what the teacher reads for a batch (its packed documents, e.g. each
+/// of the student's with an instruction before it) and, for each student token, the teacher
+/// row whose next-token distribution that token's position learns.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TeacherRow {
+    pub ids: Vec<u32>,
+    pub doc_lengths: Vec<usize>,
+    pub rows: Vec<u32>,
+}
+
 /// The result of one optimizer step.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct StepReport {
@@ -141,6 +151,10 @@ pub struct Trainer<'m> {
     positions: Tensor,
     targets: Tensor,
     doc_start: Tensor,
+    /// Context distillation (as a teacher): the row of this trainer's batch each student token
+    /// learns from, and those rows' final normed hidden states gathered in student order.
+    gather_rows: Tensor,
+    gathered: Option<usize>,
     doc_bounds: Tensor,
     partials: Tensor,
     /// `dense[l]`: layer l trains fully (the last `last_layers` layers), else frozen.
@@ -333,6 +347,8 @@ impl<'m> Trainer<'m> {
             positions: Tensor::empty(ctx, &[t], DType::U32)?,
             targets: Tensor::empty(ctx, &[t], DType::U32)?,
             doc_start: Tensor::empty(ctx, &[t], DType::U32)?,
+            gather_rows: Tensor::empty(ctx, &[t], DType::U32)?,
+            gathered: None,
             doc_bounds: Tensor::empty(ctx, &[t, 2], DType::U32)?,
             partials: e(&[slots.max(1), 2])?,
             dense,
@@ -494,22 +510,44 @@ impl<'m> Trainer<'m> {
         doc_lengths: &[usize],
         weight: f64,
     ) -> Result<(f64, f64)> {
+        self.distill_forward_backward_with(ctx, teacher, loss, None, ids, targets, doc_lengths, weight).await
+    }
+
+    /// [`distill_forward_backward`](Self::distill_forward_backward) where the teacher reads its
+    /// own input (`teacher_input`, context distillation: the documents with an instruction
+    /// before them) and each student token learns the distribution of the teacher row given
+    /// for it; `None` is the same batch.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn distill_forward_backward_with(
+        &mut self,
+        ctx: &GpuContext,
+        teacher: &mut Trainer<'_>,
+        loss: &DistillLoss,
+        teacher_input: Option<&TeacherRow>,
+        ids: &[u32],
+        targets: &[u32],
+        doc_lengths: &[usize],
+        weight: f64,
+    ) -> Result<(f64, f64)> {
         const OP: &str = "Trainer::distill_forward_backward";
         if !(weight.is_finite() && weight > 0.0) {
             return Err(PupilError::arg(OP, format!("weight must be positive, got {weight}")));
         }
-        self.teacher_batch(OP, ctx, teacher, ids, targets, doc_lengths)?;
+        self.teacher_batch(OP, ctx, teacher, teacher_input, ids, targets, doc_lengths)?;
         let out = self.run(ctx, ids, targets, doc_lengths, Some(weight), Some((teacher, loss))).await?;
         self.last_loss = Some(out.0);
         Ok(out)
     }
 
-    /// Check that `teacher` shares the student's vocabulary, and write the batch into it.
+    /// Check that `teacher` shares the student's vocabulary, and write its batch: the student's,
+    /// or its own input with the rows each student token maps to.
+    #[allow(clippy::too_many_arguments)]
     fn teacher_batch(
         &self,
         op: &'static str,
         ctx: &GpuContext,
         teacher: &mut Trainer<'_>,
+        input: Option<&TeacherRow>,
         ids: &[u32],
         targets: &[u32],
         doc_lengths: &[usize],
@@ -518,23 +556,81 @@ impl<'m> Trainer<'m> {
         if sv != tv {
             return Err(PupilError::arg(op, format!("the teacher's vocabulary ({tv}) is not the student's ({sv})")));
         }
-        teacher.write_batch(ctx, ids, targets, doc_lengths)?;
+        teacher.gathered = None;
+        let Some(input) = input else {
+            teacher.write_batch(ctx, ids, targets, doc_lengths)?;
+            return Ok(());
+        };
+        let nt = input.ids.len();
+        if input.rows.len() != ids.len() || input.rows.iter().any(|&r| r as usize >= nt) {
+            return Err(PupilError::arg(op, format!("one teacher row (below {nt}) per student token")));
+        }
+        // The teacher's own targets: the student's, at the rows they map to (what it counts is
+        // only checked by write_batch; its loss is not used).
+        let mut t_targets = vec![IGNORE_TARGET; nt];
+        for (&r, &t) in input.rows.iter().zip(targets) {
+            if t != IGNORE_TARGET {
+                t_targets[r as usize] = t;
+            }
+        }
+        teacher.write_batch(ctx, &input.ids, &t_targets, &input.doc_lengths)?;
+        teacher.gather_rows.view(0, &[ids.len()])?.write_bytes(ctx, bytemuck::cast_slice(&input.rows))?;
+        teacher.gathered = Some(nt);
         Ok(())
     }
 
     /// The distillation loss and KL of a batch against `teacher` with the adapters as they are;
-    /// gradients untouched (evaluation).
+    /// gradients untouched (evaluation). `teacher_input` as in
+    /// [`distill_forward_backward_with`](Self::distill_forward_backward_with).
+    #[allow(clippy::too_many_arguments)]
     pub async fn distill_loss(
         &mut self,
         ctx: &GpuContext,
         teacher: &mut Trainer<'_>,
         loss: &DistillLoss,
+        teacher_input: Option<&TeacherRow>,
         ids: &[u32],
         targets: &[u32],
         doc_lengths: &[usize],
     ) -> Result<(f64, f64)> {
-        self.teacher_batch("Trainer::distill_loss", ctx, teacher, ids, targets, doc_lengths)?;
+        self.teacher_batch("Trainer::distill_loss", ctx, teacher, teacher_input, ids, targets, doc_lengths)?;
         self.run(ctx, ids, targets, doc_lengths, None, Some((teacher, loss))).await
+    }
+
+    /// Block influence (Men et al. 2024, "ShortGPT"): for each layer, 1 − the mean cosine
+    /// similarity between the residual stream entering it and leaving it, over the batch's
+    /// tokens (the adapters as they are). A layer that barely turns the stream scores near 0 —
+    /// the first to drop when pruning the model's depth.
+    pub async fn block_influence(&mut self, ctx: &GpuContext, ids: &[u32], doc_lengths: &[usize]) -> Result<Vec<f64>> {
+        let mut targets: Vec<u32> = ids[1..].to_vec();
+        targets.push(IGNORE_TARGET);
+        if ids.len() < 2 {
+            return Err(PupilError::arg("Trainer::block_influence", "at least two tokens"));
+        }
+        self.write_batch(ctx, ids, &targets, doc_lengths)?;
+        let mut b = Batch::new(ctx);
+        self.record_forward(&mut b, ids.len())?;
+        b.submit();
+        let (n, h) = (ids.len(), self.model.config.hidden);
+        let mut streams = Vec::with_capacity(self.xs.len());
+        for x in &self.xs {
+            streams.push(x.view(0, &[n, h])?.read_f32(ctx).await?);
+        }
+        Ok(streams
+            .windows(2)
+            .map(|w| {
+                let cos: f64 = (0..n)
+                    .map(|t| {
+                        let (a, b) = (&w[0][t * h..][..h], &w[1][t * h..][..h]);
+                        let dot: f64 = a.iter().zip(b).map(|(&x, &y)| x as f64 * y as f64).sum();
+                        let na: f64 = a.iter().map(|&x| (x as f64).powi(2)).sum::<f64>().sqrt();
+                        let nb: f64 = b.iter().map(|&x| (x as f64).powi(2)).sum::<f64>().sqrt();
+                        dot / (na * nb).max(f64::MIN_POSITIVE)
+                    })
+                    .sum();
+                1.0 - cos / n as f64
+            })
+            .collect())
     }
 
     /// The mean loss of a batch with the adapters as they are; gradients untouched (evaluation).
@@ -562,8 +658,19 @@ impl<'m> Trainer<'m> {
         let mut b = Batch::new(ctx);
         let c = &self.model.config;
         if let Some((t, _)) = teacher {
-            t.record_forward(&mut b, n)?;
-            t.record_final_norm(&mut b, n)?;
+            let nt = t.gathered.unwrap_or(n);
+            t.record_forward(&mut b, nt)?;
+            t.record_final_norm(&mut b, nt)?;
+            if t.gathered.is_some() {
+                // Context distillation: the teacher rows of the student's tokens, in order.
+                let th = t.model.config.hidden;
+                crate::ops::embedding::embedding_forward(
+                    &mut b,
+                    &t.gather_rows.view(0, &[n])?,
+                    &t.w.xn.view(0, &[nt, th])?,
+                    &t.w.xn2.view(0, &[n, th])?,
+                )?;
+            }
         }
         self.record_forward(&mut b, n)?;
         // (The head always writes the last stream's gradient; only training carries it down.)
@@ -1117,7 +1224,9 @@ impl<'m> Trainer<'m> {
                     let th = t.model.config.hidden;
                     let t_logits = t.w.logits.view(0, &[rows, vocab])?;
                     let t_head = t.model.output.as_ref().unwrap_or(&t.model.embd);
-                    matmul_forward(b, &t.w.xn.view(r0 * th, &[rows, th])?, t_head, None, &t_logits, false)?;
+                    // The teacher's final normed rows: its own, or gathered (context distillation).
+                    let t_xn = if t.gathered.is_some() { &t.w.xn2 } else { &t.w.xn };
+                    matmul_forward(b, &t_xn.view(r0 * th, &[rows, th])?, t_head, None, &t_logits, false)?;
                     let kl = w.kl.view(r0, &[rows])?;
                     distill_loss_forward_backward(b, cfg, &logits, &t_logits, &targets, (&loss, &kl), grad_scale)?;
                 }

@@ -1,0 +1,225 @@
+//! Distillation workflows beyond the loss (tests/train_lora.rs checks the online teacher's
+//! loss and gradients against PyTorch): context distillation (the teacher reads an
+//! instruction the student does not; its rows gathered onto the student's) and depth-pruned
+//! students (`pupil prune`, against transformers with the layers removed).
+
+mod common;
+
+use std::path::Path;
+
+use pupil::gpu::GpuContext;
+use pupil::model::gguf::parse_header;
+use pupil::model::prune::{keep_layers, least_influential_dropped, parse_layer_list};
+use pupil::model::{synth, LlamaModel, Logits, LoraConfig, LoraTarget, ModelConfig, ModelOptions, Trainer};
+use pupil::ops::cross_entropy::IGNORE_TARGET;
+use pupil::ops::distill_loss::DistillLoss;
+use pupil::rng::SplitMix64;
+use pupil::train::{self, ContextPair, Document, FinetuneConfig};
+use serde_json::Value as Json;
+
+fn load(ctx: &GpuContext, file: &[u8]) -> LlamaModel {
+    let opts = ModelOptions { context: Some(128), ..ModelOptions::default() };
+    LlamaModel::load(ctx, file, &opts, &mut |_, _| {}).unwrap()
+}
+
+/// Every position's logits of `ids` by the inference path (KV cache, no trainer).
+fn logits(ctx: &GpuContext, model: &LlamaModel, ids: &[u32]) -> Vec<f32> {
+    let cache = model.new_cache(ctx, 1).unwrap();
+    model.forward(ctx, &cache, 0, 0, ids, Logits::All).unwrap();
+    pollster::block_on(model.logits(ids.len()).unwrap().read_f32(ctx)).unwrap()
+}
+
+/// KL(softmax(t/τ) ‖ softmax(s/τ)) in f64.
+fn kl(t: &[f32], s: &[f32], tau: f64) -> f64 {
+    let logp = |x: &[f32]| {
+        let m = x.iter().map(|&v| v as f64 / tau).fold(f64::MIN, f64::max);
+        let z: f64 = x.iter().map(|&v| (v as f64 / tau - m).exp()).sum::<f64>().ln() + m;
+        x.iter().map(|&v| v as f64 / tau - z).collect::<Vec<_>>()
+    };
+    let (lt, ls) = (logp(t), logp(s));
+    lt.iter().zip(&ls).map(|(a, b)| a.exp() * (a - b)).sum()
+}
+
+/// Context pairs over random ids from a small pool (text-like: few distinct tokens, so what
+/// the instruction changes can be learnt): the teacher reads a fixed instruction prefix, then
+/// the student's document (a raw prefix, so the common suffix is the whole student document).
+fn pairs(vocab: u32, n: usize, len: usize, prefix: &[u32], seed: u64) -> Vec<ContextPair> {
+    let mut rng = SplitMix64::new(seed);
+    let pool: Vec<u32> = (0..12).map(|i| (i * 41 + 7) % vocab).collect();
+    (0..n)
+        .map(|_| {
+            let ids: Vec<u32> = (0..len).map(|_| pool[rng.below(pool.len() as u32) as usize]).collect();
+            let teacher = prefix.iter().copied().chain(ids.iter().copied()).collect();
+            ContextPair { student: Document { counted: vec![true; ids.len()], ids }, teacher }
+        })
+        .collect()
+}
+
+/// The KL the trainer computes against a context teacher (its rows gathered from the
+/// teacher's own, longer batch) equals KL between the inference path's logits of the teacher
+/// document (instruction + text) and of the student document at the mapped positions, in f64;
+/// and a short context-distillation run cuts the held-out KL by more than a third.
+#[test]
+fn context_distillation_matches_the_inference_paths_logits_and_learns() {
+    let ctx = common::context(false, true).unwrap();
+    let file = synth::synthesize(&synth::preset("tiny-llama").unwrap(), 1, &mut |_, _| {}).unwrap();
+    let model = load(&ctx, &file);
+    let vocab = model.config.vocab_size as u32;
+    let prefix: Vec<u32> = (0..9).map(|i| (i * 37 + 5) % vocab).collect();
+    let data = pairs(vocab, 6, 11, &prefix, 3);
+    let rows = train::pack_context(&data, 24);
+    assert_eq!(rows.len(), 3, "two 11-token documents per 24-token row");
+    let row = &rows[0];
+    let t = row.teacher.as_ref().unwrap();
+    assert_eq!((t.ids.len(), t.doc_lengths.clone()), (40, vec![20, 20]));
+
+    let mut student =
+        Trainer::new(&ctx, &model, LoraConfig::new(4, 8.0, vec![LoraTarget::V, LoraTarget::Up]), 64, 1).unwrap();
+    let mut teacher = Trainer::with_last_layers(&ctx, &model, None, 0, 64, 1).unwrap();
+    let tau = 2.0;
+    let loss = DistillLoss::hinton(tau as f32, 0.0);
+    let (_, got) = pollster::block_on(student.distill_loss(
+        &ctx,
+        &mut teacher,
+        &loss,
+        Some(t),
+        &row.ids,
+        &row.targets,
+        &row.doc_lengths,
+    ))
+    .unwrap();
+    // Reference: each document's logits by the inference path, the student's without the
+    // prefix, the teacher's with it; positions whose target counts.
+    let v = vocab as usize;
+    let (mut want, mut n) = (0.0, 0);
+    let mut at = 0;
+    for (d, &len) in row.doc_lengths.iter().enumerate() {
+        let s_logits = logits(&ctx, &model, &row.ids[at..at + len]);
+        let t_doc = &t.ids[d * 20..(d + 1) * 20];
+        let t_logits = logits(&ctx, &model, t_doc);
+        for j in 0..len {
+            if row.targets[at + j] == IGNORE_TARGET {
+                continue;
+            }
+            let tr = t.rows[at + j] as usize - d * 20;
+            assert_eq!(t_doc[tr + 1], row.targets[at + j], "the mapped teacher row predicts the same token");
+            want += kl(&t_logits[tr * v..][..v], &s_logits[j * v..][..v], tau);
+            n += 1;
+        }
+        at += len;
+    }
+    want /= n as f64;
+    let rel = (got - want).abs() / want;
+    println!("context KL: trainer {got:.7}, inference path + f64 {want:.7} (rel {rel:.1e}) over {n} positions");
+    assert!(want > 0.05, "the instruction changes the teacher's predictions (the check can fail)");
+    assert!(rel < 1e-4, "{got} vs {want}");
+
+    // Training on the context pairs lowers the held-out KL.
+    let data = pairs(vocab, 24, 11, &prefix, 4);
+    let rows = train::pack_context(&data, 22);
+    let cfg = FinetuneConfig {
+        lora: LoraConfig::new(8, 16.0, LoraTarget::ALL.to_vec()),
+        steps: 12,
+        seq_len: 22,
+        batch_rows: 2,
+        lr: 3e-3,
+        warmup: 1,
+        eval_fraction: 0.2,
+        ..FinetuneConfig::default()
+    };
+    let mut student = train::trainer_for(&ctx, &model, &cfg).unwrap();
+    let mut teacher = Trainer::with_last_layers(&ctx, &model, None, 0, 2 * 40, 1).unwrap();
+    let loss = DistillLoss::hinton(1.0, 0.0);
+    let report = pollster::block_on(train::distill(&ctx, &mut student, &mut teacher, &loss, &rows, &cfg, &mut |s| {
+        println!("  step {}: KL {:.4}", s.step, s.kl.unwrap())
+    }))
+    .unwrap();
+    let (a, b) = (report.eval_kl_before.unwrap(), report.eval_kl_after.unwrap());
+    println!("held-out KL to the instructed teacher: {a:.4} → {b:.4}");
+    assert!(b < 0.67 * a, "{a} → {b}");
+}
+
+/// Packing context pairs: the common suffix decides the map; a counted token in front of it
+/// stops counting; the token just before it maps to the teacher's token before its suffix.
+#[test]
+fn context_pairs_map_onto_the_common_suffix() {
+    // Student [1 2 | 7 8 9], teacher [4 5 6 | 7 8 9]: suffix 3, s0 = 2, t0 = 3.
+    let pair = ContextPair {
+        student: Document { ids: vec![1, 2, 7, 8, 9], counted: vec![true; 5] },
+        teacher: vec![4, 5, 6, 7, 8, 9],
+    };
+    let rows = train::pack_context(&[pair], 16);
+    let r = &rows[0];
+    let t = r.teacher.as_ref().unwrap();
+    // Position 0 (predicting 2, in front of the suffix) has no teacher; 1 → 2 (both predict 7).
+    assert_eq!(r.targets, vec![IGNORE_TARGET, 7, 8, 9, IGNORE_TARGET]);
+    assert_eq!(&t.rows[1..], &[2, 3, 4, 5]);
+    assert_eq!((t.ids.clone(), t.doc_lengths.clone()), (vec![4, 5, 6, 7, 8, 9], vec![6]));
+    // The teacher's view of the row counts the same predictions.
+    let tv = r.as_teacher_reads();
+    assert_eq!(tv.targets, vec![IGNORE_TARGET, IGNORE_TARGET, 7, 8, 9, IGNORE_TARGET]);
+    // Cut to the row length: the teacher's document ends where the student's does.
+    let pair = ContextPair {
+        student: Document { ids: (10..30).collect(), counted: vec![true; 20] },
+        teacher: [1, 2].into_iter().chain(10..30).collect(),
+    };
+    let r = &train::pack_context(&[pair], 8)[0];
+    assert_eq!((r.ids.len(), r.teacher.as_ref().unwrap().ids.len()), (8, 10));
+}
+
+fn fixture(kind: &str, preset: &str) -> (Json, Vec<f32>) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/train");
+    let name = preset.replace('-', "_");
+    let meta =
+        serde_json::from_str(&std::fs::read_to_string(dir.join(format!("{kind}_{name}.json"))).unwrap()).unwrap();
+    let bin = std::fs::read(dir.join(format!("{kind}_{name}.f32.bin"))).unwrap();
+    (meta, bin.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect())
+}
+
+/// `pupil prune --keep 1` of tiny-llama gives the logits transformers gives with layer 0
+/// removed from the model (tests/fixtures/train/prune_tiny_llama.*), and differs from the
+/// unpruned model (the check can fail). Block influence scores every layer; the least
+/// influential inner layers are the ones dropped, never the first or last.
+#[test]
+fn pruned_model_matches_transformers_without_the_layer() {
+    let (meta, want) = fixture("prune", "tiny-llama");
+    let ctx = common::context(false, true).unwrap();
+    let file = synth::synthesize(&synth::preset("tiny-llama").unwrap(), 1, &mut |_, _| {}).unwrap();
+    let h = parse_header(&file).unwrap();
+    let keep: Vec<usize> = meta["keep"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect();
+    assert_eq!(parse_layer_list("1").unwrap(), keep);
+    let pruned = pollster::block_on(keep_layers(&h, &file[..], &keep)).unwrap();
+    let model = load(&ctx, &pruned);
+    assert_eq!(model.config.n_layers, keep.len());
+    let seqs: Vec<Vec<u32>> = meta["input_ids"].as_array().unwrap().iter().map(common::json_ids).collect();
+    let got: Vec<f32> = seqs.iter().flat_map(|s| logits(&ctx, &model, s)).collect();
+    let e = common::rel_err(&got, &want);
+    let full = load(&ctx, &file);
+    let e_full = common::rel_err(&seqs.iter().flat_map(|s| logits(&ctx, &full, s)).collect::<Vec<_>>(), &want);
+    println!("pruned (keep {keep:?}) vs transformers without layer 0: rel {e:.2e}; the unpruned model: {e_full:.2e}");
+    assert!(e < 1e-4 && e_full > 1e-2, "{e} / {e_full}");
+
+    let mut t = Trainer::with_last_layers(&ctx, &full, None, 0, 16, 1).unwrap();
+    let bi = pollster::block_on(t.block_influence(&ctx, &seqs[0], &[seqs[0].len()])).unwrap();
+    assert_eq!(bi.len(), 2);
+    assert!(bi.iter().all(|&x| x.is_finite() && (0.0..=2.0).contains(&x)), "{bi:?}");
+    assert_eq!(least_influential_dropped(&[0.9, 0.1, 0.3, 0.05, 0.2, 0.8], 2).unwrap(), vec![0, 2, 4, 5]);
+    assert!(least_influential_dropped(&[0.9, 0.1, 0.8], 2).is_err(), "the first and last stay");
+}
+
+/// Pruning a sliding-window model: the kept layers keep their own window flags (Gemma's
+/// period-6 pattern becomes an explicit list), and the file loads with them.
+#[test]
+fn pruned_gemma3_keeps_each_layers_window() {
+    let file = synth::synthesize(&synth::preset("tiny-gemma3").unwrap(), 1, &mut |_, _| {}).unwrap();
+    let h = parse_header(&file).unwrap();
+    let c = ModelConfig::from_gguf(&h).unwrap();
+    let local = c.sliding_window.as_ref().unwrap().local.clone();
+    let keep: Vec<usize> = (0..c.n_layers).filter(|l| l % 2 == 0 || *l == c.n_layers - 1).collect();
+    let pruned = pollster::block_on(keep_layers(&h, &file[..], &keep)).unwrap();
+    let pc = ModelConfig::from_gguf(&parse_header(&pruned).unwrap()).unwrap();
+    assert_eq!(pc.n_layers, keep.len());
+    assert_eq!(pc.sliding_window.unwrap().local, keep.iter().map(|&l| local[l]).collect::<Vec<_>>());
+    let bad = pollster::block_on(keep_layers(&h, &file[..], &[1, 0])).unwrap_err();
+    assert!(matches!(bad, pupil::PupilError::InvalidArgument { .. }), "{bad}");
+}

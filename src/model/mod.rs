@@ -13,7 +13,8 @@ pub mod synth;
 
 pub use config::{ModelConfig, RopeScaling};
 pub use llama::{
-    LlamaModel, LoadPlan, Logits, LoraConfig, LoraTarget, ModelOptions, Overflow, StepReport, TeacherRow, Trainer,
+    HiddenAlignment, LlamaModel, LoadPlan, Logits, LoraConfig, LoraTarget, ModelOptions, Overflow, StepReport,
+    TeacherRow, Trainer,
 };
 pub use safetensors::{index_shards, read_safetensors, to_gguf, SafetensorsSource};
 pub use source::{read_header, ModelSource};

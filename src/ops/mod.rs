@@ -17,6 +17,7 @@ pub mod distill_loss;
 pub mod dropout;
 pub mod embedding;
 pub mod gate;
+pub mod hidden_mse;
 pub mod matmul;
 pub mod matmul_dense;
 pub mod optim;
@@ -136,6 +137,7 @@ pub fn all_variants() -> Vec<KernelKey> {
     v.extend(attention_backward::variants());
     v.extend(dropout::variants());
     v.extend(distill_loss::variants());
+    v.extend(hidden_mse::variants());
     v
 }
 

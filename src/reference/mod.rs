@@ -12,6 +12,7 @@ pub mod dropout;
 pub mod embedding;
 pub mod finite_difference;
 pub mod gate;
+pub mod hidden_mse;
 pub mod matmul;
 pub mod matmul_dense;
 pub mod optim;

@@ -25,6 +25,7 @@ pub async fn check(ctx: &GpuContext, dt: DType) -> Result<Vec<CaseReport>> {
     out.extend(gate(ctx, dt).await?);
     out.extend(cross_entropy(ctx, dt).await?);
     out.extend(distill_loss(ctx, dt).await?);
+    out.extend(hidden_mse(ctx, dt).await?);
     Ok(out)
 }
 
@@ -197,6 +198,48 @@ async fn distill_loss(ctx: &GpuContext, dt: DType) -> Result<Vec<CaseReport>> {
         out.push(check_float(ctx, "distill_loss", case("loss"), &loss, &want_loss).await?);
         out.push(check_float(ctx, "distill_loss", case("kl"), &kl, &want_kl).await?);
         out.push(check_float(ctx, "distill_loss", case("dlogits"), &st, &want_grad).await?);
+    }
+    Ok(out)
+}
+
+/// Hidden-state alignment against `reference::hidden_mse`: the per-row loss accumulated onto
+/// what the buffer holds, and the gradient added into a poisoned-then-written one.
+async fn hidden_mse(ctx: &GpuContext, dt: DType) -> Result<Vec<CaseReport>> {
+    use crate::ops::hidden_mse::hidden_mse_forward_backward;
+    let mut rng = SplitMix64::new(0x41_1C4E);
+    let mut out = Vec::new();
+    for &(rows, width, weight, what) in
+        &[(1, 7, 1.0, "one row"), (5, 64, 0.3, "odd rows"), (37, 576, 2.0, "SmolLM2 width"), (3, 2049, 0.5, "odd wide")]
+    {
+        let s = inputs(&mut rng, rows * width, -4.0, 4.0, dt);
+        let t = inputs(&mut rng, rows * width, -4.0, 4.0, dt);
+        let g0 = inputs(&mut rng, rows * width, -1.0, 1.0, dt);
+        let l0 = inputs(&mut rng, rows, 0.0, 1.0, DType::F32);
+        let f64s = |v: &[f32]| v.iter().map(|&x| x as f64).collect::<Vec<_>>();
+        let scale = 1.0 / rows as f32;
+        let (want_loss, want_grad) =
+            reference::hidden_mse::hidden_mse(&f64s(&s), &f64s(&t), width, weight as f64, scale as f64);
+        let want_loss: Vec<f64> = want_loss.iter().zip(&l0).map(|(a, &b)| a + b as f64).collect();
+        let want_grad: Vec<f64> = want_grad.iter().zip(&g0).map(|(a, &b)| a + b as f64).collect();
+        let st = Tensor::from_f32(ctx, &s, &[rows, width], dt)?;
+        let tt = Tensor::from_f32(ctx, &t, &[rows, width], dt)?;
+        let grad = poisoned(ctx, &[rows, width], dt)?;
+        write_keeping_canary(ctx, &grad, &g0)?;
+        let loss = poisoned(ctx, &[rows], DType::F32)?;
+        write_keeping_canary(ctx, &loss, &l0)?;
+        let mut b = Batch::new(ctx);
+        hidden_mse_forward_backward(&mut b, &st, &tt, &loss, Some(&grad), weight, scale)?;
+        b.submit();
+        let case = |x: &str| format!("{x} {rows}x{width} weight {weight} ({what})");
+        out.push(check_float(ctx, "hidden_mse", case("loss"), &loss, &want_loss).await?);
+        out.push(check_float(ctx, "hidden_mse", case("grad"), &grad, &want_grad).await?);
+        // Without the gradient: the loss alone (evaluation).
+        let loss = poisoned(ctx, &[rows], DType::F32)?;
+        write_keeping_canary(ctx, &loss, &l0)?;
+        let mut b = Batch::new(ctx);
+        hidden_mse_forward_backward(&mut b, &st, &tt, &loss, None, weight, scale)?;
+        b.submit();
+        out.push(check_float(ctx, "hidden_mse", case("loss, no gradient"), &loss, &want_loss).await?);
     }
     Ok(out)
 }

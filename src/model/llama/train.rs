@@ -30,6 +30,7 @@ use crate::ops::cross_entropy::{cross_entropy_forward_backward, IGNORE_TARGET};
 use crate::ops::distill_loss::{distill_loss_forward_backward, DistillLoss};
 use crate::ops::dropout::dropout_forward;
 use crate::ops::gate::{gate_apply_forward, gate_backward};
+use crate::ops::hidden_mse::hidden_mse_forward_backward;
 use crate::ops::matmul::{matmul_forward, matmul_transposed_forward};
 use crate::ops::matmul_dense::{matmul_dense_strided, DenseLayout, Strided};
 use crate::ops::optim::{adamw_step, grad_sum_squares, sum_squares_slots, AdamW, GradStats};
@@ -173,6 +174,19 @@ pub struct Trainer<'m> {
     /// (None: no dropout, as in evaluation).
     calls: u64,
     dropout_call: Option<u64>,
+    /// Hidden-state alignment to a distillation teacher, and its per-row loss.
+    align: Option<(HiddenAlignment, Tensor)>,
+}
+
+/// Hidden-state alignment to the teacher of a distillation (TinyBERT, Minitron's pruned
+/// students): for each pair (student boundary, teacher boundary) — boundary b being the residual
+/// stream after b blocks, 1 ≤ b ≤ layers — `weight · ‖h_s − h_t‖² / ‖h_t‖²` per token, averaged
+/// over the batch's tokens, joins the loss, and its gradient enters the backward pass at that
+/// boundary. Student and teacher share the hidden size.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HiddenAlignment {
+    pub pairs: Vec<(usize, usize)>,
+    pub weight: f32,
 }
 
 impl<'m> Trainer<'m> {
@@ -362,6 +376,7 @@ impl<'m> Trainer<'m> {
             seed,
             calls: 0,
             dropout_call: None,
+            align: None,
         })
     }
 
@@ -390,6 +405,24 @@ impl<'m> Trainer<'m> {
             self.gates.iter().map(|g| sum_squares_slots(g.w.w.len()) + sum_squares_slots(g.b.w.len())).sum();
         let slots = self.partials.len() / 2 + extra;
         self.partials = e(&[slots, 2])?;
+        Ok(self)
+    }
+
+    /// Align the hidden states to the distillation teacher's at `alignment`'s boundaries (see
+    /// [`HiddenAlignment`]; the teacher's boundaries are checked when it is given).
+    pub fn with_hidden_alignment(mut self, ctx: &GpuContext, alignment: HiddenAlignment) -> Result<Self> {
+        let n = self.model.config.n_layers;
+        if alignment.pairs.is_empty() || alignment.pairs.iter().any(|&(s, t)| s == 0 || s > n || t == 0) {
+            return Err(PupilError::arg(
+                "Trainer::with_hidden_alignment",
+                format!("boundaries are 1..={n} (after that many blocks): {:?}", alignment.pairs),
+            ));
+        }
+        if !(alignment.weight.is_finite() && alignment.weight > 0.0) {
+            return Err(PupilError::arg("Trainer::with_hidden_alignment", "a positive weight"));
+        }
+        let loss = Tensor::empty(ctx, &[self.max_tokens], DType::F32)?;
+        self.align = Some((alignment, loss));
         Ok(self)
     }
 
@@ -676,18 +709,67 @@ impl<'m> Trainer<'m> {
         // (The head always writes the last stream's gradient; only training carries it down.)
         let scale = (backward_weight.unwrap_or(1.0) / counted as f64) as f32;
         self.head_forward_backward(&mut b, n, scale, teacher)?;
+        let align = self.alignment_with(ctx, teacher.map(|t| t.0), n)?;
+        let align_scale = (backward_weight.unwrap_or(1.0) / n as f64) as f32;
+        if let (Some((pairs, weight, loss)), false) = (&align, backward) {
+            for (sb, ht) in pairs {
+                let hs = self.xs[*sb].view(0, &[n, c.hidden])?;
+                hidden_mse_forward_backward(&mut b, &hs, ht, loss, None, *weight, 0.0)?;
+            }
+        }
         if backward {
             for l in (0..c.n_layers).rev() {
                 self.layer_forward(&mut b, l, n, false)?;
+                // The alignment's gradient joins the output's at the boundary after layer l.
+                if let Some((pairs, weight, loss)) = &align {
+                    for (_, ht) in pairs.iter().filter(|p| p.0 == l + 1) {
+                        let (hs, dx) = (self.xs[l + 1].view(0, &[n, c.hidden])?, self.w.dx.view(0, &[n, c.hidden])?);
+                        hidden_mse_forward_backward(&mut b, &hs, ht, loss, Some(&dx), *weight, align_scale)?;
+                    }
+                }
                 self.layer_backward(&mut b, l, n)?;
             }
         }
         b.submit();
         self.dropout_call = None;
         let mean = |v: Vec<f32>| v.iter().map(|&x| x as f64).sum::<f64>() / counted as f64;
-        let loss = mean(self.w.loss.view(0, &[n])?.read_f32(ctx).await?);
+        let mut loss = mean(self.w.loss.view(0, &[n])?.read_f32(ctx).await?);
+        if let Some((_, _, l)) = &align {
+            loss += l.read_f32(ctx).await?.iter().map(|&x| x as f64).sum::<f64>() / n as f64;
+        }
         let kl = if teacher.is_some() { mean(self.w.kl.view(0, &[n])?.read_f32(ctx).await?) } else { 0.0 };
         Ok((loss, kl))
+    }
+
+    /// The alignment to `teacher` for a batch of `n` tokens, checked against the teacher: per
+    /// pair the student boundary and the teacher's stream there `[n, hidden]`, the weight, and
+    /// the per-row loss (zeroed); None without alignment or teacher.
+    #[allow(clippy::type_complexity)]
+    fn alignment_with(
+        &self,
+        ctx: &GpuContext,
+        teacher: Option<&Trainer<'_>>,
+        n: usize,
+    ) -> Result<Option<(Vec<(usize, Tensor)>, f32, Tensor)>> {
+        const OP: &str = "Trainer::hidden_alignment";
+        let (Some((a, loss)), Some(t)) = (&self.align, teacher) else { return Ok(None) };
+        let (tc, c) = (&t.model.config, &self.model.config);
+        if tc.hidden != c.hidden {
+            return Err(PupilError::arg(
+                OP,
+                format!("hidden sizes differ: student {}, teacher {}", c.hidden, tc.hidden),
+            ));
+        }
+        if t.gathered.is_some() {
+            return Err(PupilError::Unsupported("hidden-state alignment with context distillation".into()));
+        }
+        if let Some(&(_, tb)) = a.pairs.iter().find(|p| p.1 > tc.n_layers) {
+            return Err(PupilError::arg(OP, format!("teacher boundary {tb} past its {} layers", tc.n_layers)));
+        }
+        let streams =
+            a.pairs.iter().map(|&(sb, tb)| Ok((sb, t.xs[tb].view(0, &[n, c.hidden])?))).collect::<Result<Vec<_>>>()?;
+        loss.fill_buffer_u32(ctx, 0);
+        Ok(Some((streams, a.weight, loss.view(0, &[n])?)))
     }
 
     /// Embedding and every layer's forward, each layer's input kept (`xs`).

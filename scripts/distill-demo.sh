@@ -11,7 +11,8 @@
 #   scripts/distill-demo.sh context  context distillation: the model with a system instruction
 #                                    (talk like a pirate) teaches the model without it, on the
 #                                    teacher's own greedy answers to examples/data/prompts.txt
-#                                    (generated once, cached in ~/.cache/pupil); the held-out KL
+#                                    (committed in examples/data/pirate-answers.jsonl, else
+#                                    generated and cached in ~/.cache/pupil); the held-out KL
 #                                    to the instructed teacher before and after.
 #
 # Extra arguments go to `pupil distill`. Work files go to $PUPIL_DEMO_DIR (default a temporary
@@ -38,7 +39,15 @@ prune)
   ;;
 context)
   instruction="You are a pirate. Always talk like a pirate."
-  answers="${XDG_CACHE_HOME:-$HOME/.cache}/pupil/pirate-answers-$(sha256sum examples/data/prompts.txt | cut -c1-12).jsonl"
+  # The teacher's answers: committed (examples/data/pirate-answers.jsonl, made by the loop below
+  # from examples/data/prompts.txt, whose sha256 prefix pirate-answers.jsonl.sha holds) or, when the
+  # prompts changed, generated again into the cache (~27 s a prompt on lavapipe).
+  prompts_sha=$(sha256sum examples/data/prompts.txt | cut -c1-12)
+  answers="${XDG_CACHE_HOME:-$HOME/.cache}/pupil/pirate-answers-$prompts_sha.jsonl"
+  committed=examples/data/pirate-answers.jsonl
+  if [ -s "$committed" ] && [ "$(head -c 200 "$committed.sha" 2>/dev/null)" = "$prompts_sha" ]; then
+    answers=$committed
+  fi
   if [ ! -s "$answers" ]; then
     echo "generating the instructed teacher's answers into $answers ..." >&2
     tmp="$answers.partial"

@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::path::Path;
 
 use pupil::gpu::GpuContext;
 use pupil::model::gguf::parse_header;
@@ -15,7 +14,6 @@ use pupil::ops::cross_entropy::IGNORE_TARGET;
 use pupil::ops::distill_loss::DistillLoss;
 use pupil::rng::SplitMix64;
 use pupil::train::{self, ContextPair, Document, FinetuneConfig};
-use serde_json::Value as Json;
 
 fn load(ctx: &GpuContext, file: &[u8]) -> LlamaModel {
     let opts = ModelOptions { context: Some(128), ..ModelOptions::default() };
@@ -167,22 +165,13 @@ fn context_pairs_map_onto_the_common_suffix() {
     assert_eq!((r.ids.len(), r.teacher.as_ref().unwrap().ids.len()), (8, 10));
 }
 
-fn fixture(kind: &str, preset: &str) -> (Json, Vec<f32>) {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/train");
-    let name = preset.replace('-', "_");
-    let meta =
-        serde_json::from_str(&std::fs::read_to_string(dir.join(format!("{kind}_{name}.json"))).unwrap()).unwrap();
-    let bin = std::fs::read(dir.join(format!("{kind}_{name}.f32.bin"))).unwrap();
-    (meta, bin.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect())
-}
-
 /// `pupil prune --keep 1` of tiny-llama gives the logits transformers gives with layer 0
 /// removed from the model (tests/fixtures/train/prune_tiny_llama.*), and differs from the
 /// unpruned model (the check can fail). Block influence scores every layer; the least
 /// influential inner layers are the ones dropped, never the first or last.
 #[test]
 fn pruned_model_matches_transformers_without_the_layer() {
-    let (meta, want) = fixture("prune", "tiny-llama");
+    let common::train::Fixture { meta, blobs: want } = common::train::fixture_of("prune", "tiny-llama");
     let ctx = common::context(false, true).unwrap();
     let file = synth::synthesize(&synth::preset("tiny-llama").unwrap(), 1, &mut |_, _| {}).unwrap();
     let h = parse_header(&file).unwrap();

@@ -17,30 +17,8 @@ use pupil::sampling::{Sampler, SamplerConfig};
 use pupil::train::{self, FinetuneConfig, Row, RunControl};
 use pupil::PupilError;
 use serde_json::Value as Json;
-use sha2::{Digest, Sha256};
 
-struct Fixture {
-    meta: Json,
-    blobs: Vec<f32>,
-}
-
-fn fixture_of(kind: &str, preset: &str) -> Fixture {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/train");
-    let name = preset.replace('-', "_");
-    let meta =
-        serde_json::from_str(&std::fs::read_to_string(dir.join(format!("{kind}_{name}.json"))).unwrap()).unwrap();
-    let bin = std::fs::read(dir.join(format!("{kind}_{name}.f32.bin"))).unwrap();
-    Fixture { meta, blobs: bin.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect() }
-}
-
-/// `pupil synth PRESET --seed` of the fixture, checked to be the file PyTorch read.
-fn synth_file(fx: &Fixture) -> Vec<u8> {
-    let preset = fx.meta["preset"].as_str().unwrap();
-    let file =
-        synth::synthesize(&synth::preset(preset).unwrap(), fx.meta["seed"].as_u64().unwrap(), &mut |_, _| {}).unwrap();
-    assert_eq!(format!("{:x}", Sha256::digest(&file)), fx.meta["gguf_sha256"].as_str().unwrap(), "synth changed");
-    file
-}
+use common::train::{fixture_of, hf_to_gguf_rows, synth_file, Fixture};
 
 fn load(ctx: &GpuContext, file: &[u8]) -> LlamaModel {
     let opts = ModelOptions { context: Some(64), ..ModelOptions::default() };
@@ -85,20 +63,6 @@ fn trainer_with_fixture_adapters<'m>(ctx: &GpuContext, model: &'m LlamaModel, pr
     }
     assert_eq!(at, lora.blobs.len());
     tr
-}
-
-fn hf_to_gguf_rows(m: &[f32], rows: usize, cols: usize, heads: usize) -> Vec<f32> {
-    let per = rows / heads;
-    let mut out = vec![0.0; m.len()];
-    for h in 0..heads {
-        for i in 0..per / 2 {
-            for e in 0..2 {
-                let (src, dst) = (h * per + e * per / 2 + i, h * per + 2 * i + e);
-                out[dst * cols..][..cols].copy_from_slice(&m[src * cols..][..cols]);
-            }
-        }
-    }
-    out
 }
 
 /// A safetensors tensor: dtype, shape, values (f32).

@@ -15,29 +15,14 @@
 
 mod common;
 
-use std::path::Path;
 
 use pupil::gpu::GpuContext;
 use pupil::model::{synth, LlamaModel, LoraConfig, LoraTarget, ModelOptions, Trainer};
 use pupil::ops::cross_entropy::IGNORE_TARGET;
 use pupil::ops::optim::AdamW;
-use serde_json::Value as Json;
+
+use common::train::{fixture_of, hf_to_gguf_rows, synth_file, Fixture};
 use sha2::{Digest, Sha256};
-
-struct Fixture {
-    meta: Json,
-    blobs: Vec<f32>,
-}
-
-/// `<kind>_<preset>.json` and `.f32.bin` (kind: lora, last1, gates).
-fn fixture_of(kind: &str, preset: &str) -> Fixture {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/train");
-    let name = preset.replace('-', "_");
-    let meta =
-        serde_json::from_str(&std::fs::read_to_string(dir.join(format!("{kind}_{name}.json"))).unwrap()).unwrap();
-    let bin = std::fs::read(dir.join(format!("{kind}_{name}.f32.bin"))).unwrap();
-    Fixture { meta, blobs: bin.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect() }
-}
 
 fn fixture(preset: &str) -> Fixture {
     fixture_of("lora", preset)
@@ -89,32 +74,9 @@ fn adamw_steps_match(ctx: &GpuContext, tr: &mut Trainer, fx: &Fixture, what: &st
 }
 
 fn model(ctx: &GpuContext, fx: &Fixture) -> LlamaModel {
-    let preset = fx.meta["preset"].as_str().unwrap();
-    let file =
-        synth::synthesize(&synth::preset(preset).unwrap(), fx.meta["seed"].as_u64().unwrap(), &mut |_, _| {}).unwrap();
-    assert_eq!(
-        format!("{:x}", Sha256::digest(&file)),
-        fx.meta["gguf_sha256"].as_str().unwrap(),
-        "`pupil synth {preset}` changed"
-    );
+    let file = synth_file(fx);
     let opts = ModelOptions { context: Some(64), ..ModelOptions::default() };
     LlamaModel::load(ctx, &file, &opts, &mut |_, _| {}).unwrap()
-}
-
-/// A llama GGUF stores Q and K rows permuted (pairs adjacent, see model::config): HF row
-/// `h·P + e·P/2 + i` is file row `h·P + 2i + e`. Maps rows of an `[rows, cols]` matrix.
-fn hf_to_gguf_rows(m: &[f32], rows: usize, cols: usize, heads: usize) -> Vec<f32> {
-    let per = rows / heads;
-    let mut out = vec![0.0; m.len()];
-    for h in 0..heads {
-        for i in 0..per / 2 {
-            for e in 0..2 {
-                let (src, dst) = (h * per + e * per / 2 + i, h * per + 2 * i + e);
-                out[dst * cols..][..cols].copy_from_slice(&m[src * cols..][..cols]);
-            }
-        }
-    }
-    out
 }
 
 fn rel(got: &[f32], want: &[f32]) -> f64 {

@@ -7,6 +7,8 @@
 
 #![allow(dead_code)]
 
+pub mod train;
+
 use pupil::{ContextOptions, GpuContext};
 
 fn required(feature: &str) -> bool {

@@ -1,10 +1,13 @@
 // The distillation loss over rows of student logits against a teacher's, forward and backward
 // in one pass (chunked over rows by the caller, like cross_entropy.wgsl):
 //   p = softmax(teacher / τ), q = softmax(student / τ), s = softmax(student)
-//   kl[r]   = KL(p ‖ q)  (FORWARD: Hinton et al.)  or  KL(q ‖ p)  (REVERSE: mode-seeking)
+//   kl[r]   = KL(p ‖ q)  (FORWARD: Hinton et al.),  KL(q ‖ p)  (REVERSE: mode-seeking), or
+//             β·KL(p ‖ m) + (1 − β)·KL(q ‖ m) with m = β·p + (1 − β)·q  (JSD: generalised
+//             Jensen–Shannon, β = 1/2 the symmetric one; it interpolates between the two)
 //   loss[r] = kl_coef · kl[r] + α · (logsumexp(student) − student[target])
 //   student[r, i] <- grad_scale · (kl_coef / τ · dKL/d(student/τ)_i + α · (s_i − [i == target]))
-// with dKL_forward/db = q − p and dKL_reverse/db = q ⊙ (log q − log p − KL(q ‖ p)). kl_coef is
+// with dKL_forward/db = q − p, dKL_reverse/db = q ⊙ (log q − log p − KL(q ‖ p)) and
+// dJSD/db = (1 − β)·q ⊙ (log q − log m − KL(q ‖ m)) (dJSD/dq = (1 − β)·log(q/m)). kl_coef is
 // τ² in Hinton's recipe (gradients keep their size as τ changes). A row whose target is IGNORE
 // (or any id ≥ vocab) counts for nothing: loss, kl and gradient 0 (prompt tokens under a mask).
 // One workgroup per row; storage T, arithmetic f32. Reference: `reference::distill_loss`.
@@ -17,7 +20,8 @@ struct Params {
     kl_coef: f32,
     alpha: f32,
     grad_scale: f32,
-    _pad0: u32,
+    // JSD's β, in (0, 1).
+    beta: f32,
     _pad1: u32,
 }
 
@@ -27,6 +31,14 @@ struct Params {
 @group(0) @binding(3) var<storage, read> targets: array<u32>;
 @group(0) @binding(4) var<storage, read_write> loss: array<f32>;
 @group(0) @binding(5) var<storage, read_write> kl: array<f32>;
+
+// log(β·e^log_p + (1 − β)·e^log_q), without underflow.
+fn log_mixture(log_p: f32, log_q: f32) -> f32 {
+    let x = log(p.beta) + log_p;
+    let y = log(1.0 - p.beta) + log_q;
+    let hi = max(x, y);
+    return hi + log(1.0 + exp(min(x, y) - hi));
+}
 
 @compute @workgroup_size(WG)
 fn distill_loss_forward_backward(ids: Ids, @builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
@@ -75,10 +87,26 @@ fn distill_loss_forward_backward(ids: Ids, @builtin(workgroup_id) wg: vec3<u32>,
     let log_st = log(st);
     let log_ss = log(ss);
     let lse1 = m1 + log(s1);
+#ifdef JSD
+    // m needs both normalised: a third pass for KL(p ‖ m) and KL(q ‖ m).
+    var kp = 0.0;
+    var kq = 0.0;
+    for (var i = ids.lid; i < p.vocab; i += WG) {
+        let log_p = f32(teacher[base + i]) * p.inv_tau - mt - log_st;
+        let log_q = f32(student[base + i]) * p.inv_tau - ms - log_ss;
+        let log_m = log_mixture(log_p, log_q);
+        kp += exp(log_p) * (log_p - log_m);
+        kq += exp(log_q) * (log_q - log_m);
+    }
+    kp = wg_sum(kp, ids);
+    kq = wg_sum(kq, ids);
+    let div = p.beta * kp + (1.0 - p.beta) * kq;
+#else
 #ifdef REVERSE
     let div = dr / ss - log_ss + log_st;
 #else
     let div = df / st - log_st + log_ss;
+#endif
 #endif
     let t = targets[row];
     let counted = t < p.vocab;
@@ -100,10 +128,14 @@ fn distill_loss_forward_backward(ids: Ids, @builtin(workgroup_id) wg: vec3<u32>,
             let log_p = f32(teacher[base + i]) * p.inv_tau - mt - log_st;
             let log_q = z * p.inv_tau - ms - log_ss;
             let q = exp(log_q);
+#ifdef JSD
+            let d_div = (1.0 - p.beta) * q * (log_q - log_mixture(log_p, log_q) - kq);
+#else
 #ifdef REVERSE
             let d_div = q * (log_q - log_p - div);
 #else
             let d_div = q - exp(log_p);
+#endif
 #endif
             let ce = exp(z - lse1) - select(0.0, 1.0, i == t);
             g = p.grad_scale * (kl_scale * d_div + p.alpha * ce);

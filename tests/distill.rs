@@ -5,7 +5,6 @@
 
 mod common;
 
-
 use pupil::gpu::GpuContext;
 use pupil::model::gguf::parse_header;
 use pupil::model::prune::{keep_layers, least_influential_dropped, parse_layer_list};
@@ -211,4 +210,74 @@ fn pruned_gemma3_keeps_each_layers_window() {
     assert_eq!(pc.sliding_window.unwrap().local, keep.iter().map(|&l| local[l]).collect::<Vec<_>>());
     let bad = pollster::block_on(keep_layers(&h, &file[..], &[1, 0])).unwrap_err();
     assert!(matches!(bad, pupil::PupilError::InvalidArgument { .. }), "{bad}");
+}
+
+/// A pruned file records the original layer of each block, composed through a second pruning,
+/// and hidden-state alignment maps each student block boundary onto that layer's.
+#[test]
+fn pruning_records_the_kept_layers_for_alignment() {
+    use pupil::model::prune::{alignment_pairs, kept_layers, parse_alignment_pairs};
+    let file = synth::synthesize(&synth::preset("tiny-gemma3").unwrap(), 1, &mut |_, _| {}).unwrap();
+    let h = parse_header(&file).unwrap();
+    let n = ModelConfig::from_gguf(&h).unwrap().n_layers;
+    assert!(n >= 4, "tiny-gemma3 has {n} layers");
+    assert_eq!(kept_layers(&h, n), None, "an unpruned file has no record");
+    let first: Vec<usize> = (0..n).filter(|&l| l != 1).collect();
+    let once = pollster::block_on(keep_layers(&h, &file[..], &first)).unwrap();
+    let h1 = parse_header(&once).unwrap();
+    assert_eq!(kept_layers(&h1, n - 1), Some(first.clone()));
+    // Drop the second block of the pruned file too: it was layer 2 of the original.
+    let second: Vec<usize> = (0..n - 1).filter(|&l| l != 1).collect();
+    let twice = pollster::block_on(keep_layers(&h1, &once[..], &second)).unwrap();
+    let kept = kept_layers(&parse_header(&twice).unwrap(), n - 2).unwrap();
+    let want: Vec<usize> = (0..n).filter(|&l| l != 1 && l != 2).collect();
+    assert_eq!(kept, want);
+    assert_eq!(alignment_pairs(&kept)[..2], [(1, 1), (2, 4)]);
+    assert_eq!(parse_alignment_pairs("2:2, 10:15").unwrap(), vec![(2, 2), (10, 15)]);
+    for bad in ["", "2", "2:x", "1:2,3"] {
+        assert!(parse_alignment_pairs(bad).is_err(), "{bad:?}");
+    }
+}
+
+/// A τ/α schedule reaches the loop: step 1 trains with the loss as given (the same step as a
+/// fixed run's), the held-out KL is measured with the last step's loss (the same before-figure
+/// as a run fixed at the final τ), and later steps differ from the fixed run's.
+#[test]
+fn kd_schedule_drives_the_steps_and_the_held_out_kl() {
+    let ctx = common::context(false, true).unwrap();
+    let student_file = synth::synthesize(&synth::preset("tiny-llama").unwrap(), 1, &mut |_, _| {}).unwrap();
+    let teacher_file = synth::synthesize(&synth::preset("tiny-llama").unwrap(), 9, &mut |_, _| {}).unwrap();
+    let (model, teacher_model) = (load(&ctx, &student_file), load(&ctx, &teacher_file));
+    let vocab = model.config.vocab_size as u32;
+    let docs: Vec<Document> = pairs(vocab, 6, 16, &[], 3).into_iter().map(|p| p.student).collect();
+    let rows = train::pack(&docs, 16);
+    let run = |tau: f32, schedule: train::KdSchedule| {
+        let cfg = FinetuneConfig {
+            lora: LoraConfig::new(4, 8.0, LoraTarget::ALL.to_vec()),
+            steps: 3,
+            seq_len: 16,
+            batch_rows: 2,
+            lr: 1e-2,
+            warmup: 0,
+            eval_fraction: 0.3,
+            kd_schedule: schedule,
+            ..FinetuneConfig::default()
+        };
+        let mut student = train::trainer_for(&ctx, &model, &cfg).unwrap();
+        let mut teacher = Trainer::with_last_layers(&ctx, &teacher_model, None, 0, 32, 1).unwrap();
+        let loss = DistillLoss::hinton(tau, 0.5);
+        pollster::block_on(train::distill(&ctx, &mut student, &mut teacher, &loss, &rows, &cfg, &mut |_| {})).unwrap()
+    };
+    let annealed = run(4.0, train::KdSchedule { tau_end: Some(1.0), alpha_end: Some(0.0) });
+    let fixed_start = run(4.0, train::KdSchedule::default());
+    let fixed_end = run(1.0, train::KdSchedule::default());
+    let kl = |r: &train::FinetuneReport| r.steps.iter().map(|s| s.kl.unwrap()).collect::<Vec<_>>();
+    println!("per-step KL: annealed {:?}, fixed τ 4 {:?}", kl(&annealed), kl(&fixed_start));
+    assert_eq!(annealed.steps[0], fixed_start.steps[0], "step 1 uses the loss as given");
+    assert!((annealed.steps[2].kl.unwrap() - fixed_start.steps[2].kl.unwrap()).abs() > 1e-4);
+    let (a, e, s) =
+        (annealed.eval_kl_before.unwrap(), fixed_end.eval_kl_before.unwrap(), fixed_start.eval_kl_before.unwrap());
+    println!("held-out KL before: annealed {a:.6}, fixed τ 1 {e:.6}, fixed τ 4 {s:.6}");
+    assert_eq!(a, e, "the held-out KL is the last step's");
+    assert!((a - s).abs() > 1e-4);
 }

@@ -15,7 +15,6 @@
 
 mod common;
 
-
 use pupil::gpu::GpuContext;
 use pupil::model::{synth, LlamaModel, LoraConfig, LoraTarget, ModelOptions, Trainer};
 use pupil::ops::cross_entropy::IGNORE_TARGET;
@@ -566,9 +565,10 @@ fn accumulated_passes_match_pytorch_on_the_whole_batch() {
 /// the same shape (seed 2) teaches the LoRA student of the `lora` fixture through Hinton's loss
 /// (τ = 2, τ²·KL + 0.5·CE per next-token position, kd_<preset>.*): the loss, the KL and every
 /// adapter gradient within 1e-4 of PyTorch's, and ten clipped AdamW steps' losses and KLs.
-fn distillation_matches_pytorch(preset: &str) {
-    use pupil::ops::distill_loss::DistillLoss;
-    let fx = fixture_of("kd", preset);
+/// `kind` kd_jsd: the same with the generalised Jensen–Shannon divergence (β 0.3).
+fn distillation_matches_pytorch(kind: &str, preset: &str) {
+    use pupil::ops::distill_loss::{DistillLoss, Divergence};
+    let fx = fixture_of(kind, preset);
     let ctx = common::context(false, true).unwrap();
     let model = model(&ctx, &fx);
     let teacher_file =
@@ -579,15 +579,23 @@ fn distillation_matches_pytorch(preset: &str) {
     let teacher_model = LlamaModel::load(&ctx, &teacher_file, &opts, &mut |_, _| {}).unwrap();
     let mut teacher = Trainer::with_last_layers(&ctx, &teacher_model, None, 0, 64, 1).unwrap();
     let f = |k: &str| fx.meta[k].as_f64().unwrap();
-    let cfg =
-        DistillLoss { kl_coef: f("kl_coef") as f32, ..DistillLoss::hinton(f("tau") as f32, f("kd_alpha") as f32) };
+    let divergence = match fx.meta["divergence"].as_str() {
+        None | Some("forward") => Divergence::Forward,
+        Some("jsd") => Divergence::Jsd { beta: f("jsd_beta") as f32 },
+        Some(other) => panic!("divergence {other}"),
+    };
+    let cfg = DistillLoss {
+        kl_coef: f("kl_coef") as f32,
+        divergence,
+        ..DistillLoss::hinton(f("tau") as f32, f("kd_alpha") as f32)
+    };
     let (ids, targets, docs) = batch(&fx);
     let (mut tr, want) = trainer(&ctx, &model, &fx);
     let (loss, kl) =
         pollster::block_on(tr.distill_forward_backward(&ctx, &mut teacher, &cfg, &ids, &targets, &docs, 1.0)).unwrap();
     let (el, ek) = ((loss - f("loss")).abs() / f("loss"), (kl - f("kl")).abs() / f("kl"));
     println!(
-        "{preset} distillation: loss {loss:.6} vs PyTorch {:.6} ({el:.1e}), KL {kl:.6} vs {:.6} ({ek:.1e})",
+        "{preset} distillation ({divergence}): loss {loss:.6} vs PyTorch {:.6} ({el:.1e}), KL {kl:.6} vs {:.6} ({ek:.1e})",
         f("loss"),
         f("kl")
     );
@@ -626,12 +634,17 @@ fn distillation_matches_pytorch(preset: &str) {
 
 #[test]
 fn llama_distillation_matches_pytorch() {
-    distillation_matches_pytorch("tiny-llama");
+    distillation_matches_pytorch("kd", "tiny-llama");
 }
 
 #[test]
 fn qwen2_distillation_matches_pytorch() {
-    distillation_matches_pytorch("tiny-qwen2");
+    distillation_matches_pytorch("kd", "tiny-qwen2");
+}
+
+#[test]
+fn llama_jsd_distillation_matches_pytorch() {
+    distillation_matches_pytorch("kd_jsd", "tiny-llama");
 }
 
 /// Distillation with hidden-state alignment (`Trainer::with_hidden_alignment`, align_<preset>.*:

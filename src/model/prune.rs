@@ -2,11 +2,46 @@
 //! dropped. The kept blocks are renumbered in order (`blk.{i}.*`), `block_count` and every
 //! per-layer metadata array follow, a sliding-window pattern becomes the kept layers' own flags;
 //! embeddings, the final norm and the head stay. The student it makes is an ordinary model:
-//! heal it by distillation from the file it came from (`pupil distill --teacher`).
+//! heal it by distillation from the file it came from (`pupil distill --teacher`). The file
+//! records which of the original layers it kept ([`KEPT_LAYERS_KEY`], composed through repeated
+//! pruning), so hidden-state alignment can map each block to the teacher's ([`alignment_pairs`]).
 
 use crate::error::{PupilError, Result};
 use crate::model::gguf::{GgufHeader, GgufWriter, Value};
 use crate::model::{ModelConfig, ModelSource};
+
+/// Metadata key of a pruned file: for each of its blocks, the index of the layer it was in the
+/// unpruned model (u32 array).
+pub const KEPT_LAYERS_KEY: &str = "pupil.prune.kept_layers";
+
+/// The original layer of each block of a pruned file (`None` for a file never pruned, or one
+/// whose record does not match its block count).
+pub fn kept_layers(header: &GgufHeader, n_layers: usize) -> Option<Vec<usize>> {
+    let items = header.get(KEPT_LAYERS_KEY)?.as_array()?;
+    let kept: Option<Vec<usize>> = items.iter().map(|v| v.as_u64().map(|x| x as usize)).collect();
+    kept.filter(|k| k.len() == n_layers && k.windows(2).all(|w| w[0] < w[1]))
+}
+
+/// Hidden-state alignment pairs (student boundary, teacher boundary) of a pruned student: after
+/// its block i the student should hold what the teacher holds after the layer that block was.
+pub fn alignment_pairs(kept: &[usize]) -> Vec<(usize, usize)> {
+    kept.iter().enumerate().map(|(i, &l)| (i + 1, l + 1)).collect()
+}
+
+/// Parse `2:2,10:15` (student boundary : teacher boundary, each the residual stream after that
+/// many blocks) into pairs.
+pub fn parse_alignment_pairs(s: &str) -> Result<Vec<(usize, usize)>> {
+    let bad = || PupilError::arg("distill", format!("`{s}` is not a list of boundary pairs such as 2:2,10:15"));
+    s.split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (a, b) = p.split_once(':').ok_or_else(bad)?;
+            Ok((a.trim().parse().map_err(|_| bad())?, b.trim().parse().map_err(|_| bad())?))
+        })
+        .collect::<Result<Vec<_>>>()
+        .and_then(|v| if v.is_empty() { Err(bad()) } else { Ok(v) })
+}
 
 /// The layers to keep when dropping the `drop` least influential ones by `influence` (one
 /// score per layer, e.g. `Trainer::block_influence`); the first and the last layer are always
@@ -61,9 +96,11 @@ pub async fn keep_layers<S: ModelSource + ?Sized>(header: &GgufHeader, source: &
     }
     let block_count = format!("{arch}.block_count");
     let pattern = format!("{arch}.attention.sliding_window_pattern");
+    // Layers of the original model, through any earlier pruning.
+    let before = kept_layers(header, n).unwrap_or_else(|| (0..n).collect());
     let mut w = GgufWriter::new();
     for (k, v) in &header.metadata {
-        if k.starts_with("split.") {
+        if k.starts_with("split.") || k == KEPT_LAYERS_KEY {
             continue;
         }
         let v = if *k == block_count {
@@ -81,6 +118,7 @@ pub async fn keep_layers<S: ModelSource + ?Sized>(header: &GgufHeader, source: &
         };
         w.add(k, v);
     }
+    w.add(KEPT_LAYERS_KEY, Value::Array(keep.iter().map(|&l| Value::U32(before[l] as u32)).collect()));
     if let Some(sw) = &config.sliding_window {
         // Gemma's pattern may be a period over layer indices: the kept layers' own flags.
         w.add(&pattern, Value::Array(keep.iter().map(|&l| Value::Bool(sw.local[l])).collect()));

@@ -1,6 +1,6 @@
 //! The knowledge-distillation loss, fused with its gradient and in place like
 //! `ops::cross_entropy`: `kl_coef · KL(teacher^τ ‖ student^τ) + α · CE(student, target)` per row
-//! (Hinton et al. 2015; the reverse divergence as an option), the gradient written over the
+//! (Hinton et al. 2015; the reverse KL and the generalised Jensen–Shannon divergence as options), the gradient written over the
 //! student's logits for the head's transposed matmul. The caller feeds `[rows, vocab]` blocks
 //! of both models' logits. Kernel: `shaders/distill_loss.wgsl`. Reference:
 //! `reference::distill_loss`.
@@ -13,13 +13,46 @@ use super::{
 use crate::error::{PupilError, Result};
 use crate::gpu::{Batch, DType, KernelKey, Tensor};
 
-/// Which KL divergence between the tempered teacher `p` and student `q`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Which divergence between the tempered teacher `p` and student `q`.
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Divergence {
     /// KL(p ‖ q): the student covers the teacher's mass (Hinton's).
     Forward,
     /// KL(q ‖ p): mode-seeking (MiniLLM's).
     Reverse,
+    /// The generalised Jensen–Shannon divergence `β·KL(p ‖ m) + (1 − β)·KL(q ‖ m)` with the
+    /// mixture `m = β·p + (1 − β)·q`, β in (0, 1) (as in GKD, Agarwal et al. 2024): bounded
+    /// by ln 2 at β = ½; it tends to β·KL(p ‖ q) as β → 0 and to (1 − β)·KL(q ‖ p) as β → 1,
+    /// so β moves it from the forward KL's behaviour to the reverse's (raise `kl_coef` for
+    /// small or large β: the divergence shrinks with them).
+    Jsd { beta: f32 },
+}
+
+impl Divergence {
+    /// `forward`, `reverse`, or `jsd` (β = ½) / `jsd:β` (as the CLI takes it).
+    pub fn parse(s: &str) -> Result<Divergence> {
+        let bad =
+            || PupilError::arg("divergence", format!("{s:?}: give forward, reverse, jsd or jsd:BETA (0 < β < 1)"));
+        match s {
+            "forward" | "kl" => Ok(Divergence::Forward),
+            "reverse" | "reverse-kl" => Ok(Divergence::Reverse),
+            "jsd" => Ok(Divergence::Jsd { beta: 0.5 }),
+            _ => {
+                let beta: f32 = s.strip_prefix("jsd:").and_then(|b| b.parse().ok()).ok_or_else(bad)?;
+                (beta > 0.0 && beta < 1.0).then_some(Divergence::Jsd { beta }).ok_or_else(bad)
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for Divergence {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Divergence::Forward => write!(f, "forward KL"),
+            Divergence::Reverse => write!(f, "reverse KL"),
+            Divergence::Jsd { beta } => write!(f, "JSD (β {beta})"),
+        }
+    }
 }
 
 /// The loss's settings.
@@ -50,7 +83,8 @@ struct Params {
     kl_coef: f32,
     alpha: f32,
     grad_scale: f32,
-    _pad: [u32; 2],
+    beta: f32,
+    _pad: u32,
 }
 
 /// Per row of `student` / `teacher` logits `[rows, vocab]`: `loss` and `kl` (f32 `[rows]`; 0
@@ -81,14 +115,19 @@ pub fn distill_loss_forward_backward(
         expect_len(OP, what, t, rows)?;
     }
     let finite = [cfg.tau, cfg.kl_coef, cfg.alpha, grad_scale].iter().all(|x| x.is_finite());
-    if !finite || cfg.tau <= 0.0 || cfg.kl_coef < 0.0 || cfg.alpha < 0.0 {
+    let beta = match cfg.divergence {
+        Divergence::Jsd { beta } => beta,
+        _ => 0.5,
+    };
+    if !finite || cfg.tau <= 0.0 || cfg.kl_coef < 0.0 || cfg.alpha < 0.0 || !(beta > 0.0 && beta < 1.0) {
         return Err(PupilError::arg(
             OP,
-            format!("τ > 0, kl_coef ≥ 0, α ≥ 0 and a finite grad scale; got {cfg:?}, {grad_scale}"),
+            format!("τ > 0, kl_coef ≥ 0, α ≥ 0, 0 < β < 1 and a finite grad scale; got {cfg:?}, {grad_scale}"),
         ));
     }
     let key = kernel(b.context(), "distill_loss", "distill_loss_forward_backward", dt, true, WG)
-        .flag("REVERSE", cfg.divergence == Divergence::Reverse);
+        .flag("REVERSE", cfg.divergence == Divergence::Reverse)
+        .flag("JSD", matches!(cfg.divergence, Divergence::Jsd { .. }));
     let p = Params {
         rows: to_u32(OP, rows)?,
         vocab: to_u32(OP, vocab)?,
@@ -96,7 +135,8 @@ pub fn distill_loss_forward_backward(
         kl_coef: cfg.kl_coef,
         alpha: cfg.alpha,
         grad_scale,
-        _pad: [0; 2],
+        beta,
+        _pad: 0,
     };
     let grid = row_grid(b, rows)?;
     b.dispatch(&key, bytemuck::bytes_of(&p), &[student, teacher, targets, loss, kl], grid)
@@ -106,5 +146,6 @@ pub fn variants() -> Vec<KernelKey> {
     let base = || KernelKey::new("distill_loss", "distill_loss_forward_backward").define("WG", WG);
     let mut v = dtype_and_reduction_variants(base(), true);
     v.extend(dtype_and_reduction_variants(base().flag("REVERSE", true), true));
+    v.extend(dtype_and_reduction_variants(base().flag("JSD", true), true));
     v
 }

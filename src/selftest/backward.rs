@@ -167,6 +167,9 @@ async fn distill_loss(ctx: &GpuContext, dt: DType) -> Result<Vec<CaseReport>> {
         (2, 1000, None, 2.0, 0.0, Divergence::Reverse, "reverse KL, no CE"),
         (4, 49152, Some(3), 4.0, 0.5, Divergence::Forward, "SmolLM2 vocab"),
         (2, 262144, None, 1.5, 0.2, Divergence::Reverse, "Gemma 3 vocab, reverse"),
+        (3, 1000, Some(0), 2.0, 0.1, Divergence::Jsd { beta: 0.5 }, "symmetric JSD"),
+        (2, 1000, None, 1.0, 0.0, Divergence::Jsd { beta: 0.1 }, "JSD β 0.1, no CE"),
+        (2, 49152, None, 1.0, 0.3, Divergence::Jsd { beta: 0.9 }, "JSD β 0.9, SmolLM2 vocab"),
     ];
     for &(rows, vocab, ignored, tau, alpha, divergence, what) in cases {
         let student = inputs(&mut rng, rows * vocab, -8.0, 8.0, dt);
@@ -183,7 +186,11 @@ async fn distill_loss(ctx: &GpuContext, dt: DType) -> Result<Vec<CaseReport>> {
             vocab,
             &targets,
             (tau as f64, cfg.kl_coef as f64, alpha as f64),
-            divergence == Divergence::Reverse,
+            match divergence {
+                Divergence::Forward => reference::distill_loss::Div::Forward,
+                Divergence::Reverse => reference::distill_loss::Div::Reverse,
+                Divergence::Jsd { beta } => reference::distill_loss::Div::Jsd(beta as f64),
+            },
             scale as f64,
         );
         let st = poisoned(ctx, &[rows, vocab], dt)?;
@@ -194,7 +201,7 @@ async fn distill_loss(ctx: &GpuContext, dt: DType) -> Result<Vec<CaseReport>> {
         let mut b = Batch::new(ctx);
         distill_loss_forward_backward(&mut b, &cfg, &st, &tt, &targets_t, (&loss, &kl), scale)?;
         b.submit();
-        let case = |s: &str| format!("{s} {rows}x{vocab} τ={tau} α={alpha} ({what})");
+        let case = |s: &str| format!("{s} {rows}x{vocab} τ={tau} α={alpha} {divergence:?} ({what})");
         out.push(check_float(ctx, "distill_loss", case("loss"), &loss, &want_loss).await?);
         out.push(check_float(ctx, "distill_loss", case("kl"), &kl, &want_kl).await?);
         out.push(check_float(ctx, "distill_loss", case("dlogits"), &st, &want_grad).await?);

@@ -46,6 +46,45 @@ pub struct FinetuneConfig {
     /// Share of the rows held out for evaluation (at least one row when there are two or more).
     pub eval_fraction: f64,
     pub seed: u64,
+    /// Distillation: how τ and α move over the run (fixed by default).
+    pub kd_schedule: KdSchedule,
+}
+
+/// How a distillation's temperature τ and CE weight α move over a run: linearly from the loss
+/// as given (at step 1) to these values (at the last step); `None` keeps one fixed. Annealing
+/// τ from high (the teacher's dark knowledge, smooth gradients) to 1 (the distribution the
+/// student is used at) is the common use. The divergence weight follows τ² (it is scaled by
+/// (τ_t / τ_1)², so Hinton's τ² stays τ²). The held-out KL before and after a run is measured
+/// with the last step's loss.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct KdSchedule {
+    pub tau_end: Option<f32>,
+    pub alpha_end: Option<f32>,
+}
+
+impl KdSchedule {
+    /// The loss of step `step` (1-based) of `steps`.
+    pub fn at(&self, base: &DistillLoss, step: usize, steps: usize) -> DistillLoss {
+        let progress = if steps <= 1 { 0.0 } else { (step.clamp(1, steps) - 1) as f32 / (steps - 1) as f32 };
+        let lerp = |from: f32, to: Option<f32>| to.map_or(from, |to| from + (to - from) * progress);
+        let tau = lerp(base.tau, self.tau_end);
+        DistillLoss {
+            tau,
+            kl_coef: base.kl_coef * (tau / base.tau).powi(2),
+            alpha: lerp(base.alpha, self.alpha_end),
+            divergence: base.divergence,
+        }
+    }
+
+    fn check(&self) -> Result<()> {
+        let tau_ok = self.tau_end.is_none_or(|t| t.is_finite() && t > 0.0);
+        let alpha_ok = self.alpha_end.is_none_or(|a| a.is_finite() && a >= 0.0);
+        if tau_ok && alpha_ok {
+            Ok(())
+        } else {
+            Err(PupilError::arg("distill", format!("a final τ > 0 and a final α ≥ 0; got {self:?}")))
+        }
+    }
 }
 
 impl Default for FinetuneConfig {
@@ -65,6 +104,7 @@ impl Default for FinetuneConfig {
             max_grad_norm: Some(1.0),
             eval_fraction: 0.1,
             seed: 1,
+            kd_schedule: KdSchedule::default(),
         }
     }
 }
@@ -215,7 +255,7 @@ pub async fn train_resumable(
 async fn evaluate(
     ctx: &GpuContext,
     trainer: &mut Trainer<'_>,
-    teacher: &mut Option<(&mut Trainer<'_>, &DistillLoss)>,
+    teacher: Option<(&mut Trainer<'_>, &DistillLoss)>,
     eval: &[Row],
     batch: usize,
 ) -> Result<(Option<f64>, Option<f64>)> {
@@ -246,7 +286,7 @@ pub fn eval_split<'r>(rows: &'r [Row], cfg: &FinetuneConfig) -> (&'r [Row], &'r 
 async fn train(
     ctx: &GpuContext,
     trainer: &mut Trainer<'_>,
-    mut teacher: Option<(&mut Trainer<'_>, &DistillLoss)>,
+    teacher: Option<(&mut Trainer<'_>, &DistillLoss)>,
     rows: &[Row],
     cfg: &FinetuneConfig,
     mut control: RunControl<'_>,
@@ -274,8 +314,15 @@ async fn train(
     if teacher.is_none() && rows.iter().any(|r| r.teacher.is_some()) {
         return Err(PupilError::arg(OP, "context-distillation rows need a teacher"));
     }
+    cfg.kd_schedule.check()?;
     let (train, eval) = eval_split(rows, cfg);
     let distilling = teacher.is_some();
+    // The teacher, and the loss as given (step 1's) and as it ends (the held-out KL's).
+    let (mut teacher, first_loss) = match teacher {
+        Some((t, l)) => (Some(t), Some(*l)),
+        None => (None, None),
+    };
+    let last_loss = first_loss.map(|l| cfg.kd_schedule.at(&l, cfg.steps, cfg.steps));
     let mut state = match control.resume {
         Some(bytes) => checkpoint::restore(ctx, trainer, bytes, cfg, rows, distilling).await?,
         None => checkpoint::LoopState {
@@ -283,12 +330,13 @@ async fn train(
             rng: cfg.seed,
             order: Vec::new(),
             logs: Vec::with_capacity(cfg.steps),
-            eval_before: evaluate(ctx, trainer, &mut teacher, eval, cfg.batch_rows).await?,
+            eval_before: evaluate(ctx, trainer, teacher.as_deref_mut().zip(last_loss.as_ref()), eval, cfg.batch_rows)
+                .await?,
         },
     };
     let resumed_from = control.resume.map(|_| state.step);
     let teacher_eval_loss = match &mut teacher {
-        Some((t, _)) if !eval.is_empty() => {
+        Some(t) if !eval.is_empty() => {
             let as_read: Vec<Row> = eval.iter().map(Row::as_teacher_reads).collect();
             Some(eval_loss(ctx, t, &as_read, cfg.batch_rows).await?)
         }
@@ -317,12 +365,13 @@ async fn train(
         for batch in &passes {
             let w = batch.counted() as f64 / total as f64;
             let (ids, targets, docs) = (&batch.ids, &batch.targets, &batch.doc_lengths);
-            let (l, k) = match &mut teacher {
-                Some((t, cfg)) => {
+            let (l, k) = match (&mut teacher, &first_loss) {
+                (Some(t), Some(first)) => {
                     let input = batch.teacher.as_ref();
-                    trainer.distill_forward_backward_with(ctx, t, cfg, input, ids, targets, docs, w).await?
+                    let kd = cfg.kd_schedule.at(first, step, cfg.steps);
+                    trainer.distill_forward_backward_with(ctx, t, &kd, input, ids, targets, docs, w).await?
                 }
-                None => (trainer.forward_backward_weighted(ctx, ids, targets, docs, w).await?, 0.0),
+                _ => (trainer.forward_backward_weighted(ctx, ids, targets, docs, w).await?, 0.0),
             };
             loss += w * l;
             kl += w * k;
@@ -356,7 +405,7 @@ async fn train(
     }
     let (eval_loss_after, eval_kl_after) = match stopped_at {
         Some(_) => (None, None),
-        None => evaluate(ctx, trainer, &mut teacher, eval, cfg.batch_rows).await?,
+        None => evaluate(ctx, trainer, teacher.zip(last_loss.as_ref()), eval, cfg.batch_rows).await?,
     };
     let logs = state.logs;
     Ok(FinetuneReport {
@@ -582,6 +631,7 @@ impl FinetuneOptions {
             },
             eval_fraction: self.eval_fraction.unwrap_or(d.eval_fraction),
             seed: self.seed.unwrap_or(d.seed),
+            kd_schedule: d.kd_schedule,
         };
         Ok((cfg, format))
     }
@@ -632,5 +682,30 @@ impl StepLog {
             "step": self.step, "steps": self.steps, "loss": self.loss, "gradNorm": self.grad_norm,
             "lr": self.lr, "tokens": self.tokens, "applied": self.applied, "kl": self.kl,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::distill_loss::Divergence;
+
+    /// Step 1 is the loss as given, the last step the schedule's ends, linear in between; the
+    /// divergence weight follows τ² and the divergence stays.
+    #[test]
+    fn kd_schedule_interpolates_tau_alpha_and_the_kl_weight() {
+        let base = DistillLoss { divergence: Divergence::Jsd { beta: 0.3 }, ..DistillLoss::hinton(4.0, 0.5) };
+        let s = KdSchedule { tau_end: Some(1.0), alpha_end: Some(0.0) };
+        assert_eq!(s.at(&base, 1, 7), base);
+        let last = s.at(&base, 7, 7);
+        assert_eq!((last.tau, last.alpha, last.divergence), (1.0, 0.0, base.divergence));
+        assert!((last.kl_coef - 1.0).abs() < 1e-6, "{last:?}");
+        let mid = s.at(&base, 4, 7);
+        assert_eq!((mid.tau, mid.alpha), (2.5, 0.25));
+        assert!((mid.kl_coef - 6.25).abs() < 1e-5, "{mid:?}");
+        assert_eq!(KdSchedule::default().at(&base, 5, 7), base, "no schedule: fixed");
+        assert_eq!(s.at(&base, 1, 1), base, "a one-step run uses the loss as given");
+        assert!(KdSchedule { tau_end: Some(0.0), alpha_end: None }.check().is_err());
+        assert!(KdSchedule { tau_end: None, alpha_end: Some(f32::NAN) }.check().is_err());
     }
 }

@@ -16,7 +16,7 @@ use pupil::engine::{
 };
 use pupil::model::gguf::GgufHeader;
 use pupil::model::{read_split, shard_paths, ShardedSource};
-use pupil::model::{synth, LlamaModel, LoraConfig, LoraTarget, ModelConfig, ModelOptions, Trainer};
+use pupil::model::{synth, HiddenAlignment, LlamaModel, LoraConfig, LoraTarget, ModelConfig, ModelOptions, Trainer};
 use pupil::ops::distill_loss::{DistillLoss, Divergence};
 use pupil::sampling::{Sampler, SamplerConfig};
 use pupil::tokenizer::{ChatMessage, ChatTemplate, TemplateValue, Tokenizer};
@@ -247,9 +247,25 @@ enum Command {
         /// Weight of the hard-label cross-entropy.
         #[arg(long, default_value_t = 0.5)]
         kd_alpha: f32,
-        /// Reverse KL(student ‖ teacher) instead of the forward KL.
+        /// Anneal τ linearly to this by the last step (the KL weight follows τ²).
         #[arg(long)]
-        reverse_kl: bool,
+        tau_end: Option<f32>,
+        /// Move the CE weight linearly to this by the last step.
+        #[arg(long)]
+        kd_alpha_end: Option<f32>,
+        /// forward (KL(teacher ‖ student), Hinton's), reverse (KL(student ‖ teacher)), jsd
+        /// (Jensen–Shannon, β = 0.5) or jsd:BETA (generalised: β → 0 forward-like, → 1 reverse-like).
+        #[arg(long, default_value = "forward", value_parser = parse_divergence)]
+        divergence: Divergence,
+        /// Hidden-state alignment weight (0: off): weight · ‖h_s − h_t‖² / ‖h_t‖² per token at
+        /// the paired block boundaries joins the loss.
+        #[arg(long, default_value_t = 0.0)]
+        align_hidden: f32,
+        /// The boundaries to align, STUDENT:TEACHER (after that many blocks), e.g. 5:8,10:15.
+        /// Default: a pruned student's blocks onto the layers they were (recorded by `pupil
+        /// prune`), else every boundary onto the same one when the depths match.
+        #[arg(long, requires = "align_hidden")]
+        align_pairs: Option<String>,
         #[command(flatten)]
         train: TrainArgs,
     },
@@ -370,6 +386,8 @@ struct Loaded {
     template: ChatTemplate,
     /// `general.name`, else the file's name.
     name: String,
+    /// A pruned file's original layer of each block (`pupil prune`).
+    kept_layers: Option<Vec<usize>>,
 }
 
 fn load(ctx: &GpuContext, args: &ModelArgs) -> pupil::Result<Loaded> {
@@ -417,7 +435,8 @@ fn load(ctx: &GpuContext, args: &ModelArgs) -> pupil::Result<Loaded> {
         Some(n) if !n.is_empty() => n.to_string(),
         _ => path.file_stem().map_or(String::new(), |s| s.to_string_lossy().into_owned()),
     };
-    Ok(Loaded { model, tokenizer, template, name })
+    let kept_layers = pupil::model::prune::kept_layers(&header, model.config.n_layers);
+    Ok(Loaded { model, tokenizer, template, name, kept_layers })
 }
 
 fn sampler_config(s: &SampleArgs) -> SamplerConfig {
@@ -638,10 +657,28 @@ async fn run(command: Command, options: ContextOptions) -> pupil::Result<ExitCod
         Command::Prune { model, out, keep, drop, data, tokens } => {
             prune(&ctx, &model, &out, keep.as_deref(), drop, data.as_deref(), tokens).await
         }
-        Command::Distill { model, teacher, instruction, tau, kd_alpha, reverse_kl, train } => {
-            let divergence = if reverse_kl { Divergence::Reverse } else { Divergence::Forward };
+        Command::Distill {
+            model,
+            teacher,
+            instruction,
+            tau,
+            kd_alpha,
+            tau_end,
+            kd_alpha_end,
+            divergence,
+            align_hidden,
+            align_pairs,
+            train,
+        } => {
             let loss = DistillLoss { divergence, ..DistillLoss::hinton(tau, kd_alpha) };
-            train_run(&ctx, &model, &train, Some(TeacherArgs { path: teacher, loss, context: instruction })).await
+            let teacher = TeacherArgs {
+                path: teacher,
+                loss,
+                schedule: train::KdSchedule { tau_end, alpha_end: kd_alpha_end },
+                context: instruction,
+                align: (align_hidden != 0.0).then_some((align_hidden, align_pairs)),
+            };
+            train_run(&ctx, &model, &train, Some(teacher)).await
         }
         Command::Fetch { .. } | Command::Synth { .. } | Command::Convert { .. } => {
             unreachable!("handled before opening the GPU")
@@ -709,7 +746,14 @@ async fn prune(
 struct TeacherArgs {
     path: Option<PathBuf>,
     loss: DistillLoss,
+    schedule: train::KdSchedule,
     context: Option<String>,
+    /// Hidden-state alignment: (weight, explicit pairs).
+    align: Option<(f32, Option<String>)>,
+}
+
+fn parse_divergence(s: &str) -> Result<Divergence, String> {
+    Divergence::parse(s).map_err(|e| e.to_string())
 }
 
 /// `pupil finetune`, or with a teacher `pupil distill`.
@@ -772,6 +816,7 @@ async fn train_run(
         warmup,
         eval_fraction: eval,
         seed,
+        kd_schedule: teacher.as_ref().map_or_else(train::KdSchedule::default, |t| t.schedule),
         ..FinetuneConfig::default()
     };
     if model.f16 {
@@ -801,10 +846,16 @@ async fn train_run(
     };
     let mut trainer = train::trainer_for(ctx, &l.model, &cfg)?;
     let mut teacher_trainer = match &teacher {
-        Some(TeacherArgs { loss, .. }) => {
+        Some(TeacherArgs { loss, schedule, align, .. }) => {
             let t = teacher_file.as_ref().map_or(&l.model, |t| &t.model);
+            let last = schedule.at(loss, steps, steps);
+            let annealed = if last != *loss {
+                format!(" (→ τ {}, KL weight {}, CE weight {} by the last step)", last.tau, last.kl_coef, last.alpha)
+            } else {
+                String::new()
+            };
             eprintln!(
-                "teacher: {} layers, vocabulary {}; τ {}, KL weight {}, CE weight {}, {:?} KL{}",
+                "teacher: {} layers, vocabulary {}; τ {}, KL weight {}, CE weight {}{annealed}, {}{}",
                 t.config.n_layers,
                 t.config.vocab_size,
                 loss.tau,
@@ -813,6 +864,30 @@ async fn train_run(
                 loss.divergence,
                 context.as_ref().map_or(String::new(), |c| format!("; context: {c:?}"))
             );
+            if let Some((weight, pairs)) = align {
+                let pairs = match (pairs, &l.kept_layers) {
+                    (Some(p), _) => pupil::model::prune::parse_alignment_pairs(p)?,
+                    (None, Some(kept)) => pupil::model::prune::alignment_pairs(kept),
+                    (None, None) if l.model.config.n_layers == t.config.n_layers => {
+                        (1..=t.config.n_layers).map(|b| (b, b)).collect()
+                    }
+                    (None, None) => {
+                        return Err(other(format!(
+                            "--align-hidden: the student has {} layers, the teacher {}, and the student records no \
+                             pruning; give --align-pairs STUDENT:TEACHER,…",
+                            l.model.config.n_layers, t.config.n_layers
+                        )))
+                    }
+                };
+                if let Some(&(_, tb)) = pairs.iter().find(|&&(_, tb)| tb > t.config.n_layers) {
+                    return Err(other(format!(
+                        "--align-pairs: the teacher has {} layers, not {tb}",
+                        t.config.n_layers
+                    )));
+                }
+                eprintln!("hidden-state alignment, weight {weight}, student:teacher boundaries {pairs:?}");
+                trainer = trainer.with_hidden_alignment(ctx, HiddenAlignment { pairs, weight: *weight })?;
+            }
             // A context teacher's rows are longer than the student's by the instruction.
             let longest = rows.iter().map(|r| r.teacher.as_ref().map_or(r.ids.len(), |t| t.ids.len())).max();
             let max_tokens = batch * longest.unwrap_or(seq).max(seq);

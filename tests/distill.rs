@@ -281,3 +281,105 @@ fn kd_schedule_drives_the_steps_and_the_held_out_kl() {
     assert_eq!(a, e, "the held-out KL is the last step's");
     assert!((a - s).abs() > 1e-4);
 }
+
+/// Offline distillation (`pupil teach` → `pupil distill --data`): the teacher's top-k written
+/// through the file format reads back; the trainer's KL against it (rows past one head chunk)
+/// equals `reference::distill_topk` on the inference path's student logits in f64, and never
+/// exceeds the full KL to the teacher's logits (coarse-graining loses information); a short
+/// offline run cuts the held-out KL.
+#[test]
+fn offline_teacher_top_k_matches_the_reference_and_trains() {
+    use pupil::train::teach;
+    let ctx = common::context(false, true).unwrap();
+    let student_file = synth::synthesize(&synth::preset("tiny-llama").unwrap(), 1, &mut |_, _| {}).unwrap();
+    let teacher_file = synth::synthesize(&synth::preset("tiny-llama").unwrap(), 9, &mut |_, _| {}).unwrap();
+    let (model, teacher_model) = (load(&ctx, &student_file), load(&ctx, &teacher_file));
+    let vocab = model.config.vocab_size;
+    let (k, tau) = (16, 1.5f32);
+    let docs: Vec<Document> = pairs(vocab as u32, 16, 40, &[], 5).into_iter().map(|p| p.student).collect();
+    let mut rows = train::pack(&docs, 80);
+    for row in &mut rows {
+        row.top_k = Some(pollster::block_on(teach::teach_row(&ctx, &teacher_model, row, k, tau)).unwrap());
+    }
+    let header = teach::TeachHeader { pupil_teach: 1, teacher: "t".into(), vocab, top_k: k, tau, seq_len: 80 };
+    let mut file = serde_json::to_string(&header).unwrap() + "\n";
+    for row in &rows {
+        file += &(teach::row_line(row).unwrap() + "\n");
+    }
+    let (_, read) = teach::read_teach_file(&file, vocab).unwrap();
+    assert_eq!(read, rows, "the teach file round-trips");
+
+    // Two rows (160 tokens, three head chunks) against the f64 reference.
+    let b = train::concat(&[&rows[0], &rows[1]]);
+    let top = b.top_k.as_ref().unwrap();
+    let loss = DistillLoss::hinton(tau, 0.0);
+    let mut student = Trainer::new(&ctx, &model, LoraConfig::new(4, 8.0, LoraTarget::ALL.to_vec()), 160, 1).unwrap();
+    let (_, got) =
+        pollster::block_on(student.distill_topk_loss(&ctx, &loss, top, &b.ids, &b.targets, &b.doc_lengths)).unwrap();
+    let (mut want, mut full, mut n, mut at) = (0.0, 0.0, 0, 0);
+    for &len in &b.doc_lengths {
+        let s = logits(&ctx, &model, &b.ids[at..at + len]);
+        let t = logits(&ctx, &teacher_model, &b.ids[at..at + len]);
+        let s64: Vec<f64> = s.iter().map(|&x| x as f64).collect();
+        let lp: Vec<f64> = top.logp[at * k..(at + len) * k].iter().map(|&x| x as f64).collect();
+        let targets = &b.targets[at..at + len];
+        let (_, kl_rows, _) = pupil::reference::distill_topk::distill_topk(
+            &s64,
+            vocab,
+            (&top.ids[at * k..(at + len) * k], &lp, k),
+            targets,
+            (tau as f64, (tau * tau) as f64, 0.0),
+            1.0,
+        );
+        for (j, &target) in targets.iter().enumerate() {
+            if target != IGNORE_TARGET {
+                want += kl_rows[j];
+                full += kl(&t[j * vocab..][..vocab], &s[j * vocab..][..vocab], tau as f64);
+                n += 1;
+            }
+        }
+        at += len;
+    }
+    let (want, full) = (want / n as f64, full / n as f64);
+    let rel = (got - want).abs() / want;
+    println!("offline top-{k} KL: trainer {got:.7}, reference {want:.7} (rel {rel:.1e}); the full KL {full:.7}");
+    assert!(rel < 1e-4, "{got} vs {want}");
+    assert!(want <= full + 1e-9 && want > 0.01, "coarse-grained {want} vs full {full}");
+
+    let cfg = FinetuneConfig {
+        lora: LoraConfig::new(8, 16.0, LoraTarget::ALL.to_vec()),
+        steps: 12,
+        seq_len: 80,
+        batch_rows: 2,
+        lr: 3e-3,
+        warmup: 1,
+        eval_fraction: 0.25,
+        ..FinetuneConfig::default()
+    };
+    let mut student = train::trainer_for(&ctx, &model, &cfg).unwrap();
+    let report = pollster::block_on(train::distill_offline(
+        &ctx,
+        &mut student,
+        &loss,
+        &rows,
+        &cfg,
+        train::RunControl::default(),
+        &mut |s| println!("  step {}: KL {:.4}", s.step, s.kl.unwrap()),
+    ))
+    .unwrap();
+    let (a, b) = (report.eval_kl_before.unwrap(), report.eval_kl_after.unwrap());
+    println!("held-out top-{k} KL to the offline teacher: {a:.4} → {b:.4}");
+    assert!(b < 0.8 * a, "{a} → {b}");
+    // Rows without the teacher's top-k are refused.
+    let plain: Vec<_> = rows.iter().map(|r| train::Row { top_k: None, ..r.clone() }).collect();
+    let e = pollster::block_on(train::distill_offline(
+        &ctx,
+        &mut student,
+        &loss,
+        &plain,
+        &cfg,
+        Default::default(),
+        &mut |_| {},
+    ));
+    assert_eq!(e.unwrap_err().kind(), "InvalidArgument");
+}

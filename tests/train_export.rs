@@ -259,7 +259,7 @@ fn rows(vocab: u32, n: usize, len: usize, seed: u64) -> Vec<Row> {
             let ids: Vec<u32> = (0..len).map(|_| rng.below(vocab)).collect();
             let mut targets = ids[1..].to_vec();
             targets.push(pupil::ops::cross_entropy::IGNORE_TARGET);
-            Row { ids, targets, doc_lengths: vec![len], teacher: None }
+            Row { ids, targets, doc_lengths: vec![len], teacher: None, top_k: None }
         })
         .collect()
 }

@@ -53,6 +53,7 @@ pub const SHADER_FILES: &[(&str, &str)] = &[
     ("attention_backward", include_str!("../../shaders/attention_backward.wgsl")),
     ("dropout", include_str!("../../shaders/dropout.wgsl")),
     ("distill_loss", include_str!("../../shaders/distill_loss.wgsl")),
+    ("distill_topk", include_str!("../../shaders/distill_topk.wgsl")),
     ("hidden_mse", include_str!("../../shaders/hidden_mse.wgsl")),
 ];
 

@@ -38,7 +38,7 @@ use crate::ops::{rms_norm::rms_norm_forward, NormWeight, QuantWeight, RopeTable}
 
 pub use load::LoadPlan;
 pub use lora::{Lora, LoraConfig, LoraPair, LoraTarget};
-pub use train::{HiddenAlignment, StepReport, TeacherRow, Trainer};
+pub use train::{HiddenAlignment, StepReport, TeacherRow, TopK, Trainer};
 
 /// Choices made when loading a model.
 #[derive(Clone, Debug)]

@@ -14,7 +14,7 @@ pub mod synth;
 pub use config::{ModelConfig, RopeScaling};
 pub use llama::{
     HiddenAlignment, LlamaModel, LoadPlan, Logits, LoraConfig, LoraTarget, ModelOptions, Overflow, StepReport,
-    TeacherRow, Trainer,
+    TeacherRow, TopK, Trainer,
 };
 pub use safetensors::{index_shards, read_safetensors, to_gguf, SafetensorsSource};
 pub use source::{read_header, ModelSource};

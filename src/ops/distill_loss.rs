@@ -4,6 +4,10 @@
 //! student's logits for the head's transposed matmul. The caller feeds `[rows, vocab]` blocks
 //! of both models' logits. Kernel: `shaders/distill_loss.wgsl`. Reference:
 //! `reference::distill_loss`.
+//!
+//! [`distill_topk_forward_backward`] is the same against an offline teacher's top-k
+//! log-probabilities (`pupil teach`): the forward KL over the k ids and one bucket for the rest
+//! of the mass. Kernel: `shaders/distill_topk.wgsl`. Reference: `reference::distill_topk`.
 
 use bytemuck::{Pod, Zeroable};
 
@@ -142,10 +146,89 @@ pub fn distill_loss_forward_backward(
     b.dispatch(&key, bytemuck::bytes_of(&p), &[student, teacher, targets, loss, kl], grid)
 }
 
+/// The most teacher ids per row [`distill_topk_forward_backward`] takes (the kernel keeps the
+/// student's logits at them in workgroup memory).
+pub const MAX_TOP_K: usize = 64;
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct TopKParams {
+    rows: u32,
+    vocab: u32,
+    k: u32,
+    inv_tau: f32,
+    kl_coef: f32,
+    alpha: f32,
+    grad_scale: f32,
+    _pad: u32,
+}
+
+/// [`distill_loss_forward_backward`] against an offline teacher: per row of `student` logits
+/// `[rows, vocab]`, the teacher's `top_ids` (u32 `[rows, k]`, distinct, below the vocabulary;
+/// the caller checks) and their log-probabilities `top_logp` (f32 `[rows, k]`, of the teacher's
+/// distribution at `cfg.tau`). The divergence is the forward KL between teacher and student
+/// coarse-grained onto the k ids plus one tail bucket holding the rest of each one's mass (the
+/// teacher's tail r = 1 − Σ p, spread over the student's tail ids as the student spreads its
+/// own); the forward KL only (`cfg.divergence` must be `Forward`).
+pub fn distill_topk_forward_backward(
+    b: &mut Batch,
+    cfg: &DistillLoss,
+    student: &Tensor,
+    (top_ids, top_logp): (&Tensor, &Tensor),
+    targets: &Tensor,
+    (loss, kl): (&Tensor, &Tensor),
+    grad_scale: f32,
+) -> Result<()> {
+    const OP: &str = "distill_topk_forward_backward";
+    let dt = float_dtype(b.context(), OP, &[student])?;
+    let (rows, vocab) = rows_and_width(OP, student)?;
+    let (id_rows, k) = rows_and_width(OP, top_ids)?;
+    if id_rows != rows || top_logp.shape() != top_ids.shape() || k > MAX_TOP_K {
+        return Err(PupilError::shape(
+            OP,
+            format!(
+                "teacher ids {:?} and log-probs {:?}: [{rows}, k ≤ {MAX_TOP_K}] each",
+                top_ids.shape(),
+                top_logp.shape()
+            ),
+        ));
+    }
+    expect_dtype(OP, "top_ids", top_ids, DType::U32)?;
+    expect_dtype(OP, "top_logp", top_logp, DType::F32)?;
+    expect_dtype(OP, "targets", targets, DType::U32)?;
+    expect_len(OP, "targets", targets, rows)?;
+    for (what, t) in [("loss", loss), ("kl", kl)] {
+        expect_dtype(OP, what, t, DType::F32)?;
+        expect_len(OP, what, t, rows)?;
+    }
+    let finite = [cfg.tau, cfg.kl_coef, cfg.alpha, grad_scale].iter().all(|x| x.is_finite());
+    if !finite || cfg.tau <= 0.0 || cfg.kl_coef < 0.0 || cfg.alpha < 0.0 || cfg.divergence != Divergence::Forward {
+        return Err(PupilError::arg(
+            OP,
+            format!("the forward KL, τ > 0, kl_coef ≥ 0, α ≥ 0 and a finite grad scale; got {cfg:?}, {grad_scale}"),
+        ));
+    }
+    let key = kernel(b.context(), "distill_topk", "distill_topk_forward_backward", dt, true, WG);
+    let p = TopKParams {
+        rows: to_u32(OP, rows)?,
+        vocab: to_u32(OP, vocab)?,
+        k: to_u32(OP, k)?,
+        inv_tau: 1.0 / cfg.tau,
+        kl_coef: cfg.kl_coef,
+        alpha: cfg.alpha,
+        grad_scale,
+        _pad: 0,
+    };
+    let grid = row_grid(b, rows)?;
+    b.dispatch(&key, bytemuck::bytes_of(&p), &[student, top_ids, top_logp, targets, loss, kl], grid)
+}
+
 pub fn variants() -> Vec<KernelKey> {
+    let topk = KernelKey::new("distill_topk", "distill_topk_forward_backward").define("WG", WG);
     let base = || KernelKey::new("distill_loss", "distill_loss_forward_backward").define("WG", WG);
     let mut v = dtype_and_reduction_variants(base(), true);
     v.extend(dtype_and_reduction_variants(base().flag("REVERSE", true), true));
     v.extend(dtype_and_reduction_variants(base().flag("JSD", true), true));
+    v.extend(dtype_and_reduction_variants(topk, true));
     v
 }

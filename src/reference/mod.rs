@@ -8,6 +8,7 @@ pub mod argmax;
 pub mod attention;
 pub mod cross_entropy;
 pub mod distill_loss;
+pub mod distill_topk;
 pub mod dropout;
 pub mod embedding;
 pub mod finite_difference;

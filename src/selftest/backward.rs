@@ -4,7 +4,9 @@
 //! Same inputs, poisoning, canaries and tolerances as the forward checks; f32 gradient outputs
 //! (weights' gradients) take the f32 tolerance on both paths.
 
-use super::harness::{check_float, inputs, poisoned, write_keeping_canary, CaseReport};
+use super::harness::{
+    canary_intact, check_float, compare_within, inputs, poisoned, write_keeping_canary, CaseReport, Tolerance,
+};
 use crate::error::Result;
 use crate::gpu::{Batch, DType, GpuContext, Tensor};
 use crate::ops::activation::{gated_activation_backward, gated_activation_fused_backward};
@@ -25,6 +27,7 @@ pub async fn check(ctx: &GpuContext, dt: DType) -> Result<Vec<CaseReport>> {
     out.extend(gate(ctx, dt).await?);
     out.extend(cross_entropy(ctx, dt).await?);
     out.extend(distill_loss(ctx, dt).await?);
+    out.extend(distill_topk(ctx, dt).await?);
     out.extend(hidden_mse(ctx, dt).await?);
     Ok(out)
 }
@@ -205,6 +208,71 @@ async fn distill_loss(ctx: &GpuContext, dt: DType) -> Result<Vec<CaseReport>> {
         out.push(check_float(ctx, "distill_loss", case("loss"), &loss, &want_loss).await?);
         out.push(check_float(ctx, "distill_loss", case("kl"), &kl, &want_kl).await?);
         out.push(check_float(ctx, "distill_loss", case("dlogits"), &st, &want_grad).await?);
+    }
+    Ok(out)
+}
+
+/// The offline teacher's loss (top-k log-probabilities, one tail bucket) against
+/// `reference::distill_topk`: k from 1 to the kernel's most, k = vocab (no tail), τ ≠ 1, an
+/// ignored row; the teacher's ids are its k most likely of random logits, in that order.
+async fn distill_topk(ctx: &GpuContext, dt: DType) -> Result<Vec<CaseReport>> {
+    use crate::ops::distill_loss::{distill_topk_forward_backward, DistillLoss, MAX_TOP_K};
+    let mut rng = SplitMix64::new(0x70_9C);
+    let mut out = Vec::new();
+    // (rows, vocab, k, ignored row, τ, α, what)
+    type Case = (usize, usize, usize, Option<usize>, f32, f32, &'static str);
+    let cases: &[Case] = &[
+        (1, 7, 1, None, 1.0, 0.5, "one row, k 1"),
+        (3, 1000, 16, Some(1), 2.0, 0.1, "odd vocab, one row ignored"),
+        (2, 50, 50, None, 1.0, 0.0, "k = vocab: no tail"),
+        (4, 49152, MAX_TOP_K, Some(0), 1.0, 0.5, "SmolLM2 vocab, the most k"),
+        (2, 262144, 8, None, 1.5, 0.2, "Gemma 3 vocab"),
+    ];
+    for &(rows, vocab, k, ignored, tau, alpha, what) in cases {
+        let student = inputs(&mut rng, rows * vocab, -8.0, 8.0, dt);
+        let teacher = inputs(&mut rng, rows * vocab, -8.0, 8.0, DType::F32);
+        let (mut top_ids, mut top_logp) = (Vec::new(), Vec::new());
+        for z in teacher.chunks(vocab) {
+            let scaled: Vec<f64> = z.iter().map(|&x| x as f64 / tau as f64).collect();
+            let m = scaled.iter().fold(f64::MIN, |a, &b| a.max(b));
+            let lse = m + scaled.iter().map(|x| (x - m).exp()).sum::<f64>().ln();
+            let mut order: Vec<usize> = (0..vocab).collect();
+            order.sort_by(|&a, &b| scaled[b].total_cmp(&scaled[a]));
+            top_ids.extend(order[..k].iter().map(|&i| i as u32));
+            top_logp.extend(order[..k].iter().map(|&i| (scaled[i] - lse) as f32));
+        }
+        let targets: Vec<u32> = (0..rows)
+            .map(|r| if Some(r) == ignored { IGNORE_TARGET } else { (rng.next_u64() % vocab as u64) as u32 })
+            .collect();
+        let cfg = DistillLoss::hinton(tau, alpha);
+        let scale = 1.0 / rows as f32;
+        let f64s = |v: &[f32]| v.iter().map(|&x| x as f64).collect::<Vec<_>>();
+        let (want_loss, want_kl, want_grad) = reference::distill_topk::distill_topk(
+            &f64s(&student),
+            vocab,
+            (&top_ids, &f64s(&top_logp), k),
+            &targets,
+            (tau as f64, cfg.kl_coef as f64, alpha as f64),
+            scale as f64,
+        );
+        let st = poisoned(ctx, &[rows, vocab], dt)?;
+        write_keeping_canary(ctx, &st, &student)?;
+        let ids_t = Tensor::from_u32(ctx, &top_ids, &[rows, k])?;
+        let logp_t = Tensor::from_f32(ctx, &top_logp, &[rows, k], DType::F32)?;
+        let targets_t = Tensor::from_u32(ctx, &targets, &[rows])?;
+        let (loss, kl) = (poisoned(ctx, &[rows], DType::F32)?, poisoned(ctx, &[rows], DType::F32)?);
+        let mut b = Batch::new(ctx);
+        distill_topk_forward_backward(&mut b, &cfg, &st, (&ids_t, &logp_t), &targets_t, (&loss, &kl), scale)?;
+        b.submit();
+        let case = |s: &str| format!("{s} {rows}x{vocab} k={k} τ={tau} α={alpha} ({what})");
+        out.push(check_float(ctx, "distill_topk", case("loss"), &loss, &want_loss).await?);
+        // The KL is the difference of O(1) terms (the k ids' cross term and the tail bucket's)
+        // in f32: its error is ~1e-7 absolute however small it is, so 1e-4 relative here.
+        let got_kl = kl.read_f32(ctx).await?;
+        let kl_tol = Tolerance { rel: 1e-4, max_abs_frac: 1e-4 };
+        let canary = canary_intact(ctx, &kl).await?;
+        out.push(compare_within(ctx, "distill_topk", case("kl"), DType::F32, &got_kl, &want_kl, canary, kl_tol));
+        out.push(check_float(ctx, "distill_topk", case("dlogits"), &st, &want_grad).await?);
     }
     Ok(out)
 }

@@ -168,7 +168,9 @@ pub fn compare_within(
         detail = format!("{} outputs, reference has {}", got.len(), reference.len());
     } else if let Some(i) = non_finite {
         detail = format!("non-finite output at {i}: {} (reference {})", got[i], reference[i]);
-    } else if rel_err > tol.rel {
+    } else if let Some(i) = reference.iter().position(|r| !r.is_finite()) {
+        detail = format!("non-finite reference at {i}: {} (a case the reference cannot judge)", reference[i]);
+    } else if rel_err.is_nan() || rel_err > tol.rel {
         detail = format!("relative error over {:.0e}", tol.rel);
     } else if max_abs_err > tol.max_abs_frac * max_abs_ref {
         detail = format!("max abs error over {:.0e}·max|ref|", tol.max_abs_frac);

@@ -5,7 +5,7 @@
 use serde::Deserialize;
 
 use crate::error::{PupilError, Result};
-pub use crate::model::TeacherRow;
+pub use crate::model::{TeacherRow, TopK};
 use crate::ops::cross_entropy::IGNORE_TARGET;
 use crate::tokenizer::{ChatMessage, ChatTemplate, Tokenizer};
 
@@ -125,6 +125,9 @@ pub struct Row {
     pub doc_lengths: Vec<usize>,
     /// Context distillation: what the teacher reads instead of `ids`, and the map.
     pub teacher: Option<TeacherRow>,
+    /// Offline distillation: the teacher's top-k next-token distribution at every position
+    /// (`pupil teach`, [`super::teach`]).
+    pub top_k: Option<TopK>,
 }
 
 impl Row {
@@ -136,14 +139,14 @@ impl Row {
     /// rows they map to (itself without a teacher input). Its loss is the teacher's on the
     /// same predictions.
     pub fn as_teacher_reads(&self) -> Row {
-        let Some(t) = &self.teacher else { return Row { teacher: None, ..self.clone() } };
+        let Some(t) = &self.teacher else { return Row { teacher: None, top_k: None, ..self.clone() } };
         let mut targets = vec![IGNORE_TARGET; t.ids.len()];
         for (&r, &target) in t.rows.iter().zip(&self.targets) {
             if target != IGNORE_TARGET {
                 targets[r as usize] = target;
             }
         }
-        Row { ids: t.ids.clone(), targets, doc_lengths: t.doc_lengths.clone(), teacher: None }
+        Row { ids: t.ids.clone(), targets, doc_lengths: t.doc_lengths.clone(), teacher: None, top_k: None }
     }
 }
 
@@ -187,11 +190,19 @@ pub fn concat(rows: &[&Row]) -> Row {
         }
         t
     });
+    // Top-k rows join when every row has them with one k.
+    let k = rows.first().and_then(|r| r.top_k.as_ref()).map(|t| t.k);
+    let top_k = rows.iter().all(|r| r.top_k.as_ref().map(|t| t.k) == k && k.is_some()).then(|| TopK {
+        k: k.unwrap_or(0),
+        ids: rows.iter().flat_map(|r| r.top_k.iter().flat_map(|t| t.ids.iter().copied())).collect(),
+        logp: rows.iter().flat_map(|r| r.top_k.iter().flat_map(|t| t.logp.iter().copied())).collect(),
+    });
     Row {
         ids: rows.iter().flat_map(|r| r.ids.iter().copied()).collect(),
         targets: rows.iter().flat_map(|r| r.targets.iter().copied()).collect(),
         doc_lengths: rows.iter().flat_map(|r| r.doc_lengths.iter().copied()).collect(),
         teacher,
+        top_k,
     }
 }
 
@@ -310,13 +321,19 @@ mod tests {
         assert_eq!(rows.len(), 3);
         assert_eq!(
             rows[0],
-            Row { ids: vec![1, 2, 3], targets: vec![2, 3, IGNORE_TARGET], doc_lengths: vec![3], teacher: None }
+            Row {
+                ids: vec![1, 2, 3],
+                targets: vec![2, 3, IGNORE_TARGET],
+                doc_lengths: vec![3],
+                teacher: None,
+                top_k: None
+            }
         );
         // [4, 5] then [6, 7] does not fit beside it; [8] alone is dropped (no target).
         assert_eq!(rows[1].ids, vec![4, 5]);
         assert_eq!(
             rows[2],
-            Row { ids: vec![6, 7], targets: vec![7, IGNORE_TARGET], doc_lengths: vec![2], teacher: None }
+            Row { ids: vec![6, 7], targets: vec![7, IGNORE_TARGET], doc_lengths: vec![2], teacher: None, top_k: None }
         );
         let masked = Document { ids: vec![1, 2, 3], counted: vec![true, false, true] };
         assert_eq!(pack(&[masked], 8)[0].targets, vec![IGNORE_TARGET, 3, IGNORE_TARGET]);

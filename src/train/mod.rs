@@ -7,10 +7,11 @@
 pub mod checkpoint;
 pub mod data;
 pub mod export;
+pub mod teach;
 
 pub use checkpoint::checkpoint_step;
 pub use data::{
-    concat, context_documents, documents, pack, pack_context, ContextPair, DataFormat, Document, Row, TeacherRow,
+    concat, context_documents, documents, pack, pack_context, ContextPair, DataFormat, Document, Row, TeacherRow, TopK,
 };
 pub use export::{merged_gguf, peft_adapter, MergeReport, MergedTensor, PeftAdapter};
 
@@ -218,7 +219,7 @@ pub async fn finetune(
     cfg: &FinetuneConfig,
     progress: &mut dyn FnMut(&StepLog),
 ) -> Result<FinetuneReport> {
-    train(ctx, trainer, None, rows, cfg, RunControl::default(), progress).await
+    train(ctx, trainer, Teacher::None, rows, cfg, RunControl::default(), progress).await
 }
 
 /// [`finetune`] by distillation from `teacher` (a trainer over a model with the student's
@@ -233,7 +234,7 @@ pub async fn distill(
     cfg: &FinetuneConfig,
     progress: &mut dyn FnMut(&StepLog),
 ) -> Result<FinetuneReport> {
-    train(ctx, trainer, Some((teacher, loss)), rows, cfg, RunControl::default(), progress).await
+    train(ctx, trainer, Teacher::Online(teacher, *loss), rows, cfg, RunControl::default(), progress).await
 }
 
 /// [`finetune`] (no teacher) or [`distill`] with checkpoints: resumed from, written, or stopped
@@ -248,26 +249,82 @@ pub async fn train_resumable(
     control: RunControl<'_>,
     progress: &mut dyn FnMut(&StepLog),
 ) -> Result<FinetuneReport> {
+    let teacher = match teacher {
+        Some((t, loss)) => Teacher::Online(t, *loss),
+        None => Teacher::None,
+    };
     train(ctx, trainer, teacher, rows, cfg, control, progress).await
 }
 
-/// The held-out (loss, KL) over `eval` (nothing when it is empty; the KL with a teacher).
+/// [`distill`] from an offline teacher: every row carries the teacher's top-k (`Row::top_k`,
+/// read from a `pupil teach` file by [`teach::read_teach_file`]), and `loss.tau` is the
+/// temperature it was written at (the forward KL only). No held-out teacher loss.
+pub async fn distill_offline(
+    ctx: &GpuContext,
+    trainer: &mut Trainer<'_>,
+    loss: &DistillLoss,
+    rows: &[Row],
+    cfg: &FinetuneConfig,
+    control: RunControl<'_>,
+    progress: &mut dyn FnMut(&StepLog),
+) -> Result<FinetuneReport> {
+    if rows.iter().any(|r| r.top_k.is_none()) {
+        return Err(PupilError::arg("distill_offline", "every row needs the teacher's top-k"));
+    }
+    if cfg.kd_schedule.tau_end.is_some() {
+        return Err(PupilError::arg("distill_offline", "τ is the teach file's: no τ schedule"));
+    }
+    train(ctx, trainer, Teacher::Offline(*loss), rows, cfg, control, progress).await
+}
+
+/// Who teaches a run.
+enum Teacher<'a, 't> {
+    None,
+    Online(&'a mut Trainer<'t>, DistillLoss),
+    /// The rows' own top-k.
+    Offline(DistillLoss),
+}
+
+impl Teacher<'_, '_> {
+    fn loss(&self) -> Option<DistillLoss> {
+        match self {
+            Teacher::None => None,
+            Teacher::Online(_, l) | Teacher::Offline(l) => Some(*l),
+        }
+    }
+}
+
+/// The held-out (loss, KL) over `eval` with the teacher's `loss` (nothing when it is empty;
+/// the KL with a teacher).
 async fn evaluate(
     ctx: &GpuContext,
     trainer: &mut Trainer<'_>,
-    teacher: Option<(&mut Trainer<'_>, &DistillLoss)>,
+    teacher: &mut Teacher<'_, '_>,
+    loss: Option<&DistillLoss>,
     eval: &[Row],
     batch: usize,
 ) -> Result<(Option<f64>, Option<f64>)> {
     if eval.is_empty() {
         return Ok((None, None));
     }
-    Ok(match teacher {
-        Some((t, loss)) => {
+    Ok(match (teacher, loss) {
+        (Teacher::Online(t, _), Some(loss)) => {
             let (ce, kl) = eval_distill(ctx, trainer, t, loss, eval, batch).await?;
             (Some(ce), Some(kl))
         }
-        None => (Some(eval_loss(ctx, trainer, eval, batch).await?), None),
+        (Teacher::Offline(_), Some(loss)) => {
+            let (mut kl_sum, mut n) = (0.0, 0usize);
+            for group in eval.chunks(batch.max(1)) {
+                let b = concat(&group.iter().collect::<Vec<_>>());
+                let top = b.top_k.as_ref().ok_or_else(|| PupilError::arg("distill_offline", "a row without top-k"))?;
+                let counted = b.counted();
+                kl_sum += trainer.distill_topk_loss(ctx, loss, top, &b.ids, &b.targets, &b.doc_lengths).await?.1
+                    * counted as f64;
+                n += counted;
+            }
+            (Some(eval_loss(ctx, trainer, eval, batch).await?), Some(kl_sum / n.max(1) as f64))
+        }
+        _ => (Some(eval_loss(ctx, trainer, eval, batch).await?), None),
     })
 }
 
@@ -286,7 +343,7 @@ pub fn eval_split<'r>(rows: &'r [Row], cfg: &FinetuneConfig) -> (&'r [Row], &'r 
 async fn train(
     ctx: &GpuContext,
     trainer: &mut Trainer<'_>,
-    teacher: Option<(&mut Trainer<'_>, &DistillLoss)>,
+    mut teacher: Teacher<'_, '_>,
     rows: &[Row],
     cfg: &FinetuneConfig,
     mut control: RunControl<'_>,
@@ -311,17 +368,14 @@ async fn train(
             ),
         ));
     }
-    if teacher.is_none() && rows.iter().any(|r| r.teacher.is_some()) {
+    if !matches!(teacher, Teacher::Online(..)) && rows.iter().any(|r| r.teacher.is_some()) {
         return Err(PupilError::arg(OP, "context-distillation rows need a teacher"));
     }
     cfg.kd_schedule.check()?;
     let (train, eval) = eval_split(rows, cfg);
-    let distilling = teacher.is_some();
-    // The teacher, and the loss as given (step 1's) and as it ends (the held-out KL's).
-    let (mut teacher, first_loss) = match teacher {
-        Some((t, l)) => (Some(t), Some(*l)),
-        None => (None, None),
-    };
+    let first_loss = teacher.loss();
+    let distilling = first_loss.is_some();
+    // The loss as given (step 1's) and as it ends (the held-out KL's).
     let last_loss = first_loss.map(|l| cfg.kd_schedule.at(&l, cfg.steps, cfg.steps));
     let mut state = match control.resume {
         Some(bytes) => checkpoint::restore(ctx, trainer, bytes, cfg, rows, distilling).await?,
@@ -330,13 +384,12 @@ async fn train(
             rng: cfg.seed,
             order: Vec::new(),
             logs: Vec::with_capacity(cfg.steps),
-            eval_before: evaluate(ctx, trainer, teacher.as_deref_mut().zip(last_loss.as_ref()), eval, cfg.batch_rows)
-                .await?,
+            eval_before: evaluate(ctx, trainer, &mut teacher, last_loss.as_ref(), eval, cfg.batch_rows).await?,
         },
     };
     let resumed_from = control.resume.map(|_| state.step);
     let teacher_eval_loss = match &mut teacher {
-        Some(t) if !eval.is_empty() => {
+        Teacher::Online(t, _) if !eval.is_empty() => {
             let as_read: Vec<Row> = eval.iter().map(Row::as_teacher_reads).collect();
             Some(eval_loss(ctx, t, &as_read, cfg.batch_rows).await?)
         }
@@ -365,11 +418,15 @@ async fn train(
         for batch in &passes {
             let w = batch.counted() as f64 / total as f64;
             let (ids, targets, docs) = (&batch.ids, &batch.targets, &batch.doc_lengths);
-            let (l, k) = match (&mut teacher, &first_loss) {
-                (Some(t), Some(first)) => {
+            let kd = first_loss.map(|first| cfg.kd_schedule.at(&first, step, cfg.steps));
+            let (l, k) = match (&mut teacher, &kd) {
+                (Teacher::Online(t, _), Some(kd)) => {
                     let input = batch.teacher.as_ref();
-                    let kd = cfg.kd_schedule.at(first, step, cfg.steps);
-                    trainer.distill_forward_backward_with(ctx, t, &kd, input, ids, targets, docs, w).await?
+                    trainer.distill_forward_backward_with(ctx, t, kd, input, ids, targets, docs, w).await?
+                }
+                (Teacher::Offline(_), Some(kd)) => {
+                    let top = batch.top_k.as_ref().ok_or_else(|| PupilError::arg(OP, "a row without top-k"))?;
+                    trainer.distill_topk_forward_backward(ctx, kd, top, ids, targets, docs, w).await?
                 }
                 _ => (trainer.forward_backward_weighted(ctx, ids, targets, docs, w).await?, 0.0),
             };
@@ -405,7 +462,7 @@ async fn train(
     }
     let (eval_loss_after, eval_kl_after) = match stopped_at {
         Some(_) => (None, None),
-        None => evaluate(ctx, trainer, teacher.zip(last_loss.as_ref()), eval, cfg.batch_rows).await?,
+        None => evaluate(ctx, trainer, &mut teacher, last_loss.as_ref(), eval, cfg.batch_rows).await?,
     };
     let logs = state.logs;
     Ok(FinetuneReport {

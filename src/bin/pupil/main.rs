@@ -4,6 +4,7 @@
 
 mod convert;
 mod fetch;
+mod teach;
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
@@ -233,17 +234,18 @@ enum Command {
     Distill {
         #[command(flatten)]
         model: ModelArgs,
-        /// The teacher's GGUF file (with --instruction: default the student's own).
-        #[arg(long, required_unless_present = "instruction")]
+        /// The teacher's GGUF file (with --instruction: default the student's own; none when
+        /// --data is a `pupil teach` file, which holds the teacher's top-k).
+        #[arg(long)]
         teacher: Option<PathBuf>,
         /// Context distillation: the teacher reads each line of the JSONL data with this
         /// instruction as its system message, the student without it, and the student learns
         /// to answer as the instructed teacher does.
         #[arg(long)]
         instruction: Option<String>,
-        /// Temperature of both softmaxes in the divergence.
-        #[arg(long, default_value_t = 2.0)]
-        tau: f32,
+        /// Temperature of both softmaxes in the divergence [default: 2; a teach file's own].
+        #[arg(long)]
+        tau: Option<f32>,
         /// Weight of the hard-label cross-entropy.
         #[arg(long, default_value_t = 0.5)]
         kd_alpha: f32,
@@ -268,6 +270,28 @@ enum Command {
         align_pairs: Option<String>,
         #[command(flatten)]
         train: TrainArgs,
+    },
+    /// Offline teacher: run the model over training data once and write its top-k next-token
+    /// log-probabilities per packed row (JSONL), for `pupil distill --data FILE` to learn from
+    /// without the teacher in memory.
+    Teach {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Training data: .txt (one document) or .jsonl, as `pupil finetune` reads it.
+        #[arg(long)]
+        data: PathBuf,
+        /// The teach file to write.
+        #[arg(short, long)]
+        out: PathBuf,
+        /// The teacher's most likely ids kept per token (the rest of its mass is one bucket).
+        #[arg(long, default_value_t = 32)]
+        top_k: usize,
+        /// Temperature of the stored distribution (the student's in the loss).
+        #[arg(long, default_value_t = 1.0)]
+        tau: f32,
+        /// Tokens per packed row.
+        #[arg(long, default_value_t = 256)]
+        seq: usize,
     },
     /// Depth pruning: write the model with some of its blocks dropped (renumbered; a student to
     /// heal with `pupil distill --teacher` the original). Either the layers to keep, or how many
@@ -654,6 +678,10 @@ async fn run(command: Command, options: ContextOptions) -> pupil::Result<ExitCod
             Ok(ExitCode::SUCCESS)
         }
         Command::Finetune { model, train } => train_run(&ctx, &model, &train, None).await,
+        Command::Teach { model, data, out, top_k, tau, seq } => {
+            teach::run(&ctx, &model, &data, &out, (top_k, tau, seq)).await?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Prune { model, out, keep, drop, data, tokens } => {
             prune(&ctx, &model, &out, keep.as_deref(), drop, data.as_deref(), tokens).await
         }
@@ -670,8 +698,9 @@ async fn run(command: Command, options: ContextOptions) -> pupil::Result<ExitCod
             align_pairs,
             train,
         } => {
-            let loss = DistillLoss { divergence, ..DistillLoss::hinton(tau, kd_alpha) };
+            let loss = DistillLoss { divergence, ..DistillLoss::hinton(tau.unwrap_or(2.0), kd_alpha) };
             let teacher = TeacherArgs {
+                tau_given: tau,
                 path: teacher,
                 loss,
                 schedule: train::KdSchedule { tau_end, alpha_end: kd_alpha_end },
@@ -744,6 +773,8 @@ async fn prune(
 /// `pupil distill`'s teacher: its file (None: the student's own), loss, and the instruction of
 /// context distillation.
 struct TeacherArgs {
+    /// --tau as given (an offline teacher's file has its own).
+    tau_given: Option<f32>,
     path: Option<PathBuf>,
     loss: DistillLoss,
     schedule: train::KdSchedule,
@@ -803,6 +834,39 @@ async fn train_run(
         None => None,
     };
     let text = std::fs::read_to_string(&data).map_err(|e| other(format!("{}: {e}", data.display())))?;
+    // An offline teacher's file (`pupil teach`): the teacher and the packing are in it.
+    let offline = match (train::teach::is_teach_file(&text), &teacher) {
+        (false, Some(t)) if t.path.is_none() && t.context.is_none() => {
+            return Err(other(
+                "pupil distill needs --teacher MODEL, --instruction TEXT, or a `pupil teach` file as --data",
+            ))
+        }
+        (false, _) => None,
+        (true, None) => {
+            return Err(other("a `pupil teach` file is distillation data: run `pupil distill --data` on it"))
+        }
+        (true, Some(t)) if t.path.is_some() || t.context.is_some() => {
+            return Err(other(
+                "--data is a `pupil teach` file, which holds its teacher: drop --teacher / --instruction",
+            ))
+        }
+        (true, Some(t)) => {
+            let h = train::teach::read_header(&text)?;
+            if t.tau_given.is_some_and(|tau| tau != h.tau) || t.loss.divergence != Divergence::Forward {
+                return Err(other(format!(
+                    "the teach file's distribution is at τ {} and learnt by the forward KL: drop --tau / --divergence",
+                    h.tau
+                )));
+            }
+            if t.align.is_some() || t.schedule.tau_end.is_some() {
+                return Err(other(
+                    "an offline teacher has no hidden states and a fixed τ: drop --align-hidden / --tau-end",
+                ));
+            }
+            Some(h)
+        }
+    };
+    let seq = offline.as_ref().map_or(seq, |h| h.seq_len);
     let targets = targets.split(',').map(LoraTarget::parse).collect::<pupil::Result<Vec<_>>>()?;
     let cfg = FinetuneConfig {
         lora: LoraConfig { rank, alpha, targets, dropout },
@@ -831,22 +895,29 @@ async fn train_run(
     };
     let context = teacher.as_ref().and_then(|t| t.context.clone());
     let format = DataFormat::guess(&data.to_string_lossy());
-    let (n_docs, rows) = match &context {
-        Some(instruction) => {
+    let (n_docs, rows) = match (&context, &offline) {
+        (_, Some(h)) => {
+            let (_, rows) = train::teach::read_teach_file(&text, l.model.config.vocab_size)?;
+            eprintln!("offline teacher {:?}: its top {} at τ {} for every token", h.teacher, h.top_k, h.tau);
+            (rows.len(), rows)
+        }
+        (Some(instruction), None) => {
             if format != DataFormat::Jsonl {
                 return Err(other("context distillation reads JSONL (a conversation or {\"text\"} per line)"));
             }
             let pairs = train::context_documents(&text, &l.tokenizer, Some(&l.template), instruction)?;
             (pairs.len(), train::pack_context(&pairs, seq))
         }
-        None => {
+        (None, None) => {
             let docs = train::documents(&text, format, &l.tokenizer, Some(&l.template))?;
             (docs.len(), train::pack(&docs, seq))
         }
     };
+    // The offline teacher's loss: the file's τ (Hinton's τ² weight), the given CE weight.
+    let offline_loss = offline.as_ref().zip(teacher.as_ref()).map(|(h, t)| DistillLoss::hinton(h.tau, t.loss.alpha));
     let mut trainer = train::trainer_for(ctx, &l.model, &cfg)?;
     let mut teacher_trainer = match &teacher {
-        Some(TeacherArgs { loss, schedule, align, .. }) => {
+        Some(TeacherArgs { loss, schedule, align, .. }) if offline.is_none() => {
             let t = teacher_file.as_ref().map_or(&l.model, |t| &t.model);
             let last = schedule.at(loss, steps, steps);
             let annealed = if last != *loss {
@@ -893,7 +964,7 @@ async fn train_run(
             let max_tokens = batch * longest.unwrap_or(seq).max(seq);
             Some((Trainer::with_last_layers(ctx, t, None, 0, max_tokens, seed)?, *loss))
         }
-        None => None,
+        _ => None,
     };
     eprintln!(
         "{}: {} documents, {} rows of ≤ {seq} tokens; LoRA rank {rank} on {:?}, the last {last_layers} \
@@ -951,8 +1022,13 @@ async fn train_run(
         on_checkpoint: Some(&mut write_checkpoint),
         stop_after,
     };
-    let teacher_arg = teacher_trainer.as_mut().map(|(t, loss)| (t, &*loss));
-    let report = train::train_resumable(ctx, &mut trainer, teacher_arg, &rows, &cfg, control, &mut on_step).await?;
+    let report = match &offline_loss {
+        Some(loss) => train::distill_offline(ctx, &mut trainer, loss, &rows, &cfg, control, &mut on_step).await?,
+        None => {
+            let teacher_arg = teacher_trainer.as_mut().map(|(t, loss)| (t, &*loss));
+            train::train_resumable(ctx, &mut trainer, teacher_arg, &rows, &cfg, control, &mut on_step).await?
+        }
+    };
     bar.finish_and_clear();
     if let Some(step) = report.stopped_at {
         println!(

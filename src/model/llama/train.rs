@@ -27,7 +27,7 @@ use crate::ops::add::add_inplace;
 use crate::ops::attention::{attention_packed_forward, doc_starts, AttentionConfig, GateInput, GateMode};
 use crate::ops::attention_backward::{attention_backward, attention_backward_stats, doc_bounds};
 use crate::ops::cross_entropy::{cross_entropy_forward_backward, IGNORE_TARGET};
-use crate::ops::distill_loss::{distill_loss_forward_backward, DistillLoss};
+use crate::ops::distill_loss::{distill_loss_forward_backward, distill_topk_forward_backward, DistillLoss, MAX_TOP_K};
 use crate::ops::dropout::dropout_forward;
 use crate::ops::gate::{gate_apply_forward, gate_backward};
 use crate::ops::hidden_mse::hidden_mse_forward_backward;
@@ -116,6 +116,16 @@ struct SplitQk {
     rstd_heads: Tensor,
 }
 
+/// An offline teacher's view of a batch (`pupil teach`): per token its `k` most likely next ids
+/// (distinct, in the vocabulary) and their log-probabilities (of its distribution at the
+/// temperature it was written at), `[tokens, k]` row-major.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TopK {
+    pub k: usize,
+    pub ids: Vec<u32>,
+    pub logp: Vec<f32>,
+}
+
 /// Context distillation: what the teacher reads for a batch (its packed documents, e.g. each
 /// of the student's with an instruction before it) and, for each student token, the teacher
 /// row whose next-token distribution that token's position learns.
@@ -176,6 +186,27 @@ pub struct Trainer<'m> {
     dropout_call: Option<u64>,
     /// Hidden-state alignment to a distillation teacher, and its per-row loss.
     align: Option<(HiddenAlignment, Tensor)>,
+    /// An offline teacher's top-k ids and log-probabilities for the batch (u32 and f32
+    /// `[max_tokens · k]`, made on first use and when k grows).
+    top_k: Option<(usize, Tensor, Tensor)>,
+}
+
+/// What `run` learns from: the labels (cross-entropy), an online teacher's logits, or an
+/// offline teacher's top-k (in `top_k`, k per token).
+#[derive(Clone, Copy)]
+enum Signal<'a, 't> {
+    Labels,
+    Online(&'a Trainer<'t>, &'a DistillLoss),
+    TopK(usize, &'a DistillLoss),
+}
+
+impl<'a, 't> Signal<'a, 't> {
+    fn online(self) -> Option<&'a Trainer<'t>> {
+        match self {
+            Signal::Online(t, _) => Some(t),
+            _ => None,
+        }
+    }
 }
 
 /// Hidden-state alignment to the teacher of a distillation (TinyBERT, Minitron's pruned
@@ -377,6 +408,7 @@ impl<'m> Trainer<'m> {
             calls: 0,
             dropout_call: None,
             align: None,
+            top_k: None,
         })
     }
 
@@ -521,7 +553,7 @@ impl<'m> Trainer<'m> {
         if !(weight.is_finite() && weight > 0.0) {
             return Err(PupilError::arg("Trainer::forward_backward", format!("weight must be positive, got {weight}")));
         }
-        let (loss, _) = self.run(ctx, ids, targets, doc_lengths, Some(weight), None).await?;
+        let (loss, _) = self.run(ctx, ids, targets, doc_lengths, Some(weight), Signal::Labels).await?;
         self.last_loss = Some(loss);
         Ok(loss)
     }
@@ -567,7 +599,7 @@ impl<'m> Trainer<'m> {
             return Err(PupilError::arg(OP, format!("weight must be positive, got {weight}")));
         }
         self.teacher_batch(OP, ctx, teacher, teacher_input, ids, targets, doc_lengths)?;
-        let out = self.run(ctx, ids, targets, doc_lengths, Some(weight), Some((teacher, loss))).await?;
+        let out = self.run(ctx, ids, targets, doc_lengths, Some(weight), Signal::Online(teacher, loss)).await?;
         self.last_loss = Some(out.0);
         Ok(out)
     }
@@ -627,7 +659,80 @@ impl<'m> Trainer<'m> {
         doc_lengths: &[usize],
     ) -> Result<(f64, f64)> {
         self.teacher_batch("Trainer::distill_loss", ctx, teacher, teacher_input, ids, targets, doc_lengths)?;
-        self.run(ctx, ids, targets, doc_lengths, None, Some((teacher, loss))).await
+        self.run(ctx, ids, targets, doc_lengths, None, Signal::Online(teacher, loss)).await
+    }
+
+    /// Distillation from an offline teacher (`pupil teach`): `top` holds, per token of the
+    /// batch, the teacher's k most likely next ids and their log-probabilities at `loss.tau`;
+    /// the loss is `loss.kl_coef` · the forward KL over those k ids and one tail bucket
+    /// (`ops::distill_loss::distill_topk_forward_backward`) + α·CE per counted target, its
+    /// gradients scaled by `weight` and added as [`forward_backward`](Self::forward_backward)'s
+    /// are. No hidden-state alignment (there are no teacher states). Returns the batch's mean
+    /// loss and mean KL.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn distill_topk_forward_backward(
+        &mut self,
+        ctx: &GpuContext,
+        loss: &DistillLoss,
+        top: &TopK,
+        ids: &[u32],
+        targets: &[u32],
+        doc_lengths: &[usize],
+        weight: f64,
+    ) -> Result<(f64, f64)> {
+        const OP: &str = "Trainer::distill_topk_forward_backward";
+        if !(weight.is_finite() && weight > 0.0) {
+            return Err(PupilError::arg(OP, format!("weight must be positive, got {weight}")));
+        }
+        self.write_top_k(OP, ctx, top, ids.len())?;
+        let out = self.run(ctx, ids, targets, doc_lengths, Some(weight), Signal::TopK(top.k, loss)).await?;
+        self.last_loss = Some(out.0);
+        Ok(out)
+    }
+
+    /// The offline teacher's distillation loss and KL of a batch with the adapters as they are;
+    /// gradients untouched (evaluation).
+    pub async fn distill_topk_loss(
+        &mut self,
+        ctx: &GpuContext,
+        loss: &DistillLoss,
+        top: &TopK,
+        ids: &[u32],
+        targets: &[u32],
+        doc_lengths: &[usize],
+    ) -> Result<(f64, f64)> {
+        self.write_top_k("Trainer::distill_topk_loss", ctx, top, ids.len())?;
+        self.run(ctx, ids, targets, doc_lengths, None, Signal::TopK(top.k, loss)).await
+    }
+
+    /// Check an offline teacher's top-k for `n` tokens and upload it.
+    fn write_top_k(&mut self, op: &'static str, ctx: &GpuContext, top: &TopK, n: usize) -> Result<()> {
+        let (k, vocab) = (top.k, self.model.config.vocab_size);
+        if k == 0 || k > MAX_TOP_K || top.ids.len() != n * k || top.logp.len() != n * k {
+            return Err(PupilError::arg(
+                op,
+                format!("1 ≤ k ≤ {MAX_TOP_K} teacher ids and log-probabilities per token: k {k}, {n} tokens, {} ids, {} log-probabilities", top.ids.len(), top.logp.len()),
+            ));
+        }
+        if let Some(&id) = top.ids.iter().find(|&&id| id as usize >= vocab) {
+            return Err(PupilError::arg(op, format!("teacher id {id} outside the vocabulary of {vocab}")));
+        }
+        if self.align.is_some() {
+            return Err(PupilError::Unsupported(
+                "hidden-state alignment with an offline teacher (no teacher states)".into(),
+            ));
+        }
+        if n > self.max_tokens {
+            return Err(PupilError::arg(op, format!("{n} tokens, the trainer holds {}", self.max_tokens)));
+        }
+        if self.top_k.as_ref().is_none_or(|(have, ..)| *have < k) {
+            let len = self.max_tokens * k;
+            self.top_k = Some((k, Tensor::empty(ctx, &[len], DType::U32)?, Tensor::empty(ctx, &[len], DType::F32)?));
+        }
+        let (_, ids, logp) = self.top_k.as_ref().expect("just made");
+        ids.view(0, &[n * k])?.write_bytes(ctx, bytemuck::cast_slice(&top.ids))?;
+        logp.view(0, &[n * k])?.write_bytes(ctx, bytemuck::cast_slice(&top.logp))?;
+        Ok(())
     }
 
     /// Block influence (Men et al. 2024, "ShortGPT"): for each layer, 1 − the mean cosine
@@ -668,7 +773,7 @@ impl<'m> Trainer<'m> {
 
     /// The mean loss of a batch with the adapters as they are; gradients untouched (evaluation).
     pub async fn loss(&mut self, ctx: &GpuContext, ids: &[u32], targets: &[u32], doc_lengths: &[usize]) -> Result<f64> {
-        Ok(self.run(ctx, ids, targets, doc_lengths, None, None).await?.0)
+        Ok(self.run(ctx, ids, targets, doc_lengths, None, Signal::Labels).await?.0)
     }
 
     async fn run(
@@ -678,7 +783,7 @@ impl<'m> Trainer<'m> {
         targets: &[u32],
         doc_lengths: &[usize],
         backward_weight: Option<f64>,
-        teacher: Option<(&Trainer<'_>, &DistillLoss)>,
+        signal: Signal<'_, '_>,
     ) -> Result<(f64, f64)> {
         let backward = backward_weight.is_some();
         let counted = self.write_batch(ctx, ids, targets, doc_lengths)?;
@@ -690,7 +795,7 @@ impl<'m> Trainer<'m> {
         }
         let mut b = Batch::new(ctx);
         let c = &self.model.config;
-        if let Some((t, _)) = teacher {
+        if let Signal::Online(t, _) = signal {
             let nt = t.gathered.unwrap_or(n);
             t.record_forward(&mut b, nt)?;
             t.record_final_norm(&mut b, nt)?;
@@ -708,8 +813,8 @@ impl<'m> Trainer<'m> {
         self.record_forward(&mut b, n)?;
         // (The head always writes the last stream's gradient; only training carries it down.)
         let scale = (backward_weight.unwrap_or(1.0) / counted as f64) as f32;
-        self.head_forward_backward(&mut b, n, scale, teacher)?;
-        let align = self.alignment_with(ctx, teacher.map(|t| t.0), n)?;
+        self.head_forward_backward(&mut b, n, scale, signal)?;
+        let align = self.alignment_with(ctx, signal.online(), n)?;
         let align_scale = (backward_weight.unwrap_or(1.0) / n as f64) as f32;
         if let (Some((pairs, weight, loss)), false) = (&align, backward) {
             for (sb, ht) in pairs {
@@ -737,7 +842,10 @@ impl<'m> Trainer<'m> {
         if let Some((_, _, l)) = &align {
             loss += l.read_f32(ctx).await?.iter().map(|&x| x as f64).sum::<f64>() / n as f64;
         }
-        let kl = if teacher.is_some() { mean(self.w.kl.view(0, &[n])?.read_f32(ctx).await?) } else { 0.0 };
+        let kl = match signal {
+            Signal::Labels => 0.0,
+            _ => mean(self.w.kl.view(0, &[n])?.read_f32(ctx).await?),
+        };
         Ok((loss, kl))
     }
 
@@ -1278,15 +1386,10 @@ impl<'m> Trainer<'m> {
 
     /// Final norm, head and cross-entropy, HEAD_ROWS rows at a time: the loss per token, and
     /// the gradient of the last residual stream into `w.dx`.
-    /// With a `teacher` (its final norm recorded), the loss is the distillation loss against
-    /// its logits, made chunk by chunk from its normed hidden states.
-    fn head_forward_backward(
-        &self,
-        b: &mut Batch,
-        n: usize,
-        grad_scale: f32,
-        teacher: Option<(&Trainer<'_>, &DistillLoss)>,
-    ) -> Result<()> {
+    /// With an online teacher (its final norm recorded), the loss is the distillation loss
+    /// against its logits, made chunk by chunk from its normed hidden states; with an offline
+    /// one, against its top-k in `top_k`.
+    fn head_forward_backward(&self, b: &mut Batch, n: usize, grad_scale: f32, signal: Signal<'_, '_>) -> Result<()> {
         let c = &self.model.config;
         let (h, vocab) = (c.hidden, c.vocab_size);
         let w = &self.w;
@@ -1300,9 +1403,17 @@ impl<'m> Trainer<'m> {
             let logits = w.logits.view(0, &[rows, vocab])?;
             matmul_forward(b, &xn.view(r0 * h, &[rows, h])?, head, None, &logits, false)?;
             let (targets, loss) = (self.targets.view(r0, &[rows])?, w.loss.view(r0, &[rows])?);
-            match teacher {
-                None => cross_entropy_forward_backward(b, &logits, &targets, &loss, grad_scale)?,
-                Some((t, cfg)) => {
+            match signal {
+                Signal::Labels => cross_entropy_forward_backward(b, &logits, &targets, &loss, grad_scale)?,
+                Signal::TopK(k, cfg) => {
+                    let (_, ids, logp) = self.top_k.as_ref().ok_or_else(|| {
+                        PupilError::arg("Trainer::distill_topk", "no top-k buffers (internal: set by the caller)")
+                    })?;
+                    let top = (&ids.view(r0 * k, &[rows, k])?, &logp.view(r0 * k, &[rows, k])?);
+                    let kl = w.kl.view(r0, &[rows])?;
+                    distill_topk_forward_backward(b, cfg, &logits, top, &targets, (&loss, &kl), grad_scale)?;
+                }
+                Signal::Online(t, cfg) => {
                     let th = t.model.config.hidden;
                     let t_logits = t.w.logits.view(0, &[rows, vocab])?;
                     let t_head = t.model.output.as_ref().unwrap_or(&t.model.embd);

@@ -339,6 +339,38 @@ pub fn eval_split<'r>(rows: &'r [Row], cfg: &FinetuneConfig) -> (&'r [Row], &'r 
     rows.split_at(rows.len() - n_eval)
 }
 
+/// A replay mix (to limit forgetting): the training part of `rows` (per `cfg`'s eval split)
+/// with rows of a second dataset `replay` spread through it at seeded places, so they make up
+/// `fraction` of the rows trained on (cycling through `replay` when it is short); the held-out
+/// rows stay the task's own, last. Returns the rows and `cfg` with the eval fraction that keeps
+/// exactly those held out. Plain rows only (no context-distillation or offline-teacher rows).
+pub fn mix_replay(
+    rows: &[Row],
+    replay: &[Row],
+    fraction: f64,
+    cfg: &FinetuneConfig,
+) -> Result<(Vec<Row>, FinetuneConfig)> {
+    if !(0.0..1.0).contains(&fraction) || (fraction > 0.0 && replay.is_empty()) {
+        return Err(PupilError::arg("replay", format!("a fraction in [0, 1) and replay rows; got {fraction}")));
+    }
+    if replay.iter().chain(rows).any(|r| r.teacher.is_some() || r.top_k.is_some()) {
+        return Err(PupilError::Unsupported(
+            "a replay mix with context distillation or an offline teacher (replay rows have no teacher view)".into(),
+        ));
+    }
+    let (train, eval) = eval_split(rows, cfg);
+    let n_replay = (train.len() as f64 * fraction / (1.0 - fraction)).round() as usize;
+    let mut out: Vec<Row> = train.to_vec();
+    let mut rng = SplitMix64::new(cfg.seed ^ 0x5E9_1A7);
+    for i in 0..n_replay {
+        let at = rng.below(out.len() as u32 + 1) as usize;
+        out.insert(at, replay[i % replay.len()].clone());
+    }
+    out.extend_from_slice(eval);
+    let eval_fraction = eval.len() as f64 / out.len() as f64;
+    Ok((out, FinetuneConfig { eval_fraction, ..cfg.clone() }))
+}
+
 /// The loop of [`finetune`] and [`distill`].
 async fn train(
     ctx: &GpuContext,
@@ -745,10 +777,33 @@ impl StepLog {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ops::cross_entropy::IGNORE_TARGET;
     use crate::ops::distill_loss::Divergence;
 
     /// Step 1 is the loss as given, the last step the schedule's ends, linear in between; the
     /// divergence weight follows τ² and the divergence stays.
+    fn row(id: u32) -> Row {
+        Row { ids: vec![id, id], targets: vec![id, IGNORE_TARGET], doc_lengths: vec![2], teacher: None, top_k: None }
+    }
+
+    /// The replay rows make up the fraction of the training part, the held-out rows stay the
+    /// task's own and last, and the adjusted eval fraction holds out exactly them.
+    #[test]
+    fn replay_mix_keeps_the_eval_split_and_the_fraction() {
+        let rows: Vec<Row> = (0..10).map(row).collect();
+        let replay: Vec<Row> = (100..103).map(row).collect();
+        let cfg = FinetuneConfig { eval_fraction: 0.2, ..FinetuneConfig::default() };
+        let (mixed, mcfg) = mix_replay(&rows, &replay, 0.2, &cfg).unwrap();
+        let (train, eval) = eval_split(&mixed, &mcfg);
+        assert_eq!(eval, &rows[8..], "the held-out rows are the task's");
+        let replayed = train.iter().filter(|r| r.ids[0] >= 100).count();
+        assert_eq!((train.len(), replayed), (10, 2), "8 task rows + 2 replay rows (20%)");
+        let task: Vec<u32> = train.iter().filter(|r| r.ids[0] < 100).map(|r| r.ids[0]).collect();
+        assert_eq!(task, (0..8).collect::<Vec<_>>(), "the task's rows keep their order");
+        assert_eq!(mix_replay(&rows, &replay, 0.0, &cfg).unwrap().0, rows);
+        assert!(mix_replay(&rows, &[], 0.3, &cfg).is_err() && mix_replay(&rows, &replay, 1.0, &cfg).is_err());
+    }
+
     #[test]
     fn kd_schedule_interpolates_tau_alpha_and_the_kl_weight() {
         let base = DistillLoss { divergence: Divergence::Jsd { beta: 0.3 }, ..DistillLoss::hinton(4.0, 0.5) };

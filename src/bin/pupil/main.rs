@@ -95,6 +95,13 @@ struct TrainArgs {
     /// Share of the rows held out for evaluation.
     #[arg(long, default_value_t = 0.1)]
     eval: f64,
+    /// A replay mix to limit forgetting: rows of this second dataset (.txt or .jsonl) mixed
+    /// into the training rows; its last tenth is held out to measure forgetting before/after.
+    #[arg(long)]
+    replay: Option<PathBuf>,
+    /// The share of the rows trained on that come from --replay.
+    #[arg(long, default_value_t = 0.2, requires = "replay")]
+    replay_fraction: f64,
     #[arg(long, default_value_t = 1)]
     seed: u64,
     /// Write what was trained here (safetensors: adapters, trained layers, gates).
@@ -818,6 +825,8 @@ async fn train_run(
         checkpoint_every,
         resume,
         stop_after,
+        replay,
+        replay_fraction,
     } = args.clone();
     if (stop_after.is_some() || checkpoint_every > 0) && checkpoint.is_none() {
         return Err(other("--stop-after and --checkpoint-every need --checkpoint FILE"));
@@ -915,7 +924,32 @@ async fn train_run(
     };
     // The offline teacher's loss: the file's τ (Hinton's τ² weight), the given CE weight.
     let offline_loss = offline.as_ref().zip(teacher.as_ref()).map(|(h, t)| DistillLoss::hinton(h.tau, t.loss.alpha));
+    // A replay mix: the second dataset's rows in the training part, its last tenth held out.
+    let (rows, cfg, replay_eval) = match &replay {
+        None => (rows, cfg, Vec::new()),
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| other(format!("{}: {e}", path.display())))?;
+            let format = DataFormat::guess(&path.to_string_lossy());
+            let docs = train::documents(&text, format, &l.tokenizer, Some(&l.template))?;
+            let replay_rows = train::pack(&docs, seq);
+            let held = if replay_rows.len() >= 2 { replay_rows.len().div_ceil(10) } else { 0 };
+            let (replay_train, replay_eval) = replay_rows.split_at(replay_rows.len() - held);
+            let (mixed, mixed_cfg) = train::mix_replay(&rows, replay_train, replay_fraction, &cfg)?;
+            eprintln!(
+                "replay {}: {} rows mixed in ({:.0}% of those trained on), {} held out",
+                path.display(),
+                mixed.len() - rows.len(),
+                replay_fraction * 100.0,
+                replay_eval.len()
+            );
+            (mixed, mixed_cfg, replay_eval.to_vec())
+        }
+    };
     let mut trainer = train::trainer_for(ctx, &l.model, &cfg)?;
+    let replay_before = match replay_eval.is_empty() {
+        true => None,
+        false => Some(train::eval_loss(ctx, &mut trainer, &replay_eval, batch).await?),
+    };
     let mut teacher_trainer = match &teacher {
         Some(TeacherArgs { loss, schedule, align, .. }) if offline.is_none() => {
             let t = teacher_file.as_ref().map_or(&l.model, |t| &t.model);
@@ -1048,6 +1082,10 @@ async fn train_run(
         ),
         _ if report.stopped_at.is_some() => {}
         _ => println!("no held-out rows (--eval 0 or a single row)"),
+    }
+    if let (Some(a), None) = (replay_before, report.stopped_at) {
+        let b = train::eval_loss(ctx, &mut trainer, &replay_eval, batch).await?;
+        println!("replay held-out loss ({} rows, forgetting): {a:.4} → {b:.4} ({:+.4})", replay_eval.len(), b - a);
     }
     if let (Some(a), Some(b)) = (report.eval_kl_before, report.eval_kl_after) {
         println!("held-out KL to the teacher: {a:.4} → {b:.4} ({:+.1}%)", 100.0 * (b - a) / a);

@@ -112,13 +112,7 @@ pub fn distill_loss_forward_backward(
             format!("teacher logits {:?}, student {:?}: one vocabulary", teacher.shape(), student.shape()),
         ));
     }
-    expect_dtype(OP, "targets", targets, DType::U32)?;
-    expect_len(OP, "targets", targets, rows)?;
-    for (what, t) in [("loss", loss), ("kl", kl)] {
-        expect_dtype(OP, what, t, DType::F32)?;
-        expect_len(OP, what, t, rows)?;
-    }
-    let finite = [cfg.tau, cfg.kl_coef, cfg.alpha, grad_scale].iter().all(|x| x.is_finite());
+    let finite = check_rows_and_weights(OP, rows, targets, (loss, kl), cfg, grad_scale)?;
     let beta = match cfg.divergence {
         Divergence::Jsd { beta } => beta,
         _ => 0.5,
@@ -195,13 +189,7 @@ pub fn distill_topk_forward_backward(
     }
     expect_dtype(OP, "top_ids", top_ids, DType::U32)?;
     expect_dtype(OP, "top_logp", top_logp, DType::F32)?;
-    expect_dtype(OP, "targets", targets, DType::U32)?;
-    expect_len(OP, "targets", targets, rows)?;
-    for (what, t) in [("loss", loss), ("kl", kl)] {
-        expect_dtype(OP, what, t, DType::F32)?;
-        expect_len(OP, what, t, rows)?;
-    }
-    let finite = [cfg.tau, cfg.kl_coef, cfg.alpha, grad_scale].iter().all(|x| x.is_finite());
+    let finite = check_rows_and_weights(OP, rows, targets, (loss, kl), cfg, grad_scale)?;
     if !finite || cfg.tau <= 0.0 || cfg.kl_coef < 0.0 || cfg.alpha < 0.0 || cfg.divergence != Divergence::Forward {
         return Err(PupilError::arg(
             OP,
@@ -221,6 +209,25 @@ pub fn distill_topk_forward_backward(
     };
     let grid = row_grid(b, rows)?;
     b.dispatch(&key, bytemuck::bytes_of(&p), &[student, top_ids, top_logp, targets, loss, kl], grid)
+}
+
+/// Both losses' targets (u32 `[rows]`), per-row outputs (f32 `[rows]`); whether τ, the weights
+/// and the grad scale are finite (each op judges their ranges).
+fn check_rows_and_weights(
+    op: &'static str,
+    rows: usize,
+    targets: &Tensor,
+    (loss, kl): (&Tensor, &Tensor),
+    cfg: &DistillLoss,
+    grad_scale: f32,
+) -> Result<bool> {
+    expect_dtype(op, "targets", targets, DType::U32)?;
+    expect_len(op, "targets", targets, rows)?;
+    for (what, t) in [("loss", loss), ("kl", kl)] {
+        expect_dtype(op, what, t, DType::F32)?;
+        expect_len(op, what, t, rows)?;
+    }
+    Ok([cfg.tau, cfg.kl_coef, cfg.alpha, grad_scale].iter().all(|x| x.is_finite()))
 }
 
 pub fn variants() -> Vec<KernelKey> {

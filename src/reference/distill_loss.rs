@@ -11,6 +11,13 @@ pub enum Div {
     Jsd(f64),
 }
 
+/// log softmax(row · scale).
+pub fn log_softmax(row: &[f64], scale: f64) -> Vec<f64> {
+    let m = row.iter().fold(f64::NEG_INFINITY, |m, &x| m.max(x * scale));
+    let lse = m + row.iter().map(|&x| (x * scale - m).exp()).sum::<f64>().ln();
+    row.iter().map(|&x| x * scale - lse).collect()
+}
+
 /// Per row: (loss, kl) and the gradient of `grad_scale · Σ loss` w.r.t. the student's logits,
 /// for temperature `tau`, divergence weight `kl_coef`, CE weight `alpha` and divergence `div`
 /// (its gradient by the chain rule through q's softmax, from dDiv/dq); rows with a target ≥
@@ -25,11 +32,6 @@ pub fn distill_loss(
     div_kind: Div,
     grad_scale: f64,
 ) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
-    let log_softmax = |row: &[f64], scale: f64| -> Vec<f64> {
-        let m = row.iter().fold(f64::NEG_INFINITY, |m, &x| m.max(x * scale));
-        let lse = m + row.iter().map(|&x| (x * scale - m).exp()).sum::<f64>().ln();
-        row.iter().map(|&x| x * scale - lse).collect()
-    };
     let (mut loss, mut kl, mut grad) = (Vec::new(), Vec::new(), Vec::new());
     for ((zs, zt), &t) in student.chunks(vocab).zip(teacher.chunks(vocab)).zip(targets) {
         if t as usize >= vocab {

@@ -1,5 +1,7 @@
 //! Reference for `ops::distill_loss::distill_topk_forward_backward`, in f64.
 
+use super::distill_loss::log_softmax;
+
 /// Per row: (loss, kl) and the gradient of `grad_scale · Σ loss` w.r.t. the student's logits,
 /// for an offline teacher's `k` ids and log-probabilities per row (`top_ids`, `top_logp`,
 /// `[rows, k]`): the forward KL between the teacher's and the student's (at temperature `tau`)
@@ -16,11 +18,6 @@ pub fn distill_topk(
     (tau, kl_coef, alpha): (f64, f64, f64),
     grad_scale: f64,
 ) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
-    let log_softmax = |row: &[f64], scale: f64| -> Vec<f64> {
-        let m = row.iter().fold(f64::NEG_INFINITY, |m, &x| m.max(x * scale));
-        let lse = m + row.iter().map(|&x| (x * scale - m).exp()).sum::<f64>().ln();
-        row.iter().map(|&x| x * scale - lse).collect()
-    };
     let (mut loss, mut kl, mut grad) = (Vec::new(), Vec::new(), Vec::new());
     for (r, (z, &t)) in student.chunks(vocab).zip(targets).enumerate() {
         if t as usize >= vocab {

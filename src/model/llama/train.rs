@@ -191,6 +191,15 @@ pub struct Trainer<'m> {
     top_k: Option<(usize, Tensor, Tensor)>,
 }
 
+/// A pass's gradient weight: finite and positive.
+fn check_weight(op: &'static str, weight: f64) -> Result<()> {
+    if weight.is_finite() && weight > 0.0 {
+        Ok(())
+    } else {
+        Err(PupilError::arg(op, format!("weight must be positive, got {weight}")))
+    }
+}
+
 /// What `run` learns from: the labels (cross-entropy), an online teacher's logits, or an
 /// offline teacher's top-k (in `top_k`, k per token).
 #[derive(Clone, Copy)]
@@ -550,9 +559,7 @@ impl<'m> Trainer<'m> {
         doc_lengths: &[usize],
         weight: f64,
     ) -> Result<f64> {
-        if !(weight.is_finite() && weight > 0.0) {
-            return Err(PupilError::arg("Trainer::forward_backward", format!("weight must be positive, got {weight}")));
-        }
+        check_weight("Trainer::forward_backward", weight)?;
         let (loss, _) = self.run(ctx, ids, targets, doc_lengths, Some(weight), Signal::Labels).await?;
         self.last_loss = Some(loss);
         Ok(loss)
@@ -595,9 +602,7 @@ impl<'m> Trainer<'m> {
         weight: f64,
     ) -> Result<(f64, f64)> {
         const OP: &str = "Trainer::distill_forward_backward";
-        if !(weight.is_finite() && weight > 0.0) {
-            return Err(PupilError::arg(OP, format!("weight must be positive, got {weight}")));
-        }
+        check_weight(OP, weight)?;
         self.teacher_batch(OP, ctx, teacher, teacher_input, ids, targets, doc_lengths)?;
         let out = self.run(ctx, ids, targets, doc_lengths, Some(weight), Signal::Online(teacher, loss)).await?;
         self.last_loss = Some(out.0);
@@ -681,9 +686,7 @@ impl<'m> Trainer<'m> {
         weight: f64,
     ) -> Result<(f64, f64)> {
         const OP: &str = "Trainer::distill_topk_forward_backward";
-        if !(weight.is_finite() && weight > 0.0) {
-            return Err(PupilError::arg(OP, format!("weight must be positive, got {weight}")));
-        }
+        check_weight(OP, weight)?;
         self.write_top_k(OP, ctx, top, ids.len())?;
         let out = self.run(ctx, ids, targets, doc_lengths, Some(weight), Signal::TopK(top.k, loss)).await?;
         self.last_loss = Some(out.0);

@@ -309,43 +309,58 @@ fn offline_teacher_top_k_matches_the_reference_and_trains() {
     let (_, read) = teach::read_teach_file(&file, vocab).unwrap();
     assert_eq!(read, rows, "the teach file round-trips");
 
-    // Two rows (160 tokens, three head chunks) against the f64 reference.
+    // Two rows (160 tokens, three head chunks) against the f64 reference, both KLs and the JSD.
     let b = train::concat(&[&rows[0], &rows[1]]);
     let top = b.top_k.as_ref().unwrap();
-    let loss = DistillLoss::hinton(tau, 0.0);
-    let mut student = Trainer::new(&ctx, &model, LoraConfig::new(4, 8.0, LoraTarget::ALL.to_vec()), 160, 1).unwrap();
-    let (_, got) =
-        pollster::block_on(student.distill_topk_loss(&ctx, &loss, top, &b.ids, &b.targets, &b.doc_lengths)).unwrap();
-    let (mut want, mut full, mut n, mut at) = (0.0, 0.0, 0, 0);
-    for &len in &b.doc_lengths {
-        let s = logits(&ctx, &model, &b.ids[at..at + len]);
-        let t = logits(&ctx, &teacher_model, &b.ids[at..at + len]);
-        let s64: Vec<f64> = s.iter().map(|&x| x as f64).collect();
-        let lp: Vec<f64> = top.logp[at * k..(at + len) * k].iter().map(|&x| x as f64).collect();
-        let targets = &b.targets[at..at + len];
-        let (_, kl_rows, _) = pupil::reference::distill_topk::distill_topk(
-            &s64,
-            vocab,
-            (&top.ids[at * k..(at + len) * k], &lp, k),
-            targets,
-            (tau as f64, (tau * tau) as f64, 0.0),
-            1.0,
-        );
-        for (j, &target) in targets.iter().enumerate() {
-            if target != IGNORE_TARGET {
-                want += kl_rows[j];
-                full += kl(&t[j * vocab..][..vocab], &s[j * vocab..][..vocab], tau as f64);
-                n += 1;
+    use pupil::ops::distill_loss::Divergence;
+    use pupil::reference::distill_loss::Div;
+    let divergences = [
+        (Divergence::Forward, Div::Forward),
+        (Divergence::Reverse, Div::Reverse),
+        (Divergence::Jsd { beta: 0.4 }, Div::Jsd(0.4)),
+    ];
+    for (divergence, div) in divergences {
+        let loss = DistillLoss { divergence, ..DistillLoss::hinton(tau, 0.0) };
+        let mut student =
+            Trainer::new(&ctx, &model, LoraConfig::new(4, 8.0, LoraTarget::ALL.to_vec()), 160, 1).unwrap();
+        let (_, got) =
+            pollster::block_on(student.distill_topk_loss(&ctx, &loss, top, &b.ids, &b.targets, &b.doc_lengths))
+                .unwrap();
+        let (mut want, mut full, mut n, mut at) = (0.0, 0.0, 0, 0);
+        for &len in &b.doc_lengths {
+            let s = logits(&ctx, &model, &b.ids[at..at + len]);
+            let t = logits(&ctx, &teacher_model, &b.ids[at..at + len]);
+            let s64: Vec<f64> = s.iter().map(|&x| x as f64).collect();
+            let lp: Vec<f64> = top.logp[at * k..(at + len) * k].iter().map(|&x| x as f64).collect();
+            let targets = &b.targets[at..at + len];
+            let (_, kl_rows, _) = pupil::reference::distill_topk::distill_topk(
+                &s64,
+                vocab,
+                (&top.ids[at * k..(at + len) * k], &lp, k),
+                targets,
+                (tau as f64, (tau * tau) as f64, 0.0),
+                div,
+                1.0,
+            );
+            for (j, &target) in targets.iter().enumerate() {
+                if target != IGNORE_TARGET {
+                    want += kl_rows[j];
+                    full += kl(&t[j * vocab..][..vocab], &s[j * vocab..][..vocab], tau as f64);
+                    n += 1;
+                }
             }
+            at += len;
         }
-        at += len;
+        let (want, full) = (want / n as f64, full / n as f64);
+        let rel = (got - want).abs() / want;
+        println!("offline top-{k} {divergence}: trainer {got:.7}, reference {want:.7} (rel {rel:.1e}); the full forward KL {full:.7}");
+        assert!(rel < 1e-4, "{divergence}: {got} vs {want}");
+        if divergence == Divergence::Forward {
+            assert!(want <= full + 1e-9 && want > 0.01, "coarse-grained {want} vs full {full}");
+        }
     }
-    let (want, full) = (want / n as f64, full / n as f64);
-    let rel = (got - want).abs() / want;
-    println!("offline top-{k} KL: trainer {got:.7}, reference {want:.7} (rel {rel:.1e}); the full KL {full:.7}");
-    assert!(rel < 1e-4, "{got} vs {want}");
-    assert!(want <= full + 1e-9 && want > 0.01, "coarse-grained {want} vs full {full}");
 
+    let loss = DistillLoss::hinton(tau, 0.0);
     let cfg = FinetuneConfig {
         lora: LoraConfig::new(8, 16.0, LoraTarget::ALL.to_vec()),
         steps: 12,

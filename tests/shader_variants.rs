@@ -68,7 +68,8 @@ fn variant_list_covers_every_dispatched_kernel() {
     // Run the whole self-test, then check each pipeline it compiled is in the list.
     let ctx = common::full_context();
     let reports = pollster::block_on(pupil::selftest::run_all(&ctx)).unwrap();
-    assert!(reports.iter().all(|r| r.passed));
+    let failed: Vec<String> = reports.iter().filter(|r| !r.passed).map(|r| format!("{r}")).collect();
+    assert!(failed.is_empty(), "self-test cases failed:\n{}", failed.join("\n"));
     let listed = all_variants();
     for key in ctx.compiled_kernels() {
         assert!(listed.contains(&key), "{key} is dispatched but missing from ops::all_variants()");

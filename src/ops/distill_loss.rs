@@ -154,7 +154,7 @@ struct TopKParams {
     kl_coef: f32,
     alpha: f32,
     grad_scale: f32,
-    _pad: u32,
+    beta: f32,
 }
 
 /// [`distill_loss_forward_backward`] against an offline teacher: per row of `student` logits
@@ -163,7 +163,9 @@ struct TopKParams {
 /// distribution at `cfg.tau`). The divergence is the forward KL between teacher and student
 /// coarse-grained onto the k ids plus one tail bucket holding the rest of each one's mass (the
 /// teacher's tail r = 1 − Σ p, spread over the student's tail ids as the student spreads its
-/// own); the forward KL only (`cfg.divergence` must be `Forward`).
+/// own); or the reverse KL or generalised JSD between those buckets, where the teacher's tail is
+/// floored at 1e-7 (the kernel's `TAIL_FLOOR`: a student tail against an empty teacher tail
+/// would be infinitely far).
 pub fn distill_topk_forward_backward(
     b: &mut Batch,
     cfg: &DistillLoss,
@@ -190,13 +192,20 @@ pub fn distill_topk_forward_backward(
     expect_dtype(OP, "top_ids", top_ids, DType::U32)?;
     expect_dtype(OP, "top_logp", top_logp, DType::F32)?;
     let finite = check_rows_and_weights(OP, rows, targets, (loss, kl), cfg, grad_scale)?;
-    if !finite || cfg.tau <= 0.0 || cfg.kl_coef < 0.0 || cfg.alpha < 0.0 || cfg.divergence != Divergence::Forward {
+    let beta = match cfg.divergence {
+        Divergence::Jsd { beta } => beta,
+        _ => 0.5,
+    };
+    if !finite || cfg.tau <= 0.0 || cfg.kl_coef < 0.0 || cfg.alpha < 0.0 || !(beta > 0.0 && beta < 1.0) {
         return Err(PupilError::arg(
             OP,
-            format!("the forward KL, τ > 0, kl_coef ≥ 0, α ≥ 0 and a finite grad scale; got {cfg:?}, {grad_scale}"),
+            format!("τ > 0, kl_coef ≥ 0, α ≥ 0, 0 < β < 1 and a finite grad scale; got {cfg:?}, {grad_scale}"),
         ));
     }
-    let key = kernel(b.context(), "distill_topk", "distill_topk_forward_backward", dt, true, WG);
+    let key = kernel(b.context(), "distill_topk", "distill_topk_forward_backward", dt, true, WG)
+        .flag("FORWARD", cfg.divergence == Divergence::Forward)
+        .flag("REVERSE", cfg.divergence == Divergence::Reverse)
+        .flag("JSD", matches!(cfg.divergence, Divergence::Jsd { .. }));
     let p = TopKParams {
         rows: to_u32(OP, rows)?,
         vocab: to_u32(OP, vocab)?,
@@ -205,7 +214,7 @@ pub fn distill_topk_forward_backward(
         kl_coef: cfg.kl_coef,
         alpha: cfg.alpha,
         grad_scale,
-        _pad: 0,
+        beta,
     };
     let grid = row_grid(b, rows)?;
     b.dispatch(&key, bytemuck::bytes_of(&p), &[student, top_ids, top_logp, targets, loss, kl], grid)
@@ -236,6 +245,8 @@ pub fn variants() -> Vec<KernelKey> {
     let mut v = dtype_and_reduction_variants(base(), true);
     v.extend(dtype_and_reduction_variants(base().flag("REVERSE", true), true));
     v.extend(dtype_and_reduction_variants(base().flag("JSD", true), true));
-    v.extend(dtype_and_reduction_variants(topk, true));
+    for flag in ["FORWARD", "REVERSE", "JSD"] {
+        v.extend(dtype_and_reduction_variants(topk.clone().flag(flag, true), true));
+    }
     v
 }

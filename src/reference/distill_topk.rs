@@ -1,14 +1,19 @@
 //! Reference for `ops::distill_loss::distill_topk_forward_backward`, in f64.
 
-use super::distill_loss::log_softmax;
+use super::distill_loss::{log_softmax, Div};
+
+/// The teacher's tail floor of the reverse KL and the JSD (the kernel's `TAIL_FLOOR`).
+pub const TAIL_FLOOR: f64 = 1e-7;
 
 /// Per row: (loss, kl) and the gradient of `grad_scale · Σ loss` w.r.t. the student's logits,
 /// for an offline teacher's `k` ids and log-probabilities per row (`top_ids`, `top_logp`,
-/// `[rows, k]`): the forward KL between the teacher's and the student's (at temperature `tau`)
-/// distributions over k + 1 buckets — the k ids, and the rest of the vocabulary as one (the
-/// student's tail summed over the ids not among the k; the teacher's is 1 − Σ p, at least 0) —
-/// times `kl_coef`, plus `alpha` · CE at temperature 1. Rows with a target ≥ vocab count for
-/// nothing.
+/// `[rows, k]`): the divergence `div` between the teacher's and the student's (at temperature
+/// `tau`) distributions over k + 1 buckets — the k ids, and the rest of the vocabulary as one
+/// (the student's tail summed over the ids not among the k; the teacher's is 1 − Σ p, at least
+/// 0, floored at [`TAIL_FLOOR`] for the reverse KL and JSD; no tail bucket when k = vocab) —
+/// times `kl_coef`, plus `alpha` · CE at temperature 1. The gradient goes through the buckets'
+/// sums: dD/db_i = q_i (d_B(i) − Σ_B q̃_B d_B), d_B = dD/dq̃_B. Rows with a target ≥ vocab count
+/// for nothing.
 #[allow(clippy::too_many_arguments)]
 pub fn distill_topk(
     student: &[f64],
@@ -16,6 +21,7 @@ pub fn distill_topk(
     (top_ids, top_logp, k): (&[u32], &[f64], usize),
     targets: &[u32],
     (tau, kl_coef, alpha): (f64, f64, f64),
+    div_kind: Div,
     grad_scale: f64,
 ) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
     let (mut loss, mut kl, mut grad) = (Vec::new(), Vec::new(), Vec::new());
@@ -28,27 +34,46 @@ pub fn distill_topk(
         }
         let (ids, lp) = (&top_ids[r * k..(r + 1) * k], &top_logp[r * k..(r + 1) * k]);
         let (log_q, log_s) = (log_softmax(z, 1.0 / tau), log_softmax(z, 1.0));
-        let mut in_top = vec![None; vocab];
+        // Bucket b of each id: j for the teacher's j-th id, k for the tail.
+        let mut bucket = vec![k; vocab];
         for (j, &id) in ids.iter().enumerate() {
-            in_top[id as usize] = Some(j);
+            bucket[id as usize] = j;
         }
-        let tail_q: f64 = (0..vocab).filter(|&i| in_top[i].is_none()).map(|i| log_q[i].exp()).sum();
-        let tail_p = (1.0 - lp.iter().map(|x| x.exp()).sum::<f64>()).max(0.0);
-        let mut div: f64 = ids.iter().zip(lp).map(|(&id, &l)| l.exp() * (l - log_q[id as usize])).sum();
-        if tail_p > 0.0 && k < vocab {
-            div += tail_p * (tail_p.ln() - tail_q.ln());
+        let has_tail = k < vocab;
+        let n_buckets = if has_tail { k + 1 } else { k };
+        let mut qb: Vec<f64> = ids.iter().map(|&id| log_q[id as usize].exp()).collect();
+        let mut pb: Vec<f64> = lp.iter().map(|x| x.exp()).collect();
+        if has_tail {
+            qb.push((0..vocab).filter(|&i| bucket[i] == k).map(|i| log_q[i].exp()).sum());
+            let tail = (1.0 - pb.iter().sum::<f64>()).max(0.0);
+            pb.push(if div_kind == Div::Forward { tail } else { tail.max(TAIL_FLOOR) });
         }
+        // The divergence and its derivative by each bucket's student mass.
+        let (div, d): (f64, Vec<f64>) = match div_kind {
+            Div::Forward => (
+                (0..n_buckets).filter(|&b| pb[b] > 0.0).map(|b| pb[b] * (pb[b] / qb[b]).ln()).sum(),
+                (0..n_buckets).map(|b| -pb[b] / qb[b]).collect(),
+            ),
+            Div::Reverse => (
+                (0..n_buckets).map(|b| qb[b] * (qb[b] / pb[b]).ln()).sum(),
+                (0..n_buckets).map(|b| (qb[b] / pb[b]).ln() + 1.0).collect(),
+            ),
+            Div::Jsd(beta) => {
+                let m: Vec<f64> = (0..n_buckets).map(|b| beta * pb[b] + (1.0 - beta) * qb[b]).collect();
+                let div = (0..n_buckets)
+                    .map(|b| beta * pb[b] * (pb[b] / m[b]).ln() + (1.0 - beta) * qb[b] * (qb[b] / m[b]).ln())
+                    .sum();
+                (div, (0..n_buckets).map(|b| (1.0 - beta) * (qb[b] / m[b]).ln()).collect())
+            }
+        };
         loss.push(kl_coef * div - alpha * log_s[t as usize]);
         kl.push(div);
+        let mean_d: f64 = (0..n_buckets).map(|b| qb[b] * d[b]).sum();
         for i in 0..vocab {
             let q = log_q[i].exp();
-            // The teacher's mass on id i: its own, or its tail's share as the student spreads it.
-            let p = match in_top[i] {
-                Some(j) => lp[j].exp(),
-                None => tail_p * q / tail_q,
-            };
+            let d_div = q * (d[bucket[i]] - mean_d);
             let ce = log_s[i].exp() - if i == t as usize { 1.0 } else { 0.0 };
-            grad.push(grad_scale * (kl_coef / tau * (q - p) + alpha * ce));
+            grad.push(grad_scale * (kl_coef / tau * d_div + alpha * ce));
         }
     }
     (loss, kl, grad)
@@ -84,13 +109,16 @@ mod tests {
         let (rows, vocab, k) = (3, 29, 5);
         let zs: Vec<f64> = rng.vec_nonzero(rows * vocab, -4.0, 4.0).iter().map(|&x| x as f64).collect();
         let targets = [3, u32::MAX, 28];
-        for (tau, alpha) in [(1.0, 0.5), (2.0, 0.0)] {
-            let (ids, lp) = top_k_of(&mut rng, rows, vocab, k, tau);
-            let w = (tau, tau * tau, alpha);
-            let (_, _, grad) = distill_topk(&zs, vocab, (&ids, &lp, k), &targets, w, 0.5);
-            let total =
-                |s: &[f64]| distill_topk(s, vocab, (&ids, &lp, k), &targets, w, 0.5).0.iter().sum::<f64>() * 0.5;
-            check_gradient(&format!("distill_topk dlogits τ={tau}"), &zs, &grad, total);
+        for div in [Div::Forward, Div::Reverse, Div::Jsd(0.5), Div::Jsd(0.2)] {
+            for (tau, alpha) in [(1.0, 0.5), (2.0, 0.0)] {
+                let (ids, lp) = top_k_of(&mut rng, rows, vocab, k, tau);
+                let w = (tau, tau * tau, alpha);
+                let (_, _, grad) = distill_topk(&zs, vocab, (&ids, &lp, k), &targets, w, div, 0.5);
+                let total = |s: &[f64]| {
+                    distill_topk(s, vocab, (&ids, &lp, k), &targets, w, div, 0.5).0.iter().sum::<f64>() * 0.5
+                };
+                check_gradient(&format!("distill_topk dlogits {div:?} τ={tau}"), &zs, &grad, total);
+            }
         }
     }
 
@@ -105,21 +133,14 @@ mod tests {
         let lse = |z: &[f64]| z.iter().map(|x| (x / tau).exp()).sum::<f64>().ln();
         let lp: Vec<f64> = zt.iter().map(|x| x / tau - lse(&zt)).collect();
         let ids: Vec<u32> = (0..vocab as u32).collect();
-        let (_, full, _) = distill_topk(&zs, vocab, (&ids, &lp, vocab), &[0], (tau, 1.0, 0.0), 1.0);
-        let (dense_loss, _, dense) = crate::reference::distill_loss::distill_loss(
-            &zs,
-            &zt,
-            vocab,
-            &[0],
-            (tau, 1.0, 0.0),
-            crate::reference::distill_loss::Div::Forward,
-            1.0,
-        );
+        let (_, full, _) = distill_topk(&zs, vocab, (&ids, &lp, vocab), &[0], (tau, 1.0, 0.0), Div::Forward, 1.0);
+        let (dense_loss, _, dense) =
+            crate::reference::distill_loss::distill_loss(&zs, &zt, vocab, &[0], (tau, 1.0, 0.0), Div::Forward, 1.0);
         assert!((full[0] - dense_loss[0]).abs() < 1e-12, "{} vs {}", full[0], dense_loss[0]);
-        let (_, _, g) = distill_topk(&zs, vocab, (&ids, &lp, vocab), &[0], (tau, 1.0, 0.0), 1.0);
+        let (_, _, g) = distill_topk(&zs, vocab, (&ids, &lp, vocab), &[0], (tau, 1.0, 0.0), Div::Forward, 1.0);
         assert!(g.iter().zip(&dense).all(|(a, b)| (a - b).abs() < 1e-12));
         let (ids4, lp4): (Vec<u32>, Vec<f64>) = ids.iter().zip(&lp).take(4).map(|(&i, &l)| (i, l)).unzip();
-        let (_, coarse, _) = distill_topk(&zs, vocab, (&ids4, &lp4, 4), &[0], (tau, 1.0, 0.0), 1.0);
+        let (_, coarse, _) = distill_topk(&zs, vocab, (&ids4, &lp4, 4), &[0], (tau, 1.0, 0.0), Div::Forward, 1.0);
         assert!(coarse[0] < full[0] && coarse[0] > 0.0, "{} vs {}", coarse[0], full[0]);
     }
 }

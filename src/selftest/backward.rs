@@ -216,19 +216,26 @@ async fn distill_loss(ctx: &GpuContext, dt: DType) -> Result<Vec<CaseReport>> {
 /// `reference::distill_topk`: k from 1 to the kernel's most, k = vocab (no tail), τ ≠ 1, an
 /// ignored row; the teacher's ids are its k most likely of random logits, in that order.
 async fn distill_topk(ctx: &GpuContext, dt: DType) -> Result<Vec<CaseReport>> {
-    use crate::ops::distill_loss::{distill_topk_forward_backward, DistillLoss, MAX_TOP_K};
+    use crate::ops::distill_loss::{distill_topk_forward_backward, DistillLoss, Divergence, MAX_TOP_K};
+    use crate::reference::distill_loss::Div;
     let mut rng = SplitMix64::new(0x70_9C);
     let mut out = Vec::new();
-    // (rows, vocab, k, ignored row, τ, α, what)
-    type Case = (usize, usize, usize, Option<usize>, f32, f32, &'static str);
+    // (rows, vocab, k, ignored row, τ, α, divergence, what)
+    type Case = (usize, usize, usize, Option<usize>, f32, f32, Divergence, &'static str);
+    let (fwd, rev, jsd) = (Divergence::Forward, Divergence::Reverse, Divergence::Jsd { beta: 0.5 });
     let cases: &[Case] = &[
-        (1, 7, 1, None, 1.0, 0.5, "one row, k 1"),
-        (3, 1000, 16, Some(1), 2.0, 0.1, "odd vocab, one row ignored"),
-        (2, 50, 50, None, 1.0, 0.0, "k = vocab: no tail"),
-        (4, 49152, MAX_TOP_K, Some(0), 1.0, 0.5, "SmolLM2 vocab, the most k"),
-        (2, 262144, 8, None, 1.5, 0.2, "Gemma 3 vocab"),
+        (1, 7, 1, None, 1.0, 0.5, fwd, "one row, k 1"),
+        (3, 1000, 16, Some(1), 2.0, 0.1, fwd, "odd vocab, one row ignored"),
+        (2, 50, 50, None, 1.0, 0.0, fwd, "k = vocab: no tail"),
+        (4, 49152, MAX_TOP_K, Some(0), 1.0, 0.5, fwd, "SmolLM2 vocab, the most k"),
+        (2, 262144, 8, None, 1.5, 0.2, fwd, "Gemma 3 vocab"),
+        (3, 1000, 16, Some(2), 2.0, 0.1, rev, "reverse KL"),
+        (2, 50, 50, None, 1.0, 0.0, rev, "reverse, k = vocab"),
+        (2, 49152, 32, None, 1.0, 0.3, rev, "reverse, SmolLM2 vocab"),
+        (3, 1000, 16, Some(0), 2.0, 0.1, jsd, "JSD"),
+        (2, 49152, 32, None, 1.0, 0.0, Divergence::Jsd { beta: 0.2 }, "JSD β 0.2, SmolLM2 vocab"),
     ];
-    for &(rows, vocab, k, ignored, tau, alpha, what) in cases {
+    for &(rows, vocab, k, ignored, tau, alpha, divergence, what) in cases {
         let student = inputs(&mut rng, rows * vocab, -8.0, 8.0, dt);
         let teacher = inputs(&mut rng, rows * vocab, -8.0, 8.0, DType::F32);
         let (mut top_ids, mut top_logp) = (Vec::new(), Vec::new());
@@ -244,7 +251,7 @@ async fn distill_topk(ctx: &GpuContext, dt: DType) -> Result<Vec<CaseReport>> {
         let targets: Vec<u32> = (0..rows)
             .map(|r| if Some(r) == ignored { IGNORE_TARGET } else { (rng.next_u64() % vocab as u64) as u32 })
             .collect();
-        let cfg = DistillLoss::hinton(tau, alpha);
+        let cfg = DistillLoss { divergence, ..DistillLoss::hinton(tau, alpha) };
         let scale = 1.0 / rows as f32;
         let f64s = |v: &[f32]| v.iter().map(|&x| x as f64).collect::<Vec<_>>();
         let (want_loss, want_kl, want_grad) = reference::distill_topk::distill_topk(
@@ -253,6 +260,11 @@ async fn distill_topk(ctx: &GpuContext, dt: DType) -> Result<Vec<CaseReport>> {
             (&top_ids, &f64s(&top_logp), k),
             &targets,
             (tau as f64, cfg.kl_coef as f64, alpha as f64),
+            match divergence {
+                Divergence::Forward => Div::Forward,
+                Divergence::Reverse => Div::Reverse,
+                Divergence::Jsd { beta } => Div::Jsd(beta as f64),
+            },
             scale as f64,
         );
         let st = poisoned(ctx, &[rows, vocab], dt)?;
@@ -264,14 +276,16 @@ async fn distill_topk(ctx: &GpuContext, dt: DType) -> Result<Vec<CaseReport>> {
         let mut b = Batch::new(ctx);
         distill_topk_forward_backward(&mut b, &cfg, &st, (&ids_t, &logp_t), &targets_t, (&loss, &kl), scale)?;
         b.submit();
-        let case = |s: &str| format!("{s} {rows}x{vocab} k={k} τ={tau} α={alpha} ({what})");
-        out.push(check_float(ctx, "distill_topk", case("loss"), &loss, &want_loss).await?);
+        let case = |s: &str| format!("{s} {rows}x{vocab} k={k} τ={tau} α={alpha} {divergence} ({what})");
         // The KL is the difference of O(1) terms (the k ids' cross term and the tail bucket's)
-        // in f32: its error is ~1e-7 absolute however small it is, so 1e-4 relative here.
-        let got_kl = kl.read_f32(ctx).await?;
+        // in f32: its error is ~1e-7 absolute however small it is, so 1e-4 relative here; and
+        // for the loss when it is only the KL (α = 0).
         let kl_tol = Tolerance { rel: 1e-4, max_abs_frac: 1e-4 };
-        let canary = canary_intact(ctx, &kl).await?;
-        out.push(compare_within(ctx, "distill_topk", case("kl"), DType::F32, &got_kl, &want_kl, canary, kl_tol));
+        let loss_tol = if alpha == 0.0 { kl_tol } else { Tolerance::of(DType::F32) };
+        for (what, t, want, tol) in [("loss", &loss, &want_loss, loss_tol), ("kl", &kl, &want_kl, kl_tol)] {
+            let (got, canary) = (t.read_f32(ctx).await?, canary_intact(ctx, t).await?);
+            out.push(compare_within(ctx, "distill_topk", case(what), DType::F32, &got, want, canary, tol));
+        }
         out.push(check_float(ctx, "distill_topk", case("dlogits"), &st, &want_grad).await?);
     }
     Ok(out)

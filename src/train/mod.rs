@@ -258,7 +258,8 @@ pub async fn train_resumable(
 
 /// [`distill`] from an offline teacher: every row carries the teacher's top-k (`Row::top_k`,
 /// read from a `pupil teach` file by [`teach::read_teach_file`]), and `loss.tau` is the
-/// temperature it was written at (the forward KL only). No held-out teacher loss.
+/// temperature it was written at (any divergence: over the k ids and one tail bucket). No
+/// held-out teacher loss.
 pub async fn distill_offline(
     ctx: &GpuContext,
     trainer: &mut Trainer<'_>,

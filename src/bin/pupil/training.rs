@@ -230,11 +230,8 @@ pub(super) async fn train_run(
         }
         (true, Some(t)) => {
             let h = train::teach::read_header(&text)?;
-            if t.tau_given.is_some_and(|tau| tau != h.tau) || t.loss.divergence != Divergence::Forward {
-                return Err(other(format!(
-                    "the teach file's distribution is at τ {} and learnt by the forward KL: drop --tau / --divergence",
-                    h.tau
-                )));
+            if t.tau_given.is_some_and(|tau| tau != h.tau) {
+                return Err(other(format!("the teach file's distribution is at τ {}: drop --tau", h.tau)));
             }
             if t.align.is_some() || t.schedule.tau_end.is_some() {
                 return Err(other(
@@ -292,7 +289,10 @@ pub(super) async fn train_run(
         }
     };
     // The offline teacher's loss: the file's τ (Hinton's τ² weight), the given CE weight.
-    let offline_loss = offline.as_ref().zip(teacher.as_ref()).map(|(h, t)| DistillLoss::hinton(h.tau, t.loss.alpha));
+    let offline_loss = offline
+        .as_ref()
+        .zip(teacher.as_ref())
+        .map(|(h, t)| DistillLoss { divergence: t.loss.divergence, ..DistillLoss::hinton(h.tau, t.loss.alpha) });
     // A replay mix: the second dataset's rows in the training part, its last tenth held out.
     let (rows, cfg, replay_eval) = match &replay {
         None => (rows, cfg, Vec::new()),

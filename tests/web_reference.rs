@@ -154,3 +154,104 @@ fn synthetic_model_training_for_the_browser() {
         json!({"preset": preset, "seed": seed, "data": data, "options": options, "report": report.to_json()}),
     );
 }
+
+/// Distillation runs on synthetic tiny-llamas (f32, shared-memory reductions, as the browser
+/// runs them): `tests/browser/run.mjs` has the page's `Engine.distill` run each with the same
+/// options and data and requires the same losses and KLs (`pupil-web-distill-native.json`):
+/// an online teacher (another seed's model, `loadTeacher`), context distillation (the student
+/// itself reading an instruction), and a pruned student (`pruneIntoStudent {keep: [1]}`) healed
+/// by logits and hidden-state alignment.
+#[test]
+fn synthetic_model_distillation_for_the_browser() {
+    use pupil::train::distill::{distill_data, split_options, DistillInput};
+    let ctx = browser_like_context();
+    let preset = "tiny-llama";
+    let synth_file = |seed| synth::synthesize(&synth::preset(preset).unwrap(), seed, &mut |_, _| {}).unwrap();
+    let (student_file, teacher_file) = (synth_file(1), synth_file(2));
+    let tokenizer = Tokenizer::from_gguf(&parse_header(&student_file).unwrap()).unwrap();
+    let opts = ModelOptions { dtype: Some(DType::F32), context: Some(256), ..ModelOptions::default() };
+    let load = |file: &[u8]| LlamaModel::load(&ctx, file, &opts, &mut |_, _| {}).unwrap();
+    let (student, teacher) = (load(&student_file), load(&teacher_file));
+    let keep = [1usize];
+    let pruned_file = pollster::block_on(pupil::model::prune::keep_layers(
+        &parse_header(&student_file).unwrap(),
+        &student_file,
+        &keep,
+    ))
+    .unwrap();
+    let pruned = load(&pruned_file);
+    let kept = pupil::model::prune::kept_layers(&parse_header(&pruned_file).unwrap(), 1).unwrap();
+    assert_eq!(kept, keep);
+    let text = "We hold these truths to be self-evident, that all men are created equal, that they are \
+                endowed by their Creator with certain unalienable Rights."
+        .repeat(3);
+    let lines: String = [
+        "We hold these truths to be self-evident.",
+        "Life, Liberty and the pursuit of Happiness.",
+        "Governments are instituted among Men.",
+        "Prudence, indeed, will dictate.",
+        "The history of repeated injuries.",
+    ]
+    .iter()
+    .map(|t| format!("{}\n", json!({ "text": t })))
+    .collect();
+    let base = json!({"rank": 4, "alpha": 8, "steps": 3, "seqLen": 48, "batchRows": 2, "lr": 0.01, "warmup": 1,
+                      "evalFraction": 0.25, "seed": 5});
+    let with = |extra: serde_json::Value| {
+        let mut o = base.clone();
+        o.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        o
+    };
+    let runs = [
+        ("online", &student, Some(&teacher), None, text.clone(), with(json!({"tau": 2.0, "kdAlpha": 0.5}))),
+        (
+            "context",
+            &student,
+            None,
+            None,
+            lines.clone(),
+            with(json!({"format": "jsonl", "tau": 1.0, "kdAlpha": 0.0, "instruction": "Answer like a pirate."})),
+        ),
+        (
+            "pruned",
+            &pruned,
+            Some(&student),
+            Some(&kept[..]),
+            text.clone(),
+            with(
+                json!({"tau": 1.0, "kdAlpha": 0.0, "divergence": "jsd:0.3", "alignHidden": 0.1, "lr": 0.03, "steps": 4}),
+            ),
+        ),
+    ];
+    let mut out = Vec::new();
+    for (name, model, teacher, kept, data, options) in runs {
+        let (ft, kd) = split_options("test", &options.to_string()).unwrap();
+        let (cfg, format) = ft.config().unwrap();
+        let input = DistillInput {
+            student: model,
+            student_kept: kept,
+            teacher,
+            tokenizer: &tokenizer,
+            template: None,
+            data: &data,
+            format,
+        };
+        let (report, weights) = pollster::block_on(distill_data(&ctx, &input, &cfg, &kd, &mut |_| {})).unwrap();
+        let kls: Vec<f64> = report.steps.iter().map(|s| s.kl.unwrap()).collect();
+        println!(
+            "{name}: losses {:?}, KLs {kls:?}, held-out KL {:?} → {:?}, teacher's held-out loss {:?}",
+            report.steps.iter().map(|s| s.loss).collect::<Vec<_>>(),
+            report.eval_kl_before,
+            report.eval_kl_after,
+            report.teacher_eval_loss
+        );
+        assert!(report.steps.iter().all(|s| s.applied) && kls.iter().all(|k| k.is_finite() && *k > 0.0), "{name}");
+        assert!(report.eval_kl_after < report.eval_kl_before, "{name}: distillation lowers the held-out KL");
+        assert!(!weights.is_empty());
+        out.push(json!({"name": name, "data": data, "options": options, "report": report.to_json()}));
+    }
+    write(
+        "pupil-web-distill-native.json",
+        json!({"preset": preset, "studentSeed": 1, "teacherSeed": 2, "keep": keep, "runs": out}),
+    );
+}

@@ -60,6 +60,30 @@ pub fn least_influential_dropped(influence: &[f64], drop: usize) -> Result<Vec<u
     Ok((0..n).filter(|l| !dropped.contains(l)).collect())
 }
 
+/// Each layer's block influence on calibration tokens `ids` (`Trainer::block_influence`,
+/// 1 − cos(block input, block output) averaged over tokens): read in documents of at most 256
+/// tokens (within any context), weighted by their lengths. For [`least_influential_dropped`].
+pub async fn calibrated_influence(
+    ctx: &crate::gpu::GpuContext,
+    model: &crate::model::LlamaModel,
+    ids: &[u32],
+) -> Result<Vec<f64>> {
+    let chunk = 256.min(model.context);
+    let pieces: Vec<&[u32]> = ids.chunks(chunk).filter(|c| c.len() >= 2).collect();
+    if pieces.is_empty() {
+        return Err(PupilError::arg("prune", "fewer than 2 calibration tokens"));
+    }
+    let mut t = crate::model::Trainer::with_last_layers(ctx, model, None, 0, chunk, 1)?;
+    let mut influence = vec![0.0; model.config.n_layers];
+    for piece in &pieces {
+        let bi = t.block_influence(ctx, piece, &[piece.len()]).await?;
+        influence.iter_mut().zip(bi).for_each(|(a, b)| *a += b * piece.len() as f64);
+    }
+    let counted: usize = pieces.iter().map(|p| p.len()).sum();
+    influence.iter_mut().for_each(|a| *a /= counted as f64);
+    Ok(influence)
+}
+
 /// Parse `0-17,29` (ranges and single layers) into sorted distinct layer indices.
 pub fn parse_layer_list(s: &str) -> Result<Vec<usize>> {
     let bad = || PupilError::arg("prune", format!("`{s}` is not a layer list such as 0-17,29"));

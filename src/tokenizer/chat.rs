@@ -78,6 +78,7 @@ const NAME: &str = "chat_template";
 const TEMPLATE_FUEL: u64 = 5_000_000;
 
 /// A compiled chat template plus the special-token strings it may use.
+#[derive(Clone)]
 pub struct ChatTemplate {
     env: Environment<'static>,
     source: Arc<str>,

@@ -27,6 +27,15 @@ impl DataFormat {
             DataFormat::Text
         }
     }
+
+    /// An options field: `"text"` (also when absent) or `"jsonl"`.
+    pub fn parse(op: &'static str, name: Option<&str>) -> Result<DataFormat> {
+        match name {
+            None | Some("text") => Ok(DataFormat::Text),
+            Some("jsonl") => Ok(DataFormat::Jsonl),
+            Some(other) => Err(PupilError::arg(op, format!("format `{other}` (text or jsonl)"))),
+        }
+    }
 }
 
 /// A tokenized document: ids and, per id, whether predicting it counts in the loss.

@@ -6,6 +6,7 @@
 
 pub mod checkpoint;
 pub mod data;
+pub mod distill;
 pub mod export;
 pub mod teach;
 
@@ -692,11 +693,7 @@ impl FinetuneOptions {
             None => d.lora.targets.clone(),
             Some(t) => t.iter().map(|s| LoraTarget::parse(s)).collect::<Result<_>>()?,
         };
-        let format = match self.format.as_deref() {
-            None | Some("text") => DataFormat::Text,
-            Some("jsonl") => DataFormat::Jsonl,
-            Some(other) => return Err(PupilError::arg("finetune", format!("format `{other}` (text or jsonl)"))),
-        };
+        let format = DataFormat::parse("finetune", self.format.as_deref())?;
         let cfg = FinetuneConfig {
             lora: LoraConfig {
                 rank: self.rank.unwrap_or(d.lora.rank),

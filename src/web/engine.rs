@@ -24,7 +24,8 @@ use crate::engine::{
 };
 use crate::error::PupilError;
 use crate::gpu::{ContextOptions, DType, GpuContext};
-use crate::model::{read_header, LlamaModel, ModelConfig, ModelOptions, Overflow};
+use crate::model::gguf::GgufHeader;
+use crate::model::{prune, read_header, LlamaModel, ModelConfig, ModelOptions, Overflow};
 use crate::sampling::{Sampler, SamplerConfig};
 use crate::tokenizer::{ChatMessage, ChatTemplate, TemplateValue, Tokenizer};
 
@@ -52,6 +53,19 @@ struct LoadOptions {
     overflow: Option<String>,
     sink_tokens: Option<usize>,
     memory_budget: Option<u64>,
+}
+
+/// `pruneIntoStudent`'s options.
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct PruneOptions {
+    keep: Option<Vec<usize>>,
+    drop: Option<usize>,
+    /// Calibration text for `drop` (block influence), `"text"` or `"jsonl"` per `format`.
+    data: Option<String>,
+    format: Option<String>,
+    /// At most this many calibration tokens (4096).
+    calibration_tokens: Option<usize>,
 }
 
 #[derive(Deserialize, Default)]
@@ -95,13 +109,29 @@ struct Loaded {
     template: Option<ChatTemplate>,
     /// `None` while a generation has it.
     session: Option<Session<'static>>,
-    /// What the last `finetune` of this model trained, as safetensors (`trainedWeights`).
+    /// What the last `finetune` or `distill` of this model trained, as safetensors
+    /// (`trainedWeights`).
     trained: Option<Vec<u8>>,
+    /// The model the session runs (trainers borrow it; `pruneIntoStudent` makes it the teacher).
+    model: Arc<LlamaModel>,
+    /// The file it was loaded from, and its header (`pruneIntoStudent` reads it again).
+    source: web_sys::Blob,
+    header: GgufHeader,
+    /// Which layers of its teacher a pruned student kept (its file's record).
+    kept_layers: Option<Vec<usize>>,
+}
+
+/// The teacher of `distill`: a second model (`loadTeacher`), or the model a pruned student came
+/// from (`pruneIntoStudent`).
+struct TeacherModel {
+    model: Arc<LlamaModel>,
+    info: serde_json::Value,
 }
 
 struct Inner {
     ctx: GpuContext,
     loaded: RefCell<Option<Loaded>>,
+    teacher: RefCell<Option<TeacherModel>>,
     busy: Cell<bool>,
 }
 
@@ -164,7 +194,7 @@ impl Engine {
         if let Some(cap) = o.max_buffer_size {
             ctx.caps.max_buffer_size = ctx.caps.max_buffer_size.min(cap);
         }
-        let inner = Inner { ctx, loaded: RefCell::new(None), busy: Cell::new(false) };
+        let inner = Inner { ctx, loaded: RefCell::new(None), teacher: RefCell::new(None), busy: Cell::new(false) };
         Ok(Engine { inner: Rc::new(inner) })
     }
 
@@ -217,32 +247,12 @@ impl Engine {
                     callback_error = Some(e);
                 }
             };
-            let header = read_header(&source).await.map_err(|e| js_error(&e))?;
-            progress(header.data_offset, header.data_offset, "header");
-            let tokenizer = Tokenizer::from_gguf(&header).map_err(|e| js_error(&e))?;
-            let template = ChatTemplate::from_gguf(&header).ok();
-            let mut opts = opts;
-            if opts.dtype.is_none() {
-                // Unspecified: f16 where the adapter has it and the model's activations fit it.
-                let cfg = ModelConfig::from_gguf(&header).map_err(|e| js_error(&e))?;
-                let f16 = inner.ctx.caps.f16 && !cfg.needs_f32_activations();
-                opts.dtype = Some(if f16 { DType::F16 } else { DType::F32 });
-            }
-            let model = LlamaModel::load_with_header(&inner.ctx, &header, &source, &opts, &mut |d, t| {
-                progress(d, t, "weights")
-            })
-            .await
-            .map_err(|e| js_error(&e))?;
+            let result = load_from(&inner.ctx, source, &opts, &mut progress).await;
             if let Some(e) = callback_error {
                 return Err(e);
             }
-            let name = header.get("general.name").and_then(|v| v.as_str()).unwrap_or("").to_string();
-            let info = model_info(&model, &tokenizer, &name, template.is_some());
-            // Arc for the native API's sake; in the browser everything lives on one thread.
-            #[allow(clippy::arc_with_non_send_sync)]
-            let model = Arc::new(model);
-            let session = Session::shared(&inner.ctx, model).map_err(|e| js_error(&e))?;
-            inner.loaded.replace(Some(Loaded { tokenizer, template, session: Some(session), trained: None }));
+            let (loaded, info) = result.map_err(|e| js_error(&e))?;
+            inner.loaded.replace(Some(loaded));
             Ok(JsValue::from_str(&info.to_string()))
         })
     }
@@ -447,6 +457,188 @@ impl Engine {
         })
     }
 
+    /// Load a teacher for `distill`: a second GGUF model from a `Blob` (f32, as training runs;
+    /// the same vocabulary as the student), replacing any teacher. `onProgress` as `loadModel`'s.
+    /// Resolves to its description as JSON.
+    #[wasm_bindgen(js_name = loadTeacher, unchecked_return_type = "Promise<string>")]
+    pub fn load_teacher(
+        &self,
+        source: web_sys::Blob,
+        #[wasm_bindgen(js_name = optionsJson)] options_json: String,
+        #[wasm_bindgen(js_name = onProgress, unchecked_param_type = "(done: number, total: number, phase: string) => void")]
+        on_progress: js_sys::Function,
+    ) -> js_sys::Promise {
+        let inner = self.inner.clone();
+        wasm_bindgen_futures::future_to_promise(async move {
+            const OP: &str = "Engine.loadTeacher";
+            inner.check_device()?;
+            let _busy = inner.begin("loadTeacher")?;
+            let o: LoadOptions = options(OP, &options_json)?;
+            if o.dtype.as_deref().is_some_and(|d| d != "f32") {
+                return Err(js_error(&PupilError::arg(OP, "a teacher runs on the f32 path (training's)")));
+            }
+            inner.teacher.replace(None);
+            let opts = ModelOptions { dtype: Some(DType::F32), ..model_options(&o).map_err(|e| js_error(&e))? };
+            let mut callback_error = None;
+            let mut progress = |done: u64, total: u64, phase: &str| {
+                let r = on_progress.call3(&JsValue::NULL, &(done as f64).into(), &(total as f64).into(), &phase.into());
+                if let (Err(e), None) = (r, &callback_error) {
+                    callback_error = Some(e);
+                }
+            };
+            let result = load_from(&inner.ctx, source, &opts, &mut progress).await;
+            if let Some(e) = callback_error {
+                return Err(e);
+            }
+            // The teacher needs no session, tokenizer or template: the student's are used.
+            let (loaded, info) = result.map_err(|e| js_error(&e))?;
+            inner.teacher.replace(Some(TeacherModel { model: loaded.model.clone(), info: info.clone() }));
+            Ok(JsValue::from_str(&info.to_string()))
+        })
+    }
+
+    /// The teacher's description as JSON (`loadTeacher`, `pruneIntoStudent`), or `undefined`.
+    #[wasm_bindgen(js_name = teacherInfo)]
+    pub fn teacher_info(&self) -> Option<String> {
+        self.inner.teacher.try_borrow().ok()?.as_ref().map(|t| t.info.to_string())
+    }
+
+    /// Drop the teacher; its GPU memory is freed (unless it is also the loaded model).
+    #[wasm_bindgen(js_name = unloadTeacher)]
+    pub fn unload_teacher(&self) -> Result<(), JsValue> {
+        let _busy = self.inner.begin("Engine.unloadTeacher")?;
+        self.inner.teacher.replace(None);
+        Ok(())
+    }
+
+    /// Make a depth-pruned student of the loaded model (Minitron-style): the loaded model
+    /// becomes the teacher, and its copy without some layers (`model::prune::keep_layers`)
+    /// becomes the loaded model, to be healed by `distill`. `optionsJson`: `{keep: [layers]}`,
+    /// or `{drop: N, data, format?, calibrationTokens?}` to drop the N layers of least block
+    /// influence on `data` (the first and last layer stay). Applied again to a pruned student
+    /// it prunes further (progressive pruning: distil between the steps; the record of kept
+    /// layers composes, the teacher stays the original). Resolves to JSON `{kept, dropped,
+    /// influence, model, teacher}`.
+    #[wasm_bindgen(js_name = pruneIntoStudent, unchecked_return_type = "Promise<string>")]
+    pub fn prune_into_student(&self, #[wasm_bindgen(js_name = optionsJson)] options_json: String) -> js_sys::Promise {
+        let inner = self.inner.clone();
+        wasm_bindgen_futures::future_to_promise(async move {
+            const OP: &str = "Engine.pruneIntoStudent";
+            inner.check_device()?;
+            let _busy = inner.begin("pruneIntoStudent")?;
+            let o: PruneOptions = options(OP, &options_json)?;
+            let (model, source, header, tokenizer, template) = {
+                let loaded = inner.loaded.borrow();
+                let l = loaded.as_ref().ok_or_else(|| no_model(OP))?;
+                (l.model.clone(), l.source.clone(), l.header.clone(), l.tokenizer.clone(), l.template.clone())
+            };
+            let n = model.config.n_layers;
+            let (keep, influence) = match (&o.keep, o.drop, &o.data) {
+                (Some(keep), None, None) => (keep.clone(), None),
+                (None, Some(drop), Some(data)) => {
+                    let format = crate::train::DataFormat::parse(OP, o.format.as_deref()).map_err(|e| js_error(&e))?;
+                    let docs = crate::train::documents(data, format, &tokenizer, template.as_ref())
+                        .map_err(|e| js_error(&e))?;
+                    let take = o.calibration_tokens.unwrap_or(4096);
+                    let ids: Vec<u32> = docs.iter().flat_map(|d| d.ids.iter().copied()).take(take).collect();
+                    let influence =
+                        prune::calibrated_influence(&inner.ctx, &model, &ids).await.map_err(|e| js_error(&e))?;
+                    (prune::least_influential_dropped(&influence, drop).map_err(|e| js_error(&e))?, Some(influence))
+                }
+                _ => return Err(js_error(&PupilError::arg(OP, "give {keep: [layers]}, or {drop: N, data}"))),
+            };
+            let bytes = prune::keep_layers(&header, &source, &keep).await.map_err(|e| js_error(&e))?;
+            let blob = bytes_blob(&bytes)?;
+            drop(bytes);
+            let opts =
+                ModelOptions { dtype: Some(model.dtype), context: Some(model.context), ..ModelOptions::default() };
+            // The teacher: the one the loaded model was distilled from if it is already a pruned
+            // student (progressive pruning keeps the original), else the loaded model itself.
+            let teacher_info = {
+                let mut teacher = inner.teacher.borrow_mut();
+                let was_student = inner.loaded.borrow().as_ref().is_some_and(|l| l.kept_layers.is_some());
+                if teacher.is_none() || !was_student {
+                    let name = header.get("general.name").and_then(|v| v.as_str()).unwrap_or("").to_string();
+                    let info = model_info(&model, &tokenizer, &name, template.is_some());
+                    *teacher = Some(TeacherModel { model: model.clone(), info });
+                }
+                teacher.as_ref().map(|t| t.info.clone())
+            };
+            inner.loaded.replace(None);
+            drop(model);
+            let (loaded, info) =
+                load_from(&inner.ctx, blob, &opts, &mut |_, _, _| {}).await.map_err(|e| js_error(&e))?;
+            let kept = loaded.kept_layers.clone().unwrap_or_else(|| keep.clone());
+            inner.loaded.replace(Some(loaded));
+            let dropped: Vec<usize> = (0..n).filter(|l| !keep.contains(l)).collect();
+            Ok(JsValue::from_str(
+                &json!({
+                    "kept": kept, "dropped": dropped, "influence": influence, "model": info, "teacher": teacher_info,
+                })
+                .to_string(),
+            ))
+        })
+    }
+
+    /// Distil the teacher into fresh LoRA adapters of the loaded model (f32 path) on `data`.
+    /// The teacher: the one `loadTeacher` / `pruneIntoStudent` gave; without one, the loaded
+    /// model itself reading `instruction` before each JSONL line (context distillation); none
+    /// when `data` is a `pupil teach` file (its top-k). `optionsJson`: `finetune`'s options and
+    /// `tau` (2), `kdAlpha` (0.5), `divergence` (`forward` | `reverse` | `jsd` | `jsd:β`),
+    /// `tauEnd`, `kdAlphaEnd`, `instruction`, `alignHidden` (weight), `alignPairs`.
+    /// `onStep(stepJson)` after every step (with its `kl`). Resolves to the report as JSON
+    /// (held-out loss and KL before and after, the teacher's held-out loss). What it trained is
+    /// kept for `trainedWeights`.
+    #[wasm_bindgen(unchecked_return_type = "Promise<string>")]
+    pub fn distill(
+        &self,
+        data: String,
+        #[wasm_bindgen(js_name = optionsJson)] options_json: String,
+        #[wasm_bindgen(js_name = onStep, unchecked_param_type = "(stepJson: string) => void")]
+        on_step: js_sys::Function,
+    ) -> js_sys::Promise {
+        let inner = self.inner.clone();
+        wasm_bindgen_futures::future_to_promise(async move {
+            const OP: &str = "Engine.distill";
+            inner.check_device()?;
+            let _busy = inner.begin("distill")?;
+            let (ft, kd) = crate::train::distill::split_options(OP, &options_json).map_err(|e| js_error(&e))?;
+            let (cfg, format) = ft.config().map_err(|e| js_error(&e))?;
+            let (model, tokenizer, template, kept) = {
+                let loaded = inner.loaded.borrow();
+                let l = loaded.as_ref().ok_or_else(|| no_model(OP))?;
+                (l.model.clone(), l.tokenizer.clone(), l.template.clone(), l.kept_layers.clone())
+            };
+            let teacher = inner.teacher.borrow().as_ref().map(|t| t.model.clone());
+            let mut callback_error = None;
+            let result = {
+                let mut progress = |s: &crate::train::StepLog| {
+                    if let Err(e) = on_step.call1(&JsValue::NULL, &JsValue::from_str(&s.to_json().to_string())) {
+                        callback_error.get_or_insert(e);
+                    }
+                };
+                let input = crate::train::distill::DistillInput {
+                    student: &model,
+                    student_kept: kept.as_deref(),
+                    teacher: teacher.as_deref(),
+                    tokenizer: &tokenizer,
+                    template: template.as_ref(),
+                    data: &data,
+                    format,
+                };
+                crate::train::distill::distill_data(&inner.ctx, &input, &cfg, &kd, &mut progress).await
+            };
+            if let (Ok((_, bytes)), Some(l)) = (&result, inner.loaded.borrow_mut().as_mut()) {
+                l.trained = Some(bytes.clone());
+            }
+            if let Some(e) = callback_error {
+                return Err(e);
+            }
+            let (report, _) = result.map_err(|e| js_error(&e))?;
+            Ok(JsValue::from_str(&report.to_json().to_string()))
+        })
+    }
+
     /// What the last successful `finetune` of the loaded model trained, as a safetensors file
     /// (`train::trained_safetensors`: LoRA A/B per layer and projection, fully trained layers
     /// under GGUF names, gates; F32, the file's row order); `undefined` before any.
@@ -487,6 +679,45 @@ impl Engine {
     pub fn lose_device_for_test(&self) {
         self.inner.ctx.destroy_device();
     }
+}
+
+/// Read `source`'s header, tokenizer and template and load its model (`opts.dtype` unset: f16
+/// where the adapter has it and the model's activations fit it): the loaded model and its
+/// description.
+async fn load_from(
+    ctx: &GpuContext,
+    source: web_sys::Blob,
+    opts: &ModelOptions,
+    progress: &mut dyn FnMut(u64, u64, &str),
+) -> crate::Result<(Loaded, serde_json::Value)> {
+    let header = read_header(&source).await?;
+    progress(header.data_offset, header.data_offset, "header");
+    let tokenizer = Tokenizer::from_gguf(&header)?;
+    let template = ChatTemplate::from_gguf(&header).ok();
+    let mut opts = opts.clone();
+    if opts.dtype.is_none() {
+        let cfg = ModelConfig::from_gguf(&header)?;
+        let f16 = ctx.caps.f16 && !cfg.needs_f32_activations();
+        opts.dtype = Some(if f16 { DType::F16 } else { DType::F32 });
+    }
+    let model =
+        LlamaModel::load_with_header(ctx, &header, &source, &opts, &mut |d, t| progress(d, t, "weights")).await?;
+    let name = header.get("general.name").and_then(|v| v.as_str()).unwrap_or("").to_string();
+    let info = model_info(&model, &tokenizer, &name, template.is_some());
+    let kept_layers = prune::kept_layers(&header, model.config.n_layers);
+    // Arc for the native API's sake; in the browser everything lives on one thread.
+    #[allow(clippy::arc_with_non_send_sync)]
+    let model = Arc::new(model);
+    let session = Session::shared(ctx, model.clone())?;
+    let loaded =
+        Loaded { tokenizer, template, session: Some(session), trained: None, model, source, header, kept_layers };
+    Ok((loaded, info))
+}
+
+/// `bytes` as a JS `Blob` (out of the wasm heap).
+fn bytes_blob(bytes: &[u8]) -> Result<web_sys::Blob, JsValue> {
+    let parts = js_sys::Array::of1(&js_sys::Uint8Array::from(bytes));
+    web_sys::Blob::new_with_u8_array_sequence(&parts)
 }
 
 fn model_options(o: &LoadOptions) -> crate::Result<ModelOptions> {

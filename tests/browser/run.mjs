@@ -90,6 +90,17 @@ try {
       c.ok ? passed++ : failed++;
     }
   }
+  // Distillation runs: losses and KLs must equal the native runs (cargo test --test web_reference).
+  const distillPath = process.env.PUPIL_WEB_DISTILL || join(root, 'target', 'pupil-web-distill-native.json');
+  const distill = await readFile(distillPath, 'utf8').then(JSON.parse, () => null);
+  if (!distill) {
+    console.log(`FAIL distill: no native run at ${distillPath} (run cargo test --test web_reference first)`); failed++;
+  } else {
+    for (const c of await page.evaluate((n) => window.__pupilDistillChecks(n), distill)) {
+      console.log(`${c.ok ? 'ok  ' : 'FAIL'} distill: ${c.name}${c.ok ? '' : ` (${c.detail})`}`);
+      c.ok ? passed++ : failed++;
+    }
+  }
   if (consoleErrors.length) { console.log(`FAIL console errors:\n  ${consoleErrors.join('\n  ')}`); failed++; }
 } catch (e) {
   console.log(`FAIL ${e.message}`);

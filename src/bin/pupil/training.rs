@@ -112,21 +112,8 @@ pub(super) async fn prune(
             let docs =
                 train::documents(&text, DataFormat::guess(&data.to_string_lossy()), &l.tokenizer, Some(&l.template))?;
             let ids: Vec<u32> = docs.iter().flat_map(|d| d.ids.iter().copied()).take(tokens).collect();
-            // Calibration in documents of at most 256 tokens (within any context), averaged.
-            let chunk = 256.min(l.model.context);
-            let mut t = Trainer::with_last_layers(ctx, &l.model, None, 0, chunk, 1)?;
-            let mut influence = vec![0.0; n];
-            let pieces: Vec<&[u32]> = ids.chunks(chunk).filter(|c| c.len() >= 2).collect();
-            if pieces.is_empty() {
-                return Err(other(format!("{}: fewer than 2 calibration tokens", data.display())));
-            }
-            for piece in &pieces {
-                let bi = t.block_influence(ctx, piece, &[piece.len()]).await?;
-                influence.iter_mut().zip(bi).for_each(|(a, b)| *a += b * piece.len() as f64);
-            }
-            let counted: usize = pieces.iter().map(|p| p.len()).sum();
-            influence.iter_mut().for_each(|a| *a /= counted as f64);
-            println!("block influence on {counted} tokens of {} (1 − cos(in, out)):", data.display());
+            let influence = prune::calibrated_influence(ctx, &l.model, &ids).await?;
+            println!("block influence on {} tokens of {} (1 − cos(in, out)):", ids.len(), data.display());
             for (l, bi) in influence.iter().enumerate() {
                 println!("  layer {l:>3}: {bi:.5}");
             }
@@ -339,33 +326,13 @@ pub(super) async fn train_run(
                 context.as_ref().map_or(String::new(), |c| format!("; context: {c:?}"))
             );
             if let Some((weight, pairs)) = align {
-                let pairs = match (pairs, &l.kept_layers) {
-                    (Some(p), _) => pupil::model::prune::parse_alignment_pairs(p)?,
-                    (None, Some(kept)) => pupil::model::prune::alignment_pairs(kept),
-                    (None, None) if l.model.config.n_layers == t.config.n_layers => {
-                        (1..=t.config.n_layers).map(|b| (b, b)).collect()
-                    }
-                    (None, None) => {
-                        return Err(other(format!(
-                            "--align-hidden: the student has {} layers, the teacher {}, and the student records no \
-                             pruning; give --align-pairs STUDENT:TEACHER,…",
-                            l.model.config.n_layers, t.config.n_layers
-                        )))
-                    }
-                };
-                if let Some(&(_, tb)) = pairs.iter().find(|&&(_, tb)| tb > t.config.n_layers) {
-                    return Err(other(format!(
-                        "--align-pairs: the teacher has {} layers, not {tb}",
-                        t.config.n_layers
-                    )));
-                }
+                let explicit = pairs.as_deref().map(pupil::model::prune::parse_alignment_pairs).transpose()?;
+                let (ns, nt) = (l.model.config.n_layers, t.config.n_layers);
+                let pairs = train::distill::alignment_pairs(ns, nt, l.kept_layers.as_deref(), explicit)?;
                 eprintln!("hidden-state alignment, weight {weight}, student:teacher boundaries {pairs:?}");
                 trainer = trainer.with_hidden_alignment(ctx, HiddenAlignment { pairs, weight: *weight })?;
             }
-            // A context teacher's rows are longer than the student's by the instruction.
-            let longest = rows.iter().map(|r| r.teacher.as_ref().map_or(r.ids.len(), |t| t.ids.len())).max();
-            let max_tokens = batch * longest.unwrap_or(seq).max(seq);
-            Some((Trainer::with_last_layers(ctx, t, None, 0, max_tokens, seed)?, *loss))
+            Some((train::distill::teacher_trainer(ctx, t, &rows, &cfg)?, *loss))
         }
         _ => None,
     };

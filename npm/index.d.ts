@@ -268,9 +268,51 @@ export interface FinetuneReport {
   /** Distillation runs: the held-out KL to the teacher before and after (null otherwise). */
   evalKlBefore: number | null;
   evalKlAfter: number | null;
+  /** Distillation runs with a teacher model: its own held-out loss (null otherwise). */
+  teacherEvalLoss: number | null;
   skippedSteps: number;
   trainableParameters: number;
   steps: FinetuneStep[];
+}
+
+export interface DistillOptions extends FinetuneOptions {
+  /** Temperature of both softmaxes (default 2; a teach file's own). */
+  tau?: number;
+  /** Weight of the hard-label cross-entropy (default 0.5). */
+  kdAlpha?: number;
+  /** 'forward' (default), 'reverse', 'jsd' or 'jsd:β'. */
+  divergence?: string;
+  /** Anneal τ / the CE weight linearly to these by the last step. */
+  tauEnd?: number;
+  kdAlphaEnd?: number;
+  /** Context distillation (no teacher model): the model reads this before each JSONL line as
+   * the teacher, and learns to answer without it. */
+  instruction?: string;
+  /** Hidden-state alignment weight (default none). */
+  alignHidden?: number;
+  /** [studentBoundary, teacherBoundary] pairs (default: every boundary, or a pruned student's
+   * kept layers). */
+  alignPairs?: [number, number][];
+}
+
+export interface PruneOptions {
+  /** The layers to keep (in order). */
+  keep?: number[];
+  /** Or: drop this many layers, the least influential on `data` (first and last stay). */
+  drop?: number;
+  data?: string;
+  format?: 'text' | 'jsonl';
+  /** At most this many calibration tokens (default 4096). */
+  calibrationTokens?: number;
+}
+
+export interface PruneResult {
+  kept: number[];
+  dropped: number[];
+  /** Per layer of the pruned model's source, 1 − cos(block input, output) (drop only). */
+  influence: number[] | null;
+  model: ModelInfo;
+  teacher: ModelInfo;
 }
 
 export declare class Engine {
@@ -286,7 +328,15 @@ export declare class Engine {
   generate(prompt: string, options?: GenerateOptions & { stream?: false }): Promise<GenerationResult>;
   /** Fine-tune LoRA adapters of the loaded model (f32 path) on text or JSONL data. */
   finetune(data: string, options?: FinetuneOptions & { onStep?: (step: FinetuneStep) => void; signal?: AbortSignal }): Promise<FinetuneReport>;
-  /** What the last finetune() trained, as safetensors bytes (null before any). */
+  /** Distil the teacher (loadTeacher / pruneIntoStudent, or the model itself reading
+   * `instruction`) into LoRA adapters of the loaded model. */
+  distill(data: string, options?: DistillOptions & { onStep?: (step: FinetuneStep) => void; signal?: AbortSignal }): Promise<FinetuneReport>;
+  /** Load a second model as distill()'s teacher (f32, the same vocabulary). */
+  loadTeacher(model: ModelInput, options?: { onProgress?: (progress: LoadProgress) => void; loadOptions?: LoadOptions }): Promise<ModelInfo>;
+  unloadTeacher(): Promise<true>;
+  /** The loaded model becomes the teacher, its copy without some layers the loaded model. */
+  pruneIntoStudent(options: PruneOptions): Promise<PruneResult>;
+  /** What the last finetune() or distill() trained, as safetensors bytes (null before any). */
   trainedWeights(): Promise<Uint8Array | null>;
   /** Replace the loaded model. */
   load(model: ModelInput, options?: { onProgress?: (progress: LoadProgress) => void; loadOptions?: LoadOptions }): Promise<ModelInfo>;

@@ -192,8 +192,43 @@ export class Engine {
   }
 
   /**
-   * What the last successful finetune() of the loaded model trained, as the bytes of a
-   * safetensors file (LoRA A/B, fully trained layers, gates; F32), or null before any.
+   * Distil a teacher into LoRA adapters of the loaded model (f32 path) on `data`. The teacher:
+   * the one loadTeacher() or pruneIntoStudent() gave; without one, the loaded model itself
+   * reading `instruction` before each JSONL line (context distillation); none when `data` is a
+   * `pupil teach` file. Options: finetune()'s, and tau (2), kdAlpha (0.5), divergence
+   * ('forward' | 'reverse' | 'jsd' | 'jsd:β'), tauEnd, kdAlphaEnd, instruction, alignHidden,
+   * alignPairs; onStep(step) after every step (with its kl). Resolves to the report (held-out
+   * loss and KL before and after, the teacher's held-out loss).
+   */
+  distill(data, options = {}) {
+    const { onStep, signal, ...rest } = options;
+    return this.#run('distill', { data, options: rest }, { signal, onStep });
+  }
+
+  /** Load a second model as distill()'s teacher (f32; the same vocabulary as the model). */
+  loadTeacher(model, { onProgress, loadOptions } = {}) {
+    return this.#run('loadTeacher', { source: modelSource(model), options: loadOptions || {} }, { onProgress });
+  }
+
+  /** Drop distill()'s teacher (its GPU memory is freed). */
+  unloadTeacher() { return this.#run('unloadTeacher', {}); }
+
+  /**
+   * Depth-prune the loaded model into a student: it becomes distill()'s teacher and its copy
+   * without some layers becomes the loaded model (engine.model is updated). Options:
+   * { keep: [layers] }, or { drop: N, data, format? } to drop the N layers of least block
+   * influence on `data`. Again on a pruned student it prunes further (the teacher stays the
+   * original). Resolves to { kept, dropped, influence, model, teacher }.
+   */
+  async pruneIntoStudent(options = {}) {
+    const result = await this.#run('pruneIntoStudent', { options });
+    this.model = result.model;
+    return result;
+  }
+
+  /**
+   * What the last successful finetune() or distill() of the loaded model trained, as the bytes
+   * of a safetensors file (LoRA A/B, fully trained layers, gates; F32), or null before any.
    */
   trainedWeights() {
     return this.#run('trainedWeights', {});

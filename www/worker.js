@@ -5,15 +5,19 @@
 //   { id, type: 'progress', done, total, phase }   load: 'download', then the engine's phases
 //   { id, type: 'token', text, tokenId, reasoning } chat/generate: one per streamed token (a
 //                                                  reasoning model's <think> text in `reasoning`)
-//   { id, type: 'step', step }                     finetune: one per optimizer step
+//   { id, type: 'step', step }                     finetune/distill: one per optimizer step
 //   { id, type: 'done', result }                   the command finished
 //   { id, type: 'error', error: { name, message } } it failed; name is the error kind
 // Commands: init {options} (create the engine; result: adapter info), info, load {source,
 // options} with source {kind: 'url', url} | {kind: 'file', file} | {kind: 'bytes', bytes} |
 // {kind: 'synth', preset, seed}, chat {messages, options}, generate {prompt, options},
 // finetune {data, options} (LoRA training of the loaded model; result: the report),
-// trainedWeights (result: what the last finetune trained, safetensors bytes, or null), stop,
-// reset, unload, memory, loseDevice (test hook).
+// distill {data, options} (distillation from the teacher into LoRA adapters of the loaded
+// model; result: the report), loadTeacher {source, options} (a second model as the teacher;
+// result: its info), pruneIntoStudent {options} (the loaded model becomes the teacher, its copy
+// without some layers the loaded model; result: {kept, dropped, influence, model, teacher}),
+// unloadTeacher, trainedWeights (result: what the last finetune/distill trained, safetensors
+// bytes, or null), stop, reset, unload, memory, loseDevice (test hook).
 //
 // Commands run one at a time in arrival order (the engine is single-threaded and a call must
 // not start while another awaits the GPU) — except `stop`, which is handled at once: it sets a
@@ -141,7 +145,26 @@ const commands = {
       (s) => post({ id, type: 'step', step: JSON.parse(s) }));
     return JSON.parse(report);
   },
-  // What the last finetune trained (safetensors bytes), or null before any.
+  async distill({ data, options }, id) {
+    requireModel();
+    const report = await engine.distill(String(data), JSON.stringify(options || {}),
+      (s) => post({ id, type: 'step', step: JSON.parse(s) }));
+    return JSON.parse(report);
+  },
+  async loadTeacher({ source, options }, id) {
+    requireEngine();
+    const progress = throttled(id);
+    const got = await modelBlob(source, progress);
+    return JSON.parse(await engine.loadTeacher(got.blob, JSON.stringify(options || {}), progress));
+  },
+  async pruneIntoStudent({ options }) {
+    requireModel();
+    const result = JSON.parse(await engine.pruneIntoStudent(JSON.stringify(options || {})));
+    model = result.model;
+    return { ...result, memory: JSON.parse(engine.memory()) };
+  },
+  unloadTeacher() { requireEngine().unloadTeacher(); return true; },
+  // What the last finetune or distill trained (safetensors bytes), or null before any.
   trainedWeights() { requireModel(); return engine.trainedWeights() ?? null; },
   reset() { requireModel(); engine.resetSession(); return true; },
   unload() { if (model) requireEngine().unloadModel(); model = null; return true; },

@@ -37,6 +37,12 @@ export async function use(file: File): Promise<void> {
   }
   const r = await engine.generate('Once', { onToken: (t, id) => console.log(t, id) });
   console.log(r.finishReason, text, total, reason, engine.model.layers);
+  await engine.loadTeacher({ synth: 'tiny-llama', seed: 2 }, { onProgress: (p) => console.log(p.phase) });
+  const kd = await engine.distill('text', { steps: 2, tau: 2, kdAlpha: 0.5, divergence: 'jsd:0.3', onStep: (s) => console.log(s.kl) });
+  const pruned = await engine.pruneIntoStudent({ drop: 1, data: 'calibration text' });
+  await engine.distill('{"text": "x"}\n', { format: 'jsonl', alignHidden: 0.1, alignPairs: [[1, 2]] });
+  await engine.unloadTeacher();
+  console.log(kd.evalKlAfter, kd.teacherEvalLoss, pruned.kept, pruned.teacher.layers);
   const m: MemoryInfo = await engine.dispose();
   console.log(m.allocatedBytes, (await listCachedModels())[0]?.size, await deleteCachedModel('u'));
 }
@@ -63,6 +69,12 @@ export async function misuse(engine: Engine): Promise<void> {
   await createEngine({ loadOptions: { dtype: 'f32' } });
   // @ts-expect-error dtype is f32 or f16
   await createEngine({ model: 'm.gguf', loadOptions: { dtype: 'q4' } });
+  // @ts-expect-error tau is a number
+  await engine.distill('text', { tau: 'hot' });
+  // @ts-expect-error alignment pairs are [student, teacher] pairs of numbers
+  await engine.distill('text', { alignPairs: [1, 2] });
+  // @ts-expect-error keep is a list of layers
+  await engine.pruneIntoStudent({ keep: '0-3' });
   // @ts-expect-error the model info is typed
   const layers: string = engine.model.layers;
   // @ts-expect-error memory() resolves to MemoryInfo

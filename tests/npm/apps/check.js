@@ -82,6 +82,26 @@ async function run() {
   check(w instanceof Uint8Array && header.__metadata__?.rank === '2' && names.length > 0
     && names.every((k) => /\.lora_[AB]$/.test(k)) && w.length === 8 + hlen + end,
   'trainedWeights(): the adapters as safetensors', `${w?.length} bytes, ${names.length} tensors`);
+  // Distillation through the package: a second model as the teacher, then a pruned student of
+  // the loaded model healed by distillation from it (with hidden-state alignment).
+  const teacher = await engine.loadTeacher({ synth: 'tiny-llama', seed: 4 }, { loadOptions: { dtype: 'f32', context: 256 } });
+  const kdSteps = [];
+  const kd = await engine.distill('The quick brown fox jumps over the lazy dog. '.repeat(12),
+    { rank: 2, alpha: 4, steps: 2, seqLen: 48, batchRows: 2, lr: 0.01, warmup: 1, evalFraction: 0.25, tau: 2,
+      onStep: (s) => kdSteps.push(s.kl) });
+  check(teacher.layers === engine.model.layers && kdSteps.length === 2 && kdSteps.every((k) => k > 0)
+    && kd.evalKlAfter < kd.evalKlBefore && kd.teacherEvalLoss > 0,
+  'distill() from loadTeacher(): a KL per step, held-out KL down', JSON.stringify({ kdSteps, before: kd.evalKlBefore, after: kd.evalKlAfter }));
+  const layers = engine.model.layers;
+  const pruned = await engine.pruneIntoStudent({ keep: [1] });
+  check(pruned.model.layers === 1 && engine.model.layers === 1 && pruned.teacher.layers === layers
+    && JSON.stringify(pruned.dropped) === '[0]', 'pruneIntoStudent(): the model loses a layer, the original teaches',
+  JSON.stringify({ kept: pruned.kept, dropped: pruned.dropped }));
+  const healed = await engine.distill('The quick brown fox jumps over the lazy dog. '.repeat(12),
+    { rank: 2, alpha: 4, steps: 1, seqLen: 48, batchRows: 2, lr: 0.01, warmup: 1, evalFraction: 0.25, tau: 1, alignHidden: 0.1 });
+  check(healed.steps.length === 1 && healed.steps[0].kl > 0 && healed.evalKlBefore > 0,
+    'distill() heals the pruned student (logits + hidden-state alignment)', JSON.stringify({ kl: healed.steps[0].kl }));
+  await engine.unloadTeacher();
   // dispose() while generating: the running request ends early with finish_reason 'abort',
   // a queued one is refused.
   const before = await engine.memory();

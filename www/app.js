@@ -24,6 +24,8 @@ const state = {
   generations: 0,
   trainings: 0, // finished fine-tuning runs, for tests
   lastTraining: null, // the last run's report (null if it failed)
+  distills: 0, // finished distillation runs, for tests
+  lastDistill: null, // the last distillation's report (null if it failed)
   timeline: [], // [{ phase, t }] phase changes (performance.now()), for the tests' long-task check
 };
 
@@ -80,6 +82,7 @@ const CONTROLS = {
   stop: ['generating'],
   'new-chat': ['ready'],
   'ft-start': ['ready'],
+  'kd-start': ['ready'],
 };
 
 function setPhase(phase) {
@@ -94,7 +97,7 @@ function setPhase(phase) {
     loading: 'Loading the model…',
     ready: `Ready: ${state.model?.name || 'model'} on ${state.info ? adapterName(state.info) : 'the GPU'}.`,
     generating: 'Generating…',
-    training: 'Fine-tuning…',
+    training: 'Training…',
     lost: 'The GPU device was lost.',
     failed: 'Something went wrong — see the message above.',
   }[phase];
@@ -459,12 +462,13 @@ function sourceFromParam(value) {
   return { kind: 'url', url: url.href };
 }
 
-// The loss of every step so far, drawn as a line (held-out losses as dots at both ends).
-function drawLoss(steps, evalBefore, evalAfter) {
-  const canvas = $('ft-chart');
+// A per-step value (the loss, or the KL) of every step so far, drawn as a line on `canvasId`;
+// held-out values as squares at both ends.
+function drawChart(canvasId, steps, key, evalBefore, evalAfter) {
+  const canvas = $(canvasId);
   const g = canvas.getContext('2d');
   g.clearRect(0, 0, canvas.width, canvas.height);
-  const values = steps.map((s) => s.loss).concat([evalBefore, evalAfter].filter((x) => x != null));
+  const values = steps.map((s) => s[key]).concat([evalBefore, evalAfter].filter((x) => x != null));
   if (!values.length) return;
   const lo = Math.min(...values), hi = Math.max(...values), pad = 8;
   const n = Math.max(steps[0]?.steps || steps.length, 2);
@@ -472,26 +476,28 @@ function drawLoss(steps, evalBefore, evalAfter) {
   const y = (v) => canvas.height - pad - (canvas.height - 2 * pad) * ((v - lo) / Math.max(hi - lo, 1e-9));
   g.strokeStyle = getComputedStyle(document.body).color;
   g.beginPath();
-  steps.forEach((s, i) => (i ? g.lineTo(x(i), y(s.loss)) : g.moveTo(x(i), y(s.loss))));
+  steps.forEach((s, i) => (i ? g.lineTo(x(i), y(s[key])) : g.moveTo(x(i), y(s[key]))));
   g.stroke();
   g.fillStyle = '#c60';
   if (evalBefore != null) g.fillRect(x(0) - 3, y(evalBefore) - 3, 6, 6);
   if (evalAfter != null) g.fillRect(x(n - 1) - 3, y(evalAfter) - 3, 6, 6);
 }
 
+const drawLoss = (steps, evalBefore, evalAfter) => drawChart('ft-chart', steps, 'loss', evalBefore, evalAfter);
+
 // Links to what a run trained (safetensors) and its report (JSON), as blob URLs replaced by the
 // next run's.
-function offerDownloads(weights, report) {
+function offerDownloads(weights, report, prefix = 'ft') {
   const link = (id, blob) => {
     const a = $(id);
     if (a.href.startsWith('blob:')) URL.revokeObjectURL(a.href);
     a.href = URL.createObjectURL(blob);
   };
-  link('ft-download-weights', new Blob([weights], { type: 'application/octet-stream' }));
+  link(`${prefix}-download-weights`, new Blob([weights], { type: 'application/octet-stream' }));
   const { steps, ...summary } = report;
-  link('ft-download-report', new Blob([JSON.stringify({ ...summary, steps }, null, 1)], { type: 'application/json' }));
-  $('ft-download-weights').textContent = `trained weights (.safetensors, ${formatBytes(weights.byteLength)})`;
-  $('ft-downloads').hidden = false;
+  link(`${prefix}-download-report`, new Blob([JSON.stringify({ ...summary, steps }, null, 1)], { type: 'application/json' }));
+  $(`${prefix}-download-weights`).textContent = `trained weights (.safetensors, ${formatBytes(weights.byteLength)})`;
+  $(`${prefix}-downloads`).hidden = false;
 }
 
 async function finetune() {
@@ -542,8 +548,121 @@ async function finetune() {
   }
 }
 
+// `0-17,29` → [0, 1, …, 17, 29] (null when empty or malformed).
+function layerList(text) {
+  const out = new Set();
+  for (const part of text.split(',').map((p) => p.trim()).filter(Boolean)) {
+    const m = /^(\d+)(?:-(\d+))?$/.exec(part);
+    if (!m) return null;
+    for (let l = Number(m[1]); l <= Number(m[2] ?? m[1]); l++) out.add(l);
+  }
+  return out.size ? [...out].sort((a, b) => a - b) : null;
+}
+
+// The distillation panel: pick the student (the loaded model, or its copy without some layers)
+// and the teacher (the model itself reading an instruction, another file, or — for a pruned
+// student — the original), then distil with live loss and KL charts.
+async function distill() {
+  let data = $('kd-data').value;
+  const file = $('kd-file').files[0];
+  if (file) data = await file.text();
+  if (!data.trim()) { showNotice('Paste some data or choose a file first.', 'info'); return; }
+  const student = $('kd-student').value;
+  const teacher = student === 'pruned' ? 'original' : $('kd-teacher').value;
+  const format = (file && file.name.endsWith('.jsonl')) || /^\s*\{/.test(data) ? 'jsonl' : 'text';
+  const num = (id) => Number($(id).value);
+  const options = {
+    steps: num('kd-steps'), rank: num('kd-rank'), alpha: 2 * num('kd-rank'), seqLen: num('kd-seq'),
+    batchRows: num('kd-batch'), lr: num('kd-lr'), evalFraction: num('kd-eval'), warmup: Math.min(3, num('kd-steps')),
+    format, tau: num('kd-tau'), kdAlpha: num('kd-alpha'), divergence: $('kd-divergence').value,
+  };
+  if (num('kd-align') > 0) options.alignHidden = num('kd-align');
+  if (teacher === 'context') {
+    const instruction = $('kd-instruction').value.trim();
+    if (!instruction) { showNotice('Context distillation needs the instruction the teacher reads.', 'info'); return; }
+    if (format !== 'jsonl') { showNotice('Context distillation reads JSONL: one {"text"} or {"messages"} object per line.', 'info'); return; }
+    options.instruction = instruction;
+  }
+  const teacherFile = $('kd-teacher-file').files[0];
+  if (teacher === 'file' && !teacherFile) { showNotice('Choose the teacher\'s GGUF file first.', 'info'); return; }
+  clearNotice();
+  setPhase('training');
+  const steps = [];
+  const status = (text) => { $('kd-status').textContent = text; };
+  $('kd-progress').hidden = false;
+  $('kd-progress').value = 0;
+  drawChart('kd-chart-loss', [], 'loss');
+  drawChart('kd-chart-kl', [], 'kl');
+  const t0 = performance.now();
+  let pruned = '';
+  try {
+    if (student === 'pruned') {
+      const keep = layerList($('kd-keep').value);
+      if ($('kd-keep').value.trim() && !keep) throw Object.assign(new Error('keep: a layer list such as 0-17,29'), { name: 'InvalidArgument' });
+      status(keep ? 'Pruning…' : 'Measuring each layer\'s influence on the data, then pruning…');
+      const p = await call('pruneIntoStudent', { options: keep ? { keep } : { drop: num('kd-drop'), data, format } });
+      state.model = p.model;
+      showModel(p.model);
+      showMemory(p.memory);
+      // A new model: the conversation (and its KV cache) went with the old one.
+      state.messages = [];
+      $('messages').replaceChildren();
+      pruned = `pruned ${p.teacher.layers} → ${p.model.layers} layers (dropped ${p.dropped.join(', ')}); `;
+    } else if (teacher === 'file') {
+      status('Loading the teacher…');
+      await call('loadTeacher', { source: { kind: 'file', file: teacherFile }, options: {} });
+    } else {
+      await call('unloadTeacher');
+    }
+    status(`${pruned}measuring the held-out loss and KL…`);
+    const report = await call('distill', { data, options }, {
+      onStep: (s) => {
+        steps.push(s);
+        $('kd-progress').value = s.step / s.steps;
+        const rate = steps.reduce((a, x) => a + x.tokens, 0) / ((performance.now() - t0) / 1000);
+        status(`${pruned}step ${s.step}/${s.steps}: loss ${s.loss.toFixed(4)}, KL ${s.kl.toFixed(4)}, |g| ${s.gradNorm.toFixed(3)}, ${rate.toFixed(1)} tokens/s`);
+        drawChart('kd-chart-loss', steps, 'loss');
+        drawChart('kd-chart-kl', steps, 'kl');
+      },
+    });
+    state.lastDistill = report;
+    drawChart('kd-chart-loss', report.steps, 'loss');
+    drawChart('kd-chart-kl', report.steps, 'kl', report.evalKlBefore, report.evalKlAfter);
+    offerDownloads(await call('trainedWeights'), report, 'kd');
+    const f = (x) => x.toFixed(4);
+    const held = report.evalKlBefore == null ? 'no held-out rows'
+      : `held-out KL ${f(report.evalKlBefore)} → ${f(report.evalKlAfter)} (${(100 * (report.evalKlAfter - report.evalKlBefore) / report.evalKlBefore).toFixed(1)}%), ` +
+        `CE ${f(report.evalLossBefore)} → ${f(report.evalLossAfter)}` +
+        (report.teacherEvalLoss == null ? '' : ` (teacher ${f(report.teacherEvalLoss)})`);
+    status(`Done: ${pruned}${report.steps.length} steps (${report.skippedSteps} skipped), ${held}; ` +
+      `${report.trainableParameters.toLocaleString()} trainable parameters, ${((performance.now() - t0) / 1000).toFixed(1)} s.`);
+    setPhase('ready');
+  } catch (e) {
+    state.lastDistill = null;
+    status('Distillation stopped.');
+    if (['DeviceLost', 'RuntimeError', 'WorkerFailed'].includes(e.name)) fail(e);
+    else { showNotice(explain(e)); setPhase('ready'); }
+  } finally {
+    $('kd-progress').hidden = true;
+    state.distills++;
+  }
+}
+
+function showDistillChoices() {
+  const pruned = $('kd-student').value === 'pruned';
+  $('kd-prune-row').hidden = !pruned;
+  $('kd-teacher-row').hidden = pruned;
+  const teacher = pruned ? 'original' : $('kd-teacher').value;
+  $('kd-instruction-row').hidden = teacher !== 'context';
+  $('kd-teacher-file-row').hidden = teacher !== 'file';
+}
+
 function wire() {
   $('finetune-form').onsubmit = (e) => { e.preventDefault(); finetune(); };
+  $('distill-form').onsubmit = (e) => { e.preventDefault(); distill(); };
+  $('kd-student').onchange = showDistillChoices;
+  $('kd-teacher').onchange = showDistillChoices;
+  showDistillChoices();
   $('model-choice').onchange = () => {
     $('model-url-row').hidden = $('model-choice').value !== 'url';
     $('model-file-row').hidden = $('model-choice').value !== 'file';
@@ -581,6 +700,7 @@ window.__pupil = {
   get lastResult() { return state.lastResult; },
   get lastLoad() { return state.lastLoad; },
   get lastTraining() { return state.lastTraining; },
+  get lastDistill() { return state.lastDistill; },
   send,
   stop,
   // Test hook: destroy the GPU device under the engine, as a driver reset would.

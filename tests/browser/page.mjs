@@ -193,6 +193,46 @@ async function syntheticModel() {
     'fine-tuning panel: the report downloads as JSON', `${rep.name}, ${repJson.steps?.length} steps`);
   r = await sendAndWait(page, 'Still there?', 60);
   check(r && r.generatedTokens > 0, 'the chat works after fine-tuning', `${r?.generatedTokens} tokens`);
+  // The distillation panel: context distillation (the model reading an instruction teaches
+  // itself without it), then a pruned student healed by its original; live loss and KL charts.
+  const inked = (id) => page.evaluate((i) => {
+    const c = document.getElementById(i);
+    return c.getContext('2d').getImageData(0, 0, c.width, c.height).data.some((v, k) => k % 4 === 3 && v > 0);
+  }, id);
+  const distilRun = async (fields, selects, what) => {
+    for (const [id, v] of selects) await page.selectOption(id, v);
+    for (const [id, v] of fields) await page.fill(id, v);
+    const before = await page.evaluate(() => window.__pupil.state.distills);
+    const t0 = Date.now();
+    await page.click('#kd-start');
+    await page.waitForFunction((n) => window.__pupil.state.distills > n, before, { timeout: 300_000, polling: 200 });
+    const out = await page.evaluate(() => ({ report: window.__pupil.lastDistill, status: document.getElementById('kd-status').textContent,
+      phase: window.__pupil.state.phase, model: document.getElementById('stat-model').textContent }));
+    out.seconds = secs(t0);
+    out.charts = (await inked('kd-chart-loss')) && (await inked('kd-chart-kl'));
+    if (!out.report) console.log(`     (${what}: ${out.status} ${(await notice(page)).text})`);
+    return out;
+  };
+  await page.evaluate(() => { document.getElementById('distill-panel').open = true; });
+  const lines = ['We hold these truths to be self-evident.', 'Life, Liberty and the pursuit of Happiness.',
+    'Governments are instituted among Men.', 'Prudence, indeed, will dictate.'].map((t) => JSON.stringify({ text: t })).join('\n');
+  const common = [['#kd-steps', '3'], ['#kd-seq', '48'], ['#kd-batch', '2'], ['#kd-lr', '0.01'], ['#kd-eval', '0.25'], ['#kd-tau', '1']];
+  const ctxRun = await distilRun([...common, ['#kd-data', lines], ['#kd-alpha', '0'], ['#kd-instruction', 'Answer like a pirate.']],
+    [['#kd-student', 'loaded'], ['#kd-teacher', 'context']], 'context');
+  const cr = ctxRun.report;
+  check(cr && cr.steps.length === 3 && cr.steps.every((x) => x.kl > 0) && cr.evalKlAfter < cr.evalKlBefore
+    && ctxRun.phase === 'ready' && ctxRun.status.includes('held-out KL') && ctxRun.charts,
+  'distillation panel: context distillation lowers the held-out KL, loss and KL charts drawn', `${ctxRun.status} (${ctxRun.seconds})`);
+  const prRun = await distilRun([...common, ['#kd-data', 'The quick brown fox jumps over the lazy dog. '.repeat(12)], ['#kd-alpha', '0.5'], ['#kd-keep', '1'], ['#kd-align', '0.1']],
+    [['#kd-student', 'pruned']], 'pruned');
+  const pr = prRun.report;
+  check(pr && pr.steps.length === 3 && pr.steps.every((x) => x.kl > 0) && pr.teacherEvalLoss > 0 && /: 1 layers/.test(prRun.model)
+    && prRun.status.includes('pruned 2 → 1 layers') && prRun.charts,
+  'distillation panel: a pruned student (2 → 1 layers) distilled from its original, with alignment', `${prRun.status} (${prRun.seconds}); ${prRun.model.slice(0, 60)}`);
+  const kdw = await saved('#kd-download-weights');
+  check(kdw.name.endsWith('.safetensors') && kdw.bytes.length > 8, 'distillation panel: the trained adapters download', `${kdw.name}, ${kdw.bytes.length} bytes`);
+  r = await sendAndWait(page, 'And now?', 60);
+  check(r && r.generatedTokens > 0, 'the pruned student chats after distillation', `${r?.generatedTokens} tokens`);
   const long = await longTasksWhileGenerating(page);
   check(long.length === 0, 'no main-thread task over 50 ms while generating (synthetic)', long.map((l) => `${l.duration.toFixed(0)} ms`).join(', '));
   check(errors.length === 0, 'no console errors (synthetic model page)', errors.join(' | '));

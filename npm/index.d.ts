@@ -245,6 +245,8 @@ export interface FinetuneOptions {
   evalFraction?: number;
   seed?: number;
   format?: 'text' | 'jsonl';
+  /** Merge what was trained into the loaded model afterwards (generation then uses it). */
+  apply?: boolean;
 }
 
 export interface FinetuneStep {
@@ -258,6 +260,11 @@ export interface FinetuneStep {
   applied: boolean;
   /** Distillation runs: the step's mean KL to the teacher (null otherwise). */
   kl: number | null;
+  /** Distillation runs: the step's hard-label cross-entropy (its loss less the divergence
+   * and alignment terms, without α; null otherwise or when α is 0). */
+  ce: number | null;
+  /** Distillation runs: the CE weight α the step trained with (scheduled or adapted). */
+  alpha: number | null;
 }
 
 export interface FinetuneReport {
@@ -268,6 +275,9 @@ export interface FinetuneReport {
   /** Distillation runs: the held-out KL to the teacher before and after (null otherwise). */
   evalKlBefore: number | null;
   evalKlAfter: number | null;
+  /** With `apply`: the merge into the loaded model (tensors changed, relative update and
+   * requantisation error). */
+  merged?: { tensors: number; update: number; requantisation: number };
   /** Distillation runs with a teacher model: its own held-out loss (null otherwise). */
   teacherEvalLoss: number | null;
   skippedSteps: number;
@@ -285,6 +295,9 @@ export interface DistillOptions extends FinetuneOptions {
   /** Anneal τ / the CE weight linearly to these by the last step. */
   tauEnd?: number;
   kdAlphaEnd?: number;
+  /** Adapt α to the loss instead of scheduling it: the labels' term keeps the share of the
+   * loss it had at step 1 (over recent averages of the KL and CE; within 100× of kdAlpha). */
+  kdAlphaAdapt?: boolean;
   /** Context distillation (no teacher model): the model reads this before each JSONL line as
    * the teacher, and learns to answer without it. */
   instruction?: string;

@@ -268,7 +268,7 @@ fn kd_schedule_drives_the_steps_and_the_held_out_kl() {
         let loss = DistillLoss::hinton(tau, 0.5);
         pollster::block_on(train::distill(&ctx, &mut student, &mut teacher, &loss, &rows, &cfg, &mut |_| {})).unwrap()
     };
-    let annealed = run(4.0, train::KdSchedule { tau_end: Some(1.0), alpha_end: Some(0.0) });
+    let annealed = run(4.0, train::KdSchedule { tau_end: Some(1.0), alpha_end: Some(0.0), adapt_alpha: false });
     let fixed_start = run(4.0, train::KdSchedule::default());
     let fixed_end = run(1.0, train::KdSchedule::default());
     let kl = |r: &train::FinetuneReport| r.steps.iter().map(|s| s.kl.unwrap()).collect::<Vec<_>>();
@@ -280,6 +280,81 @@ fn kd_schedule_drives_the_steps_and_the_held_out_kl() {
     println!("held-out KL before: annealed {a:.6}, fixed τ 1 {e:.6}, fixed τ 4 {s:.6}");
     assert_eq!(a, e, "the held-out KL is the last step's");
     assert!((a - s).abs() > 1e-4);
+}
+
+/// Adapting α to the loss (`kdAlphaAdapt`, `--kd-alpha-adapt`): the CE the trainer reads out
+/// of a distillation pass (its loss less the divergence term, over α) equals the
+/// cross-entropy kernel's loss of the same batch; a run logs the α of each step — the given α
+/// at steps 1 and 2, then one keeping the labels' share of step 1 over the EMAs of the logged
+/// divergence and CE (recomputed here from the logs) — and trains differently from fixed α.
+#[test]
+fn adapted_alpha_reads_the_ce_and_keeps_the_labels_share() {
+    let ctx = common::context(false, true).unwrap();
+    let student_file = synth::synthesize(&synth::preset("tiny-llama").unwrap(), 1, &mut |_, _| {}).unwrap();
+    let teacher_file = synth::synthesize(&synth::preset("tiny-llama").unwrap(), 9, &mut |_, _| {}).unwrap();
+    let (model, teacher_model) = (load(&ctx, &student_file), load(&ctx, &teacher_file));
+    let vocab = model.config.vocab_size as u32;
+    let docs: Vec<Document> = pairs(vocab, 8, 16, &[], 5).into_iter().map(|p| p.student).collect();
+    let rows = train::pack(&docs, 16);
+    let adapt = train::KdSchedule { adapt_alpha: true, ..train::KdSchedule::default() };
+    let cfg = FinetuneConfig {
+        lora: LoraConfig::new(4, 8.0, LoraTarget::ALL.to_vec()),
+        steps: 8,
+        seq_len: 16,
+        batch_rows: 2,
+        lr: 2e-2,
+        warmup: 0,
+        eval_fraction: 0.25,
+        kd_schedule: adapt,
+        ..FinetuneConfig::default()
+    };
+    let (tau, alpha) = (2.0f32, 0.5f32);
+    let loss = DistillLoss::hinton(tau, alpha);
+    let teacher = || Trainer::with_last_layers(&ctx, &teacher_model, None, 0, 32, 1).unwrap();
+
+    let mut student = train::trainer_for(&ctx, &model, &cfg).unwrap();
+    let r = &rows[0];
+    let ce = pollster::block_on(student.loss(&ctx, &r.ids, &r.targets, &r.doc_lengths)).unwrap();
+    let (l, k) = pollster::block_on(student.distill_forward_backward(
+        &ctx,
+        &mut teacher(),
+        &loss,
+        &r.ids,
+        &r.targets,
+        &r.doc_lengths,
+        1.0,
+    ))
+    .unwrap();
+    let read = student.last_cross_entropy().unwrap();
+    println!("CE kernel {ce:.7}, read from the distillation pass {read:.7} (loss {l:.5}, KL {k:.5})");
+    assert!((read - ce).abs() <= 1e-5 * ce, "CE {read} vs {ce}");
+    assert!((l - (loss.kl_coef as f64 * k + alpha as f64 * ce)).abs() <= 1e-5 * l);
+
+    let run = |schedule: train::KdSchedule| {
+        let cfg = FinetuneConfig { kd_schedule: schedule, ..cfg.clone() };
+        let mut student = train::trainer_for(&ctx, &model, &cfg).unwrap();
+        pollster::block_on(train::distill(&ctx, &mut student, &mut teacher(), &loss, &rows, &cfg, &mut |_| {})).unwrap()
+    };
+    let (adapted, fixed) = (run(adapt), run(train::KdSchedule::default()));
+    let alphas: Vec<f64> = adapted.steps.iter().map(|s| s.alpha.unwrap()).collect();
+    println!("adapted α per step {alphas:.4?}");
+    assert_eq!(adapted.steps[0], fixed.steps[0], "step 1 trains with the given α");
+    assert_eq!(alphas[1], alpha as f64);
+    let (w, mut ema) = (loss.kl_coef as f64, None::<(f64, f64)>);
+    let first = &adapted.steps[0];
+    let share = alpha as f64 * first.ce.unwrap() / (w * first.kl.unwrap() + alpha as f64 * first.ce.unwrap());
+    for (i, s) in adapted.steps.iter().enumerate() {
+        if let Some((d, c)) = ema {
+            let a = alphas[i];
+            assert!((a * c / (d + a * c) - share).abs() < 1e-5, "step {}: the labels' share", s.step);
+        }
+        let (d, c) = (w * s.kl.unwrap(), s.ce.unwrap());
+        ema = Some(ema.map_or((d, c), |(ed, ec)| (0.8 * ed + 0.2 * d, 0.8 * ec + 0.2 * c)));
+    }
+    assert!(alphas.iter().any(|&a| (a - alpha as f64).abs() > 1e-3), "α moved: {alphas:?}");
+    assert!((adapted.steps[7].loss - fixed.steps[7].loss).abs() > 1e-5);
+    assert!(adapted.eval_kl_after.unwrap() < adapted.eval_kl_before.unwrap(), "the student learns");
+    assert!(fixed.steps.iter().all(|s| s.alpha == Some(alpha as f64)));
 }
 
 /// Offline distillation (`pupil teach` → `pupil distill --data`): the teacher's top-k written

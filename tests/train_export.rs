@@ -293,6 +293,8 @@ fn resumed_run_reproduces_the_uninterrupted_one() {
         warmup: 2,
         eval_fraction: 0.2,
         seed: 11,
+        // The distillation run adapts α to its logged losses: the resumed run must too.
+        kd_schedule: train::KdSchedule { adapt_alpha: true, ..train::KdSchedule::default() },
         ..FinetuneConfig::default()
     };
     let kd = pupil::ops::distill_loss::DistillLoss::hinton(2.0, 0.5);
@@ -328,12 +330,19 @@ fn resumed_run_reproduces_the_uninterrupted_one() {
             if let (Some(x), Some(y)) = (a.kl, b.kl) {
                 assert!(close(x, y));
             }
+            if let (Some(x), Some(y)) = (a.alpha, b.alpha) {
+                assert!(close(x, y), "step {}: α {x} vs {y}", a.step);
+            }
         }
         let (a, b) = (whole.eval_loss_after.unwrap(), resumed.eval_loss_after.unwrap());
         assert!(close(a, b), "held-out loss {a} vs {b}");
         assert_eq!(whole.eval_loss_before, resumed.eval_loss_before);
-        // The losses move (the run trains), so equal curves are not a coincidence.
+        // The losses move (the run trains), so equal curves are not a coincidence; so does α.
         assert!(whole.steps[7].loss < whole.steps[0].loss);
+        if distill {
+            let moved = |s: &train::StepLog| (s.alpha.unwrap() - 0.5).abs() > 1e-4;
+            assert!(resumed.steps[3..].iter().any(moved), "α adapts after the resume point");
+        }
 
         if !distill {
             // Other data, or a damaged file: refused before anything trains.

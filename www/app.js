@@ -509,7 +509,7 @@ async function finetune() {
   const options = {
     steps: num('ft-steps'), rank: num('ft-rank'), alpha: 2 * num('ft-rank'), seqLen: num('ft-seq'),
     batchRows: num('ft-batch'), lr: num('ft-lr'), evalFraction: num('ft-eval'), warmup: Math.min(3, num('ft-steps')),
-    format: file && file.name.endsWith('.jsonl') ? 'jsonl' : 'text',
+    format: file && file.name.endsWith('.jsonl') ? 'jsonl' : 'text', apply: $('ft-apply').checked,
   };
   clearNotice();
   setPhase('training');
@@ -530,11 +530,12 @@ async function finetune() {
       },
     });
     state.lastTraining = report;
+    await afterMerge(report);
     drawLoss(report.steps, report.evalLossBefore, report.evalLossAfter);
     offerDownloads(await call('trainedWeights'), report);
     const held = report.evalLossBefore == null ? 'no held-out rows'
       : `held-out loss ${report.evalLossBefore.toFixed(4)} → ${report.evalLossAfter.toFixed(4)}`;
-    $('ft-status').textContent = `Done: ${report.steps.length} steps (${report.skippedSteps} skipped), ${held}; ` +
+    $('ft-status').textContent = `Done: ${report.steps.length} steps (${report.skippedSteps} skipped), ${held}; ${merged(report)}` +
       `${report.trainableParameters.toLocaleString()} trainable parameters, ${((performance.now() - t0) / 1000).toFixed(1)} s.`;
     setPhase('ready');
   } catch (e) {
@@ -547,6 +548,18 @@ async function finetune() {
     state.trainings++;
   }
 }
+
+// A run merged into the model (`apply`): the model was reloaded, so the conversation starts over.
+async function afterMerge(report) {
+  if (!report.merged) return;
+  state.messages = [];
+  $('messages').replaceChildren();
+  showMemory(await call('memory'));
+}
+
+const merged = (report) => (report.merged
+  ? `merged into the model (${report.merged.tensors} tensors, moved ${report.merged.update.toExponential(2)}, requantisation ${report.merged.requantisation.toExponential(2)}); `
+  : '');
 
 // `0-17,29` → [0, 1, …, 17, 29] (null when empty or malformed).
 function layerList(text) {
@@ -575,7 +588,9 @@ async function distill() {
     steps: num('kd-steps'), rank: num('kd-rank'), alpha: 2 * num('kd-rank'), seqLen: num('kd-seq'),
     batchRows: num('kd-batch'), lr: num('kd-lr'), evalFraction: num('kd-eval'), warmup: Math.min(3, num('kd-steps')),
     format, tau: num('kd-tau'), kdAlpha: num('kd-alpha'), divergence: $('kd-divergence').value,
+    apply: $('kd-apply').checked,
   };
+  if ($('kd-alpha-adapt').checked) options.kdAlphaAdapt = true;
   if (num('kd-align') > 0) options.alignHidden = num('kd-align');
   if (teacher === 'context') {
     const instruction = $('kd-instruction').value.trim();
@@ -620,12 +635,13 @@ async function distill() {
         steps.push(s);
         $('kd-progress').value = s.step / s.steps;
         const rate = steps.reduce((a, x) => a + x.tokens, 0) / ((performance.now() - t0) / 1000);
-        status(`${pruned}step ${s.step}/${s.steps}: loss ${s.loss.toFixed(4)}, KL ${s.kl.toFixed(4)}, |g| ${s.gradNorm.toFixed(3)}, ${rate.toFixed(1)} tokens/s`);
+        status(`${pruned}step ${s.step}/${s.steps}: loss ${s.loss.toFixed(4)}, KL ${s.kl.toFixed(4)}${s.alpha === null ? '' : `, α ${s.alpha.toFixed(3)}`}, |g| ${s.gradNorm.toFixed(3)}, ${rate.toFixed(1)} tokens/s`);
         drawChart('kd-chart-loss', steps, 'loss');
         drawChart('kd-chart-kl', steps, 'kl');
       },
     });
     state.lastDistill = report;
+    await afterMerge(report);
     drawChart('kd-chart-loss', report.steps, 'loss');
     drawChart('kd-chart-kl', report.steps, 'kl', report.evalKlBefore, report.evalKlAfter);
     offerDownloads(await call('trainedWeights'), report, 'kd');
@@ -634,7 +650,7 @@ async function distill() {
       : `held-out KL ${f(report.evalKlBefore)} → ${f(report.evalKlAfter)} (${(100 * (report.evalKlAfter - report.evalKlBefore) / report.evalKlBefore).toFixed(1)}%), ` +
         `CE ${f(report.evalLossBefore)} → ${f(report.evalLossAfter)}` +
         (report.teacherEvalLoss == null ? '' : ` (teacher ${f(report.teacherEvalLoss)})`);
-    status(`Done: ${pruned}${report.steps.length} steps (${report.skippedSteps} skipped), ${held}; ` +
+    status(`Done: ${pruned}${report.steps.length} steps (${report.skippedSteps} skipped), ${held}; ${merged(report)}` +
       `${report.trainableParameters.toLocaleString()} trainable parameters, ${((performance.now() - t0) / 1000).toFixed(1)} s.`);
     setPhase('ready');
   } catch (e) {

@@ -16,7 +16,7 @@ use crate::model::Trainer;
 use super::{safetensors_f32, FinetuneConfig, Row, StepLog};
 
 const KEY: &str = "pupil_checkpoint";
-const VERSION: u64 = 1;
+const VERSION: u64 = 2;
 
 /// The loop's state between steps.
 #[derive(Clone, Debug, PartialEq)]
@@ -172,12 +172,15 @@ fn log_to_json(s: &StepLog) -> Value {
         exact(Some(s.lr)),
         s.tokens,
         s.applied,
-        exact(s.kl)
+        exact(s.kl),
+        exact(s.ce),
+        exact(s.alpha)
     ])
 }
 
 fn log_from_json(v: &Value) -> Option<StepLog> {
-    let a = v.as_array().filter(|a| a.len() == 8)?;
+    let a = v.as_array().filter(|a| a.len() == 10)?;
+    let opt = |i: usize| if a[i].is_null() { Some(None) } else { float(&a[i]).map(Some) };
     let u = |i: usize| a[i].as_u64().map(|x| x as usize);
     Some(StepLog {
         step: u(0)?,
@@ -187,7 +190,9 @@ fn log_from_json(v: &Value) -> Option<StepLog> {
         lr: float(&a[4])?,
         tokens: u(5)?,
         applied: a[6].as_bool()?,
-        kl: if a[7].is_null() { None } else { Some(float(&a[7])?) },
+        kl: opt(7)?,
+        ce: opt(8)?,
+        alpha: opt(9)?,
     })
 }
 

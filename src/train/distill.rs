@@ -7,8 +7,8 @@
 use serde::Deserialize;
 
 use super::{
-    context_documents, distill_offline, documents, pack, pack_context, teach, train_resumable, trained_safetensors,
-    trainer_for, DataFormat, FinetuneConfig, FinetuneOptions, FinetuneReport, KdSchedule, Row, RunControl, StepLog,
+    context_documents, distill_offline, documents, pack, pack_context, teach, train_resumable, trainer_for, DataFormat,
+    FinetuneConfig, FinetuneOptions, FinetuneReport, KdSchedule, Row, RunControl, StepLog,
 };
 use crate::error::{PupilError, Result};
 use crate::gpu::GpuContext;
@@ -31,6 +31,8 @@ pub struct DistillOptions {
     /// Anneal τ / the CE weight linearly to these by the last step.
     pub tau_end: Option<f32>,
     pub kd_alpha_end: Option<f32>,
+    /// Adapt the CE weight to the loss (the labels keep their step-1 share; see [`KdSchedule`]).
+    pub kd_alpha_adapt: Option<bool>,
     /// Context distillation: the teacher reads each JSONL line with this as its system message.
     pub instruction: Option<String>,
     /// Hidden-state alignment's weight (0 or absent: none).
@@ -42,8 +44,17 @@ pub struct DistillOptions {
 
 impl DistillOptions {
     /// The JSON keys that are this struct's (the rest of the object is [`FinetuneOptions`]).
-    pub const KEYS: [&'static str; 8] =
-        ["tau", "kdAlpha", "divergence", "tauEnd", "kdAlphaEnd", "instruction", "alignHidden", "alignPairs"];
+    pub const KEYS: [&'static str; 9] = [
+        "tau",
+        "kdAlpha",
+        "divergence",
+        "tauEnd",
+        "kdAlphaEnd",
+        "kdAlphaAdapt",
+        "instruction",
+        "alignHidden",
+        "alignPairs",
+    ];
 
     /// The loss at step 1 (Hinton's τ² on the divergence) with `tau` in place of the given one
     /// (an offline teacher's).
@@ -61,7 +72,11 @@ impl DistillOptions {
     }
 
     pub fn schedule(&self) -> KdSchedule {
-        KdSchedule { tau_end: self.tau_end, alpha_end: self.kd_alpha_end }
+        KdSchedule {
+            tau_end: self.tau_end,
+            alpha_end: self.kd_alpha_end,
+            adapt_alpha: self.kd_alpha_adapt.unwrap_or(false),
+        }
     }
 }
 
@@ -142,14 +157,15 @@ pub struct DistillInput<'a> {
 }
 
 /// Tokenize and pack `input.data` for its teacher, distil fresh adapters into the student per
-/// `cfg` and `kd`, and return the report with what was trained (`trained_safetensors`).
-pub async fn distill_data(
+/// `cfg` and `kd`, and return the report with the student's trainer (what it trained:
+/// `trained_safetensors`, `merged_gguf`).
+pub async fn distill_data<'a>(
     ctx: &GpuContext,
-    input: &DistillInput<'_>,
+    input: &DistillInput<'a>,
     cfg: &FinetuneConfig,
     kd: &DistillOptions,
     progress: &mut dyn FnMut(&StepLog),
-) -> Result<(FinetuneReport, Vec<u8>)> {
+) -> Result<(FinetuneReport, Trainer<'a>)> {
     const OP: &str = "distill";
     let DistillInput { student, student_kept, teacher, tokenizer, template, data, format } = *input;
     let cfg = &FinetuneConfig { kd_schedule: kd.schedule(), ..cfg.clone() };
@@ -170,8 +186,7 @@ pub async fn distill_data(
         let loss = kd.loss(Some(h.tau))?;
         let mut trainer = trainer_for(ctx, student, cfg)?;
         let report = distill_offline(ctx, &mut trainer, &loss, &rows, cfg, RunControl::default(), progress).await?;
-        let bytes = trained_safetensors(ctx, &trainer, &student.config.architecture).await?;
-        return Ok((report, bytes));
+        return Ok((report, trainer));
     }
     let rows = match &kd.instruction {
         Some(instruction) => {
@@ -200,8 +215,7 @@ pub async fn distill_data(
     let mut t = teacher_trainer(ctx, teacher_model, &rows, cfg)?;
     let report =
         train_resumable(ctx, &mut trainer, Some((&mut t, &loss)), &rows, cfg, RunControl::default(), progress).await?;
-    let bytes = trained_safetensors(ctx, &trainer, &student.config.architecture).await?;
-    Ok((report, bytes))
+    Ok((report, trainer))
 }
 
 #[cfg(test)]

@@ -58,11 +58,28 @@ pub struct FinetuneConfig {
 /// student is used at) is the common use. The divergence weight follows τ² (it is scaled by
 /// (τ_t / τ_1)², so Hinton's τ² stays τ²). The held-out KL before and after a run is measured
 /// with the last step's loss.
+///
+/// `adapt_alpha` adapts α to the loss instead (no `alpha_end` then): the hard-label term keeps
+/// the share of the loss it had at step 1, `s = α₁·CE₁ / (w₁·D₁ + α₁·CE₁)` (w: the divergence
+/// weight, D: the divergence), so each later step takes `α = s/(1−s) · EMA(w·D) / EMA(CE)` over
+/// the steps before it (EMA factor [`ADAPT_EMA`], seeded with step 1; α kept within
+/// [`ADAPT_RANGE`]× of α₁ either way). As the student closes in on the teacher the divergence
+/// falls faster than the labels' CE, and α falls with it: the labels cannot take over the
+/// gradient late in a run (where a fixed α lets them pull the student off the teacher), and a
+/// divergence that stalls keeps them from fading. α₁ is the user's α; the held-out figures
+/// before and after use it too, so they compare. The rule reads only the logged steps, so a
+/// resumed run adapts exactly as the uninterrupted one.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct KdSchedule {
     pub tau_end: Option<f32>,
     pub alpha_end: Option<f32>,
+    pub adapt_alpha: bool,
 }
+
+/// The EMA factor of `KdSchedule::adapt_alpha`'s loss averages (the last ~5 steps count).
+pub const ADAPT_EMA: f64 = 0.8;
+/// How far `KdSchedule::adapt_alpha` may move α from α₁: within [α₁/100, 100·α₁].
+pub const ADAPT_RANGE: f64 = 100.0;
 
 impl KdSchedule {
     /// The loss of step `step` (1-based) of `steps`.
@@ -78,14 +95,57 @@ impl KdSchedule {
         }
     }
 
-    fn check(&self) -> Result<()> {
+    /// The loss of step `step` of `steps` after the steps `logged` before it: [`at`](Self::at),
+    /// with α adapted to their losses when `adapt_alpha` is set.
+    pub fn next(&self, base: &DistillLoss, logged: &[StepLog], step: usize, steps: usize) -> DistillLoss {
+        let mut loss = self.at(base, step, steps);
+        if self.adapt_alpha {
+            loss.alpha = self.adapted_alpha(base, logged, steps);
+        }
+        loss
+    }
+
+    /// `adapt_alpha`'s α after the steps `logged` (α₁ while there is nothing to go on).
+    fn adapted_alpha(&self, base: &DistillLoss, logged: &[StepLog], steps: usize) -> f32 {
+        // Each step's (weighted divergence, CE), as it was trained.
+        let terms = logged.iter().filter_map(|l| {
+            let w = self.at(base, l.step, steps).kl_coef as f64;
+            Some((w * l.kl?, l.ce?)).filter(|(d, c)| d.is_finite() && c.is_finite() && *c > 0.0)
+        });
+        let mut avg: Option<(f64, f64, f64)> = None; // (share at step 1, EMA(w·D), EMA(CE))
+        for (d, c) in terms {
+            avg = Some(match avg {
+                None => (base.alpha as f64 * c / (d + base.alpha as f64 * c), d, c),
+                Some((s, ed, ec)) => {
+                    (s, ADAPT_EMA * ed + (1.0 - ADAPT_EMA) * d, ADAPT_EMA * ec + (1.0 - ADAPT_EMA) * c)
+                }
+            });
+        }
+        match avg {
+            Some((s, d, c)) if s > 0.0 && s < 1.0 => {
+                let a1 = base.alpha as f64;
+                (s / (1.0 - s) * d / c).clamp(a1 / ADAPT_RANGE, a1 * ADAPT_RANGE) as f32
+            }
+            _ => base.alpha,
+        }
+    }
+
+    fn check(&self, base: Option<&DistillLoss>) -> Result<()> {
         let tau_ok = self.tau_end.is_none_or(|t| t.is_finite() && t > 0.0);
         let alpha_ok = self.alpha_end.is_none_or(|a| a.is_finite() && a >= 0.0);
-        if tau_ok && alpha_ok {
-            Ok(())
-        } else {
-            Err(PupilError::arg("distill", format!("a final τ > 0 and a final α ≥ 0; got {self:?}")))
+        if !(tau_ok && alpha_ok) {
+            return Err(PupilError::arg("distill", format!("a final τ > 0 and a final α ≥ 0; got {self:?}")));
         }
+        if self.adapt_alpha && self.alpha_end.is_some() {
+            return Err(PupilError::arg(
+                "distill",
+                "α is either scheduled (a final α) or adapted to the loss, not both",
+            ));
+        }
+        if self.adapt_alpha && base.is_some_and(|b| b.alpha <= 0.0) {
+            return Err(PupilError::arg("distill", "adapting α to the loss needs an α > 0 to start from"));
+        }
+        Ok(())
     }
 }
 
@@ -138,6 +198,11 @@ pub struct StepLog {
     pub applied: bool,
     /// Distillation: the step's mean divergence to the teacher.
     pub kl: Option<f64>,
+    /// Distillation: the step's mean hard-label cross-entropy (`loss` less the divergence and
+    /// alignment terms, without α; none when α is 0).
+    pub ce: Option<f64>,
+    /// Distillation: the CE weight α the step trained with (scheduled or adapted).
+    pub alpha: Option<f64>,
 }
 
 /// The outcome of a run.
@@ -405,11 +470,12 @@ async fn train(
     if !matches!(teacher, Teacher::Online(..)) && rows.iter().any(|r| r.teacher.is_some()) {
         return Err(PupilError::arg(OP, "context-distillation rows need a teacher"));
     }
-    cfg.kd_schedule.check()?;
-    let (train, eval) = eval_split(rows, cfg);
     let first_loss = teacher.loss();
+    cfg.kd_schedule.check(first_loss.as_ref())?;
+    let (train, eval) = eval_split(rows, cfg);
     let distilling = first_loss.is_some();
-    // The loss as given (step 1's) and as it ends (the held-out KL's).
+    // The loss as given (step 1's) and as it ends (the held-out figures'; an adapted α's are
+    // with the given α).
     let last_loss = first_loss.map(|l| cfg.kd_schedule.at(&l, cfg.steps, cfg.steps));
     let mut state = match control.resume {
         Some(bytes) => checkpoint::restore(ctx, trainer, bytes, cfg, rows, distilling).await?,
@@ -448,11 +514,11 @@ async fn train(
             passes.push(concat(&picked));
         }
         let total: usize = passes.iter().map(|b| b.counted()).sum();
-        let (mut loss, mut kl) = (0.0, 0.0);
+        let (mut loss, mut kl, mut ce) = (0.0, 0.0, Some(0.0));
+        let kd = first_loss.map(|first| cfg.kd_schedule.next(&first, &state.logs, step, cfg.steps));
         for batch in &passes {
             let w = batch.counted() as f64 / total as f64;
             let (ids, targets, docs) = (&batch.ids, &batch.targets, &batch.doc_lengths);
-            let kd = first_loss.map(|first| cfg.kd_schedule.at(&first, step, cfg.steps));
             let (l, k) = match (&mut teacher, &kd) {
                 (Teacher::Online(t, _), Some(kd)) => {
                     let input = batch.teacher.as_ref();
@@ -466,6 +532,7 @@ async fn train(
             };
             loss += w * l;
             kl += w * k;
+            ce = ce.zip(trainer.last_cross_entropy()).map(|(sum, c)| sum + w * c);
         }
         let lr = cfg.lr_at(step);
         let opt = AdamW { lr, weight_decay: cfg.weight_decay, ..AdamW::default() };
@@ -479,6 +546,8 @@ async fn train(
             tokens: total,
             applied: report.applied,
             kl: distilling.then_some(kl),
+            ce: ce.filter(|_| distilling),
+            alpha: kd.map(|k| k.alpha as f64),
         };
         progress(&log);
         state.logs.push(log);
@@ -768,6 +837,7 @@ impl StepLog {
         serde_json::json!({
             "step": self.step, "steps": self.steps, "loss": self.loss, "gradNorm": self.grad_norm,
             "lr": self.lr, "tokens": self.tokens, "applied": self.applied, "kl": self.kl,
+            "ce": self.ce, "alpha": self.alpha,
         })
     }
 }
@@ -805,7 +875,7 @@ mod tests {
     #[test]
     fn kd_schedule_interpolates_tau_alpha_and_the_kl_weight() {
         let base = DistillLoss { divergence: Divergence::Jsd { beta: 0.3 }, ..DistillLoss::hinton(4.0, 0.5) };
-        let s = KdSchedule { tau_end: Some(1.0), alpha_end: Some(0.0) };
+        let s = KdSchedule { tau_end: Some(1.0), alpha_end: Some(0.0), adapt_alpha: false };
         assert_eq!(s.at(&base, 1, 7), base);
         let last = s.at(&base, 7, 7);
         assert_eq!((last.tau, last.alpha, last.divergence), (1.0, 0.0, base.divergence));
@@ -815,7 +885,48 @@ mod tests {
         assert!((mid.kl_coef - 6.25).abs() < 1e-5, "{mid:?}");
         assert_eq!(KdSchedule::default().at(&base, 5, 7), base, "no schedule: fixed");
         assert_eq!(s.at(&base, 1, 1), base, "a one-step run uses the loss as given");
-        assert!(KdSchedule { tau_end: Some(0.0), alpha_end: None }.check().is_err());
-        assert!(KdSchedule { tau_end: None, alpha_end: Some(f32::NAN) }.check().is_err());
+        let bad = |tau_end, alpha_end| KdSchedule { tau_end, alpha_end, adapt_alpha: false }.check(Some(&base));
+        assert!(bad(Some(0.0), None).is_err() && bad(None, Some(f32::NAN)).is_err());
+    }
+
+    /// A logged distillation step with divergence `kl` and CE `ce`.
+    fn logged(step: usize, kl: f64, ce: f64) -> StepLog {
+        let (loss, grad_norm, lr, tokens, applied) = (kl + ce, 1.0, 1e-3, 8, true);
+        StepLog { step, steps: 10, loss, grad_norm, lr, tokens, applied, kl: Some(kl), ce: Some(ce), alpha: None }
+    }
+
+    /// Adapting α keeps the CE term's share of step 1 over the EMA of the steps so far: step 1
+    /// and 2 train with α₁; a halved divergence lowers α by the EMA's 10%; the divergence
+    /// weight of a τ schedule counts; the range and unusable steps are handled; and it refuses
+    /// α₁ = 0 and a final α.
+    #[test]
+    fn adapted_alpha_keeps_the_share_of_the_labels() {
+        let base = DistillLoss::hinton(2.0, 0.5);
+        let adapt = KdSchedule { adapt_alpha: true, ..KdSchedule::default() };
+        assert_eq!(adapt.next(&base, &[], 1, 10), base);
+        let first = [logged(1, 0.8, 3.0)];
+        assert_eq!(adapt.next(&base, &first, 2, 10).alpha, 0.5, "one step: its own share gives α₁");
+        let halved = [logged(1, 0.8, 3.0), logged(2, 0.4, 3.0)];
+        let a = adapt.next(&base, &halved, 3, 10).alpha as f64;
+        assert!((a - 0.5 * 0.9).abs() < 1e-6, "EMA(w·D) = 0.9 of step 1's: {a}");
+        let share = |a: f64, d: f64, c: f64| a * c / (d + a * c);
+        let (s1, d, c) = (share(0.5, 4.0 * 0.8, 3.0), 4.0 * (0.8 * 0.8 + 0.2 * 0.4), 3.0);
+        assert!((share(a, d, c) - s1).abs() < 1e-6, "the share stays");
+        // With τ annealed 2 → 1 the weight falls from 4 to 1: a divergence that rises to keep
+        // w·D fixed leaves α as it was.
+        let annealed = KdSchedule { tau_end: Some(1.0), ..adapt };
+        let w2 = annealed.at(&base, 2, 10).kl_coef as f64;
+        let steady = [logged(1, 0.8, 3.0), logged(2, 0.8 * 4.0 / w2, 3.0)];
+        assert!((annealed.next(&base, &steady, 3, 10).alpha - 0.5).abs() < 1e-6);
+        assert!(annealed.next(&base, &steady, 3, 10).tau < 2.0, "τ still follows its schedule");
+        // A collapsing divergence stops at α₁/100; a NaN step (skipped) is left out.
+        let mut collapse: Vec<StepLog> = vec![logged(1, 0.8, 3.0)];
+        collapse.extend((2..60).map(|i| logged(i, 1e-12, 3.0)));
+        assert!((adapt.next(&base, &collapse, 60, 60).alpha as f64 - 0.5 / ADAPT_RANGE).abs() < 1e-9);
+        let with_nan = [logged(1, 0.8, 3.0), logged(2, f64::NAN, 3.0)];
+        assert_eq!(adapt.next(&base, &with_nan, 3, 10).alpha, 0.5);
+        assert!(adapt.check(Some(&DistillLoss::hinton(2.0, 0.0))).is_err(), "α₁ = 0");
+        assert!(KdSchedule { alpha_end: Some(0.1), ..adapt }.check(Some(&base)).is_err());
+        assert!(adapt.check(Some(&base)).is_ok());
     }
 }

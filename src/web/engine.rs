@@ -393,11 +393,11 @@ impl Engine {
 
     /// Fine-tune fresh LoRA adapters of the loaded model (f32 path) on `data` (text, or JSONL
     /// with `format: "jsonl"`): `optionsJson` is `train::FinetuneOptions` (rank, alpha,
-    /// targets, steps, seqLen, batchRows, lr, warmup, evalFraction, seed, …). `onStep(stepJson)`
-    /// after every optimizer step (`{step, steps, loss, gradNorm, lr, tokens, applied}`).
-    /// Resolves to the report as JSON (held-out loss
-    /// before and after, every step). What it trained is kept for `trainedWeights`; the
-    /// adapters are not applied to generation (yet).
+    /// targets, steps, seqLen, batchRows, lr, warmup, evalFraction, seed, …) and `apply`
+    /// (merge what was trained into the loaded model afterwards, so generation uses it).
+    /// `onStep(stepJson)` after every optimizer step (`{step, steps, loss, gradNorm, lr,
+    /// tokens, applied}`). Resolves to the report as JSON (held-out loss before and after,
+    /// every step; with `apply`, `merged`). What it trained is kept for `trainedWeights`.
     #[wasm_bindgen(unchecked_return_type = "Promise<string>")]
     pub fn finetune(
         &self,
@@ -411,16 +411,10 @@ impl Engine {
             const OP: &str = "Engine.finetune";
             inner.check_device()?;
             let _busy = inner.begin("finetune")?;
+            let (options_json, apply) = take_apply(OP, &options_json).map_err(|e| js_error(&e))?;
             let o: crate::train::FinetuneOptions = options(OP, &options_json)?;
             let (cfg, format) = o.config().map_err(|e| js_error(&e))?;
-            // Tokenize and pack first (the template cannot leave the cell), then take the session.
-            let (rows, session) = {
-                let mut loaded = inner.loaded.borrow_mut();
-                let l = loaded.as_mut().ok_or_else(|| no_model(OP))?;
-                let docs = crate::train::documents(&data, format, &l.tokenizer, l.template.as_ref())
-                    .map_err(|e| js_error(&e))?;
-                (crate::train::pack(&docs, cfg.seq_len), l.session.take().ok_or_else(|| busy_error(OP))?)
-            };
+            let l = inner.snapshot(OP)?;
             let mut callback_error = None;
             let result = {
                 let mut progress = |s: &crate::train::StepLog| {
@@ -428,32 +422,17 @@ impl Engine {
                         callback_error.get_or_insert(e);
                     }
                 };
-                match crate::train::trainer_for(&inner.ctx, session.model(), &cfg) {
-                    Ok(mut trainer) => {
-                        match crate::train::finetune(&inner.ctx, &mut trainer, &rows, &cfg, &mut progress).await {
-                            Ok(report) => {
-                                let arch = &session.model().config.architecture;
-                                crate::train::trained_safetensors(&inner.ctx, &trainer, arch)
-                                    .await
-                                    .map(|bytes| (report, bytes))
-                            }
-                            Err(e) => Err(e),
-                        }
-                    }
-                    Err(e) => Err(e),
-                }
+                let run = async {
+                    let docs = crate::train::documents(&data, format, &l.tokenizer, l.template.as_ref())?;
+                    let rows = crate::train::pack(&docs, cfg.seq_len);
+                    let mut trainer = crate::train::trainer_for(&inner.ctx, &l.model, &cfg)?;
+                    let report = crate::train::finetune(&inner.ctx, &mut trainer, &rows, &cfg, &mut progress).await?;
+                    let outputs = trained_outputs(&inner.ctx, &trainer, &l, apply).await?;
+                    Ok::<_, PupilError>((report, outputs))
+                };
+                run.await
             };
-            let trained = result.as_ref().ok().map(|(_, bytes)| bytes.clone());
-            let result = result.map(|(report, _)| report);
-            if let Some(l) = inner.loaded.borrow_mut().as_mut() {
-                l.session = Some(session);
-                l.trained = trained;
-            }
-            if let Some(e) = callback_error {
-                return Err(e);
-            }
-            let report = result.map_err(|e| js_error(&e))?;
-            Ok(JsValue::from_str(&report.to_json().to_string()))
+            finish_training(&inner, &l, result, callback_error).await
         })
     }
 
@@ -527,11 +506,7 @@ impl Engine {
             inner.check_device()?;
             let _busy = inner.begin("pruneIntoStudent")?;
             let o: PruneOptions = options(OP, &options_json)?;
-            let (model, source, header, tokenizer, template) = {
-                let loaded = inner.loaded.borrow();
-                let l = loaded.as_ref().ok_or_else(|| no_model(OP))?;
-                (l.model.clone(), l.source.clone(), l.header.clone(), l.tokenizer.clone(), l.template.clone())
-            };
+            let Snapshot { model, source, header, tokenizer, template, kept_layers } = inner.snapshot(OP)?;
             let n = model.config.n_layers;
             let (keep, influence) = match (&o.keep, o.drop, &o.data) {
                 (Some(keep), None, None) => (keep.clone(), None),
@@ -556,8 +531,7 @@ impl Engine {
             // student (progressive pruning keeps the original), else the loaded model itself.
             let teacher_info = {
                 let mut teacher = inner.teacher.borrow_mut();
-                let was_student = inner.loaded.borrow().as_ref().is_some_and(|l| l.kept_layers.is_some());
-                if teacher.is_none() || !was_student {
+                if teacher.is_none() || kept_layers.is_none() {
                     let name = header.get("general.name").and_then(|v| v.as_str()).unwrap_or("").to_string();
                     let info = model_info(&model, &tokenizer, &name, template.is_some());
                     *teacher = Some(TeacherModel { model: model.clone(), info });
@@ -602,13 +576,10 @@ impl Engine {
             const OP: &str = "Engine.distill";
             inner.check_device()?;
             let _busy = inner.begin("distill")?;
+            let (options_json, apply) = take_apply(OP, &options_json).map_err(|e| js_error(&e))?;
             let (ft, kd) = crate::train::distill::split_options(OP, &options_json).map_err(|e| js_error(&e))?;
             let (cfg, format) = ft.config().map_err(|e| js_error(&e))?;
-            let (model, tokenizer, template, kept) = {
-                let loaded = inner.loaded.borrow();
-                let l = loaded.as_ref().ok_or_else(|| no_model(OP))?;
-                (l.model.clone(), l.tokenizer.clone(), l.template.clone(), l.kept_layers.clone())
-            };
+            let l = inner.snapshot(OP)?;
             let teacher = inner.teacher.borrow().as_ref().map(|t| t.model.clone());
             let mut callback_error = None;
             let result = {
@@ -618,24 +589,24 @@ impl Engine {
                     }
                 };
                 let input = crate::train::distill::DistillInput {
-                    student: &model,
-                    student_kept: kept.as_deref(),
+                    student: &l.model,
+                    student_kept: l.kept_layers.as_deref(),
                     teacher: teacher.as_deref(),
-                    tokenizer: &tokenizer,
-                    template: template.as_ref(),
+                    tokenizer: &l.tokenizer,
+                    template: l.template.as_ref(),
                     data: &data,
                     format,
                 };
-                crate::train::distill::distill_data(&inner.ctx, &input, &cfg, &kd, &mut progress).await
+                let run = async {
+                    let (report, trainer) =
+                        crate::train::distill::distill_data(&inner.ctx, &input, &cfg, &kd, &mut progress).await?;
+                    let outputs = trained_outputs(&inner.ctx, &trainer, &l, apply).await?;
+                    Ok::<_, PupilError>((report, outputs))
+                };
+                run.await
             };
-            if let (Ok((_, bytes)), Some(l)) = (&result, inner.loaded.borrow_mut().as_mut()) {
-                l.trained = Some(bytes.clone());
-            }
-            if let Some(e) = callback_error {
-                return Err(e);
-            }
-            let (report, _) = result.map_err(|e| js_error(&e))?;
-            Ok(JsValue::from_str(&report.to_json().to_string()))
+            drop(teacher);
+            finish_training(&inner, &l, result, callback_error).await
         })
     }
 
@@ -718,6 +689,94 @@ async fn load_from(
 fn bytes_blob(bytes: &[u8]) -> Result<web_sys::Blob, JsValue> {
     let parts = js_sys::Array::of1(&js_sys::Uint8Array::from(bytes));
     web_sys::Blob::new_with_u8_array_sequence(&parts)
+}
+
+/// The loaded model's parts a training run reads (cloned: no borrow is held across an await).
+struct Snapshot {
+    model: Arc<LlamaModel>,
+    tokenizer: Tokenizer,
+    template: Option<ChatTemplate>,
+    kept_layers: Option<Vec<usize>>,
+    source: web_sys::Blob,
+    header: GgufHeader,
+}
+
+impl Inner {
+    fn snapshot(&self, op: &'static str) -> Result<Snapshot, JsValue> {
+        let loaded = self.loaded.try_borrow().map_err(|_| busy_error(op))?;
+        let l = loaded.as_ref().ok_or_else(|| no_model(op))?;
+        Ok(Snapshot {
+            model: l.model.clone(),
+            tokenizer: l.tokenizer.clone(),
+            template: l.template.clone(),
+            kept_layers: l.kept_layers.clone(),
+            source: l.source.clone(),
+            header: l.header.clone(),
+        })
+    }
+}
+
+/// A training call's `apply` option (merge what was trained into the loaded model), taken out
+/// of its options object so the rest parses strictly.
+fn take_apply(op: &'static str, json: &str) -> crate::Result<(String, bool)> {
+    let text = if json.trim().is_empty() { "{}" } else { json };
+    let mut all: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(text).map_err(|e| PupilError::arg(op, format!("options: {e}")))?;
+    let apply = match all.remove("apply") {
+        None => false,
+        Some(serde_json::Value::Bool(b)) => b,
+        Some(other) => return Err(PupilError::arg(op, format!("options: apply is true or false, not {other}"))),
+    };
+    Ok((serde_json::Value::Object(all).to_string(), apply))
+}
+
+/// What a run trained: the trained-weights file (safetensors), and with `apply` the loaded
+/// model's file with it merged in (each matrix in its own type) and the merge's report.
+type TrainedOutputs = (Vec<u8>, Option<(Vec<u8>, crate::train::MergeReport)>);
+
+/// Gathers a run's [`TrainedOutputs`].
+async fn trained_outputs(
+    ctx: &GpuContext,
+    trainer: &crate::model::Trainer<'_>,
+    l: &Snapshot,
+    apply: bool,
+) -> crate::Result<TrainedOutputs> {
+    let weights = crate::train::trained_safetensors(ctx, trainer, &l.model.config.architecture).await?;
+    let merged = match apply {
+        true => Some(crate::train::merged_gguf(ctx, trainer, &l.header, &l.source, None, &mut |_, _| {}).await?),
+        false => None,
+    };
+    Ok((weights, merged))
+}
+
+/// The end of `finetune` / `distill`: keep what was trained for `trainedWeights`; with a merged
+/// file, load it as the model (the chat then runs the trained model; a fresh conversation);
+/// resolve to the report.
+async fn finish_training(
+    inner: &Rc<Inner>,
+    l: &Snapshot,
+    result: crate::Result<(crate::train::FinetuneReport, TrainedOutputs)>,
+    callback_error: Option<JsValue>,
+) -> Result<JsValue, JsValue> {
+    if let Some(e) = callback_error {
+        return Err(e);
+    }
+    let (report, (weights, merged)) = result.map_err(|e| js_error(&e))?;
+    let mut json = report.to_json();
+    if let Some((bytes, m)) = merged {
+        let blob = bytes_blob(&bytes)?;
+        drop(bytes);
+        let opts =
+            ModelOptions { dtype: Some(l.model.dtype), context: Some(l.model.context), ..ModelOptions::default() };
+        inner.loaded.replace(None);
+        let (loaded, _) = load_from(&inner.ctx, blob, &opts, &mut |_, _, _| {}).await.map_err(|e| js_error(&e))?;
+        inner.loaded.replace(Some(loaded));
+        json["merged"] = json!({ "tensors": m.tensors.len(), "update": m.update, "requantisation": m.requantisation });
+    }
+    if let Some(loaded) = inner.loaded.borrow_mut().as_mut() {
+        loaded.trained = Some(weights);
+    }
+    Ok(JsValue::from_str(&json.to_string()))
 }
 
 fn model_options(o: &LoadOptions) -> crate::Result<ModelOptions> {

@@ -38,9 +38,10 @@ export async function use(file: File): Promise<void> {
   const r = await engine.generate('Once', { onToken: (t, id) => console.log(t, id) });
   console.log(r.finishReason, text, total, reason, engine.model.layers);
   await engine.loadTeacher({ synth: 'tiny-llama', seed: 2 }, { onProgress: (p) => console.log(p.phase) });
-  const kd = await engine.distill('text', { steps: 2, tau: 2, kdAlpha: 0.5, divergence: 'jsd:0.3', onStep: (s) => console.log(s.kl) });
+  const kd = await engine.distill('text', { steps: 2, tau: 2, kdAlpha: 0.5, kdAlphaAdapt: true, divergence: 'jsd:0.3', onStep: (s) => console.log(s.kl, s.ce, s.alpha) });
   const pruned = await engine.pruneIntoStudent({ drop: 1, data: 'calibration text' });
-  await engine.distill('{"text": "x"}\n', { format: 'jsonl', alignHidden: 0.1, alignPairs: [[1, 2]] });
+  const applied = await engine.distill('{"text": "x"}\n', { format: 'jsonl', alignHidden: 0.1, alignPairs: [[1, 2]], apply: true });
+  console.log(applied.merged?.requantisation);
   await engine.unloadTeacher();
   console.log(kd.evalKlAfter, kd.teacherEvalLoss, pruned.kept, pruned.teacher.layers);
   const m: MemoryInfo = await engine.dispose();

@@ -184,8 +184,13 @@ enum Command {
         #[arg(long)]
         tau_end: Option<f32>,
         /// Move the CE weight linearly to this by the last step.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "kd_alpha_adapt")]
         kd_alpha_end: Option<f32>,
+        /// Adapt the CE weight to the loss: the hard-label term keeps the share of the loss it
+        /// had at step 1 (α moves with the ratio of the divergence's and the CE's recent
+        /// averages, within 100× of --kd-alpha either way).
+        #[arg(long)]
+        kd_alpha_adapt: bool,
         /// forward (KL(teacher ‖ student), Hinton's), reverse (KL(student ‖ teacher)), jsd
         /// (Jensen–Shannon, β = 0.5) or jsd:BETA (generalised: β → 0 forward-like, → 1 reverse-like).
         #[arg(long, default_value = "forward", value_parser = parse_divergence)]
@@ -624,6 +629,7 @@ async fn run(command: Command, options: ContextOptions) -> pupil::Result<ExitCod
             kd_alpha,
             tau_end,
             kd_alpha_end,
+            kd_alpha_adapt,
             divergence,
             align_hidden,
             align_pairs,
@@ -634,7 +640,7 @@ async fn run(command: Command, options: ContextOptions) -> pupil::Result<ExitCod
                 tau_given: tau,
                 path: teacher,
                 loss,
-                schedule: train::KdSchedule { tau_end, alpha_end: kd_alpha_end },
+                schedule: train::KdSchedule { tau_end, alpha_end: kd_alpha_end, adapt_alpha: kd_alpha_adapt },
                 context: instruction,
                 align: (align_hidden != 0.0).then_some((align_hidden, align_pairs)),
             };

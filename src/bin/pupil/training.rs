@@ -310,7 +310,9 @@ pub(super) async fn train_run(
         Some(TeacherArgs { loss, schedule, align, .. }) if offline.is_none() => {
             let t = teacher_file.as_ref().map_or(&l.model, |t| &t.model);
             let last = schedule.at(loss, steps, steps);
-            let annealed = if last != *loss {
+            let annealed = if schedule.adapt_alpha {
+                format!(" (adapted to the loss: the labels keep their step-1 share; τ {} by the last step)", last.tau)
+            } else if last != *loss {
                 format!(" (→ τ {}, KL weight {}, CE weight {} by the last step)", last.tau, last.kl_coef, last.alpha)
             } else {
                 String::new()
@@ -362,11 +364,12 @@ pub(super) async fn train_run(
         tokens += s.tokens;
         let skipped = if s.applied { "" } else { " (skipped: NaN/Inf gradients)" };
         let line = format!(
-            "step {:>4}/{}: loss {:.4}{}  |g| {:.3}  lr {:.2e}  {:.0} tokens/s{skipped}",
+            "step {:>4}/{}: loss {:.4}{}{}  |g| {:.3}  lr {:.2e}  {:.0} tokens/s{skipped}",
             s.step,
             s.steps,
             s.loss,
             s.kl.map_or(String::new(), |k| format!("  KL {k:.4}")),
+            s.ce.zip(s.alpha).map_or(String::new(), |(c, a)| format!("  CE {c:.4} (α {a:.3})")),
             s.grad_norm,
             s.lr,
             tokens as f64 / start.elapsed().as_secs_f64().max(1e-9)

@@ -162,6 +162,8 @@ pub struct Trainer<'m> {
     /// Optimizer steps applied so far (AdamW's t).
     pub steps: u64,
     last_loss: Option<f64>,
+    /// The hard-label cross-entropy of the last pass (see `last_cross_entropy`).
+    last_ce: Option<f64>,
     /// The seed given at construction (dropout masks derive from it).
     seed: u64,
     /// Training forward passes run so far, and the one running now while its masks are in use
@@ -368,6 +370,7 @@ impl<'m> Trainer<'m> {
             max_tokens,
             steps: 0,
             last_loss: None,
+            last_ce: None,
             seed,
             calls: 0,
             dropout_call: None,
@@ -538,6 +541,13 @@ impl<'m> Trainer<'m> {
             .collect())
     }
 
+    /// The mean hard-label cross-entropy (at temperature 1, over the counted targets) of the
+    /// last pass: its loss without labels' weight α, the divergence or the alignment; `None`
+    /// before any pass, or after a distillation pass with α = 0 (the CE is then not computed).
+    pub fn last_cross_entropy(&self) -> Option<f64> {
+        self.last_ce
+    }
+
     /// The mean loss of a batch with the adapters as they are; gradients untouched (evaluation).
     pub async fn loss(&mut self, ctx: &GpuContext, ids: &[u32], targets: &[u32], doc_lengths: &[usize]) -> Result<f64> {
         Ok(self.run(ctx, ids, targets, doc_lengths, None, Signal::Labels).await?.0)
@@ -606,13 +616,21 @@ impl<'m> Trainer<'m> {
         self.dropout_call = None;
         let mean = |v: Vec<f32>| v.iter().map(|&x| x as f64).sum::<f64>() / counted as f64;
         let mut loss = mean(self.w.loss.view(0, &[n])?.read_f32(ctx).await?);
-        if let Some((_, _, l)) = &align {
-            loss += l.read_f32(ctx).await?.iter().map(|&x| x as f64).sum::<f64>() / n as f64;
-        }
         let kl = match signal {
             Signal::Labels => 0.0,
             _ => mean(self.w.kl.view(0, &[n])?.read_f32(ctx).await?),
         };
+        // The head's per-token loss is `kl_coef · kl + α · CE`: its CE part, from the means.
+        self.last_ce = match signal {
+            Signal::Labels => Some(loss),
+            Signal::Online(_, d) | Signal::TopK(_, d) if d.alpha > 0.0 => {
+                Some((loss - d.kl_coef as f64 * kl) / d.alpha as f64)
+            }
+            _ => None,
+        };
+        if let Some((_, _, l)) = &align {
+            loss += l.read_f32(ctx).await?.iter().map(|&x| x as f64).sum::<f64>() / n as f64;
+        }
         Ok((loss, kl))
     }
 

@@ -87,20 +87,23 @@ async function run() {
   const teacher = await engine.loadTeacher({ synth: 'tiny-llama', seed: 4 }, { loadOptions: { dtype: 'f32', context: 256 } });
   const kdSteps = [];
   const kd = await engine.distill('The quick brown fox jumps over the lazy dog. '.repeat(12),
-    { rank: 2, alpha: 4, steps: 2, seqLen: 48, batchRows: 2, lr: 0.01, warmup: 1, evalFraction: 0.25, tau: 2,
-      onStep: (s) => kdSteps.push(s.kl) });
-  check(teacher.layers === engine.model.layers && kdSteps.length === 2 && kdSteps.every((k) => k > 0)
-    && kd.evalKlAfter < kd.evalKlBefore && kd.teacherEvalLoss > 0,
-  'distill() from loadTeacher(): a KL per step, held-out KL down', JSON.stringify({ kdSteps, before: kd.evalKlBefore, after: kd.evalKlAfter }));
+    { rank: 2, alpha: 4, steps: 3, seqLen: 48, batchRows: 2, lr: 0.01, warmup: 1, evalFraction: 0.25, tau: 2,
+      kdAlpha: 0.5, kdAlphaAdapt: true, onStep: (s) => kdSteps.push(s.kl) });
+  const kdAlphas = kd.steps.map((s) => s.alpha);
+  check(teacher.layers === engine.model.layers && kdSteps.length === 3 && kdSteps.every((k) => k > 0)
+    && kd.evalKlAfter < kd.evalKlBefore && kd.teacherEvalLoss > 0 && kd.steps.every((s) => s.ce > 0)
+    && kdAlphas[0] === 0.5 && kdAlphas[1] === 0.5 && kdAlphas[2] !== 0.5,
+  'distill() from loadTeacher(): a KL and CE per step, α adapted to the loss, held-out KL down',
+  JSON.stringify({ kdSteps, kdAlphas, before: kd.evalKlBefore, after: kd.evalKlAfter }));
   const layers = engine.model.layers;
   const pruned = await engine.pruneIntoStudent({ keep: [1] });
   check(pruned.model.layers === 1 && engine.model.layers === 1 && pruned.teacher.layers === layers
     && JSON.stringify(pruned.dropped) === '[0]', 'pruneIntoStudent(): the model loses a layer, the original teaches',
   JSON.stringify({ kept: pruned.kept, dropped: pruned.dropped }));
   const healed = await engine.distill('The quick brown fox jumps over the lazy dog. '.repeat(12),
-    { rank: 2, alpha: 4, steps: 1, seqLen: 48, batchRows: 2, lr: 0.01, warmup: 1, evalFraction: 0.25, tau: 1, alignHidden: 0.1 });
-  check(healed.steps.length === 1 && healed.steps[0].kl > 0 && healed.evalKlBefore > 0,
-    'distill() heals the pruned student (logits + hidden-state alignment)', JSON.stringify({ kl: healed.steps[0].kl }));
+    { rank: 2, alpha: 4, steps: 1, seqLen: 48, batchRows: 2, lr: 0.01, warmup: 1, evalFraction: 0.25, tau: 1, alignHidden: 0.1, apply: true });
+  check(healed.steps.length === 1 && healed.steps[0].kl > 0 && healed.evalKlBefore > 0 && healed.merged?.tensors > 0,
+    'distill() heals the pruned student (logits + hidden-state alignment), apply merges it in', JSON.stringify({ kl: healed.steps[0].kl, merged: healed.merged }));
   await engine.unloadTeacher();
   // dispose() while generating: the running request ends early with finish_reason 'abort',
   // a queued one is refused.

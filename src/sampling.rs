@@ -196,8 +196,23 @@ impl TokenDistribution {
         TokenDistribution { tokens: kept.iter().map(|c| c.0).collect(), weights, total, path }
     }
 
+    /// A distribution over `tokens` with unnormalised `weights` (aligned, finite, ≥ 0; the
+    /// order is the draw order): e.g. speculative sampling's residual. None when empty,
+    /// misaligned or out of range. Its path reads as `FullRow` (built on the host).
+    pub fn from_weights(tokens: Vec<u32>, weights: Vec<f64>) -> Option<Self> {
+        if tokens.is_empty() || tokens.len() != weights.len() || weights.iter().any(|w| !(w.is_finite() && *w >= 0.0)) {
+            return None;
+        }
+        let total = weights.iter().sum();
+        Some(TokenDistribution { tokens, weights, total, path: SamplePath::FullRow })
+    }
+
     pub fn tokens(&self) -> &[u32] {
         &self.tokens
+    }
+    /// The sum of the weights.
+    pub fn total(&self) -> f64 {
+        self.total
     }
     /// Unnormalised weights, aligned with [`tokens`](Self::tokens).
     pub fn weights(&self) -> &[f64] {

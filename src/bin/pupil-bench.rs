@@ -113,6 +113,151 @@ enum Command {
         #[arg(long, default_value_t = 3)]
         steps: usize,
     },
+    /// Speculative decoding (greedy): the target alone against the target verifying a draft's
+    /// k guesses per pass; tokens/s, acceptance, tokens per target pass and the speed-up, and
+    /// whether the output is the target's.
+    Speculative {
+        /// Target GGUF (default: a random-weight model of --synth's shape).
+        #[arg(long)]
+        target: Option<std::path::PathBuf>,
+        #[arg(long, default_value = "smollm2-135m")]
+        synth: String,
+        /// Draft GGUF (same vocabulary; default: the target without most of its layers).
+        #[arg(long)]
+        draft: Option<std::path::PathBuf>,
+        /// Without --draft: the target's layers the draft keeps, e.g. 0-3,29.
+        #[arg(long, default_value = "0-3")]
+        keep: String,
+        #[arg(long, value_delimiter = ',', default_values_t = vec![2, 4, 8])]
+        k: Vec<usize>,
+        /// Tokens generated per run.
+        #[arg(long, default_value_t = 48)]
+        tokens: usize,
+        /// Activations and KV cache in f32 (default: f16 where the adapter has it).
+        #[arg(long)]
+        f32: bool,
+    },
+}
+
+/// Bytes of a GGUF file, or a random-weight model of the preset `shape`.
+fn model_bytes(path: Option<&std::path::Path>, shape: &str) -> Result<Vec<u8>> {
+    match path {
+        Some(p) => std::fs::read(p).map_err(|e| pupil::PupilError::Format(format!("{}: {e}", p.display()))),
+        None => pupil::model::synth::synthesize(&pupil::model::synth::preset(shape)?, 1, &mut |_, _| {}),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn bench_speculative(
+    ctx: &GpuContext,
+    target_path: Option<std::path::PathBuf>,
+    shape: &str,
+    draft_path: Option<std::path::PathBuf>,
+    keep: &str,
+    ks: &[usize],
+    tokens: usize,
+    f32_path: bool,
+) -> Result<()> {
+    use pupil::engine::{generate_speculative, Flow, Session, SpeculativeOptions};
+    use pupil::model::{gguf::parse_header, prune, LlamaModel, ModelOptions};
+    let target_file = model_bytes(target_path.as_deref(), shape)?;
+    let draft_file = match &draft_path {
+        Some(p) => model_bytes(Some(p), shape)?,
+        None => {
+            let kept = prune::parse_layer_list(keep)?;
+            pollster::block_on(prune::keep_layers(&parse_header(&target_file)?, &target_file[..], &kept))?
+        }
+    };
+    let dt = if f32_path || !ctx.caps.f16 { DType::F32 } else { DType::F16 };
+    let context = (64 + tokens + ks.iter().max().copied().unwrap_or(1) + 2).next_multiple_of(64);
+    let opts = ModelOptions { dtype: Some(dt), context: Some(context), ..ModelOptions::default() };
+    let target = LlamaModel::load(ctx, &target_file, &opts, &mut |_, _| {})?;
+    let draft = LlamaModel::load(ctx, &draft_file, &opts, &mut |_, _| {})?;
+    drop((target_file, draft_file));
+    let describe = |m: &LlamaModel| {
+        format!(
+            "{} layers, {:.1}M parameters, {:.1} MiB",
+            m.config.n_layers,
+            m.config.parameter_count() as f64 / 1e6,
+            m.weight_bytes as f64 / (1 << 20) as f64
+        )
+    };
+    let source = draft_path.map_or(format!("the target keeping layers {keep}"), |p| p.display().to_string());
+    println!(
+        "target {}: {}; draft ({source}): {}; {} path",
+        target_path.map_or(shape.to_string(), |p| p.display().to_string()),
+        describe(&target),
+        describe(&draft),
+        dt.name()
+    );
+    let vocab = target.config.vocab_size as u32;
+    let prompt: Vec<u32> = (0..32u32).map(|i| (i * 7919 + 13) % vocab).collect();
+    // The target alone is k = 0: its own greedy decoding (one pass per token), through the same
+    // loop with nothing drafted, so the comparison is of the passes alone.
+    let run = |k: usize| -> Result<(Vec<u32>, pupil::engine::SpeculativeStats)> {
+        let (mut t, mut d) = (Session::new(ctx, &target)?, Session::new(ctx, &draft)?);
+        let mut out = Vec::new();
+        let o = SpeculativeOptions {
+            draft_tokens: k.max(1),
+            max_tokens: tokens,
+            stop_tokens: vec![],
+            sampling: pupil::sampling::SamplerConfig::greedy(),
+        };
+        let stats = if k == 0 {
+            let mut sampler = pupil::sampling::Sampler::new(pupil::sampling::SamplerConfig::greedy())?;
+            let g = pupil::engine::GenerateOptions { max_tokens: tokens, stop_tokens: vec![] };
+            let t0 = Instant::now();
+            let s = pollster::block_on(pupil::engine::generate(ctx, &mut t, &prompt, &g, &mut sampler, &mut |id| {
+                out.push(id);
+                Flow::Continue
+            }))?;
+            let elapsed = t0.elapsed().as_secs_f64();
+            pupil::engine::SpeculativeStats {
+                prompt_tokens: prompt.len(),
+                generated_tokens: s.generated_tokens,
+                target_passes: s.generated_tokens.saturating_sub(1),
+                drafted_tokens: 0,
+                accepted_tokens: 0,
+                acceptance_rate: 0.0,
+                tokens_per_target_pass: 1.0,
+                time_to_first_token_s: s.time_to_first_token_s,
+                decode_tokens_per_s: s.decode_tokens_per_s,
+                elapsed_s: elapsed,
+                stop: s.stop,
+            }
+        } else {
+            pollster::block_on(generate_speculative(ctx, &mut t, &mut d, &prompt, &o, &mut |id| {
+                out.push(id);
+                Flow::Continue
+            }))?
+        };
+        Ok((out, stats))
+    };
+    run(0)?; // warm-up: pipelines compiled, buffers touched
+    let (want, alone) = run(0)?;
+    println!("greedy, {tokens} tokens after a {}-token prompt; decode = tokens/s after the first", prompt.len());
+    println!(
+        "{:>8} {:>11} {:>11} {:>12} {:>11} {:>9} {:>10}",
+        "k", "decode t/s", "acceptance", "tokens/pass", "passes", "speed-up", "identical"
+    );
+    println!(
+        "{:>8} {:>11.2} {:>11} {:>12.2} {:>11} {:>9.2} {:>10}",
+        "alone", alone.decode_tokens_per_s, "-", 1.0, alone.target_passes, 1.0, "-"
+    );
+    for &k in ks {
+        let (got, s) = run(k)?;
+        println!(
+            "{:>8} {:>11.2} {:>11.3} {:>12.2} {:>11} {:>9.2} {:>10}",
+            k,
+            s.decode_tokens_per_s,
+            s.acceptance_rate,
+            s.tokens_per_target_pass,
+            s.target_passes,
+            s.decode_tokens_per_s / alone.decode_tokens_per_s.max(1e-12),
+            if got == want { "yes" } else { "NO" }
+        );
+    }
+    Ok(())
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -448,6 +593,9 @@ fn run(cli: Cli, options: ContextOptions) -> Result<()> {
         }
         Command::Train { model, synth, rank, seq, batch, steps } => {
             return bench_train(&ctx, &c, model, &synth, rank, seq, batch, steps)
+        }
+        Command::Speculative { target, synth, draft, keep, k, tokens, f32 } => {
+            return bench_speculative(&ctx, target, &synth, draft, &keep, &k, tokens, f32)
         }
         Command::Matmul { formats, shapes, m } => (formats, shapes, m),
     };

@@ -132,6 +132,27 @@ impl<'m> Session<'m> {
         Ok(())
     }
 
+    /// Run `ids` after the tokens held in one forward pass (at most the model's prefill chunk)
+    /// and return every one's logits `[ids.len(), vocab]`: what the model would pick after
+    /// each (speculative decoding's verification). [`logits`](Self::logits) needs a feed
+    /// after it.
+    pub fn feed_scored(&mut self, ctx: &GpuContext, ids: &[u32]) -> Result<Tensor> {
+        if ids.is_empty() || ids.len() > self.model.chunk {
+            return Err(PupilError::arg(
+                "Session::feed_scored",
+                format!("1..={} tokens per pass, got {}", self.model.chunk, ids.len()),
+            ));
+        }
+        let needed = self.tokens.len() + ids.len();
+        if needed > self.model.context && self.model.overflow == Overflow::Error {
+            return Err(PupilError::ContextOverflow { needed, context: self.model.context });
+        }
+        self.model.forward(ctx, &self.cache, 0, self.tokens.len(), ids, Logits::All)?;
+        self.tokens.extend_from_slice(ids);
+        self.fresh_logits = false;
+        self.model.logits(ids.len())
+    }
+
     /// Make the cache hold exactly `prompt`, keeping the longest prefix already cached and
     /// recomputing at least its last token (so fresh logits exist). Returns the number of
     /// cached tokens reused.

@@ -5,8 +5,10 @@
 
 use super::generate::{generate, Flow, GenerateOptions, GenerationStats, StopReason, TokenPicker};
 use super::session::Session;
+use super::speculative::{generate_speculative, SpeculativeOptions, SpeculativeStats};
 use crate::error::Result;
 use crate::gpu::GpuContext;
+use crate::sampling::SamplerConfig;
 use crate::tokenizer::Tokenizer;
 
 /// Limits of one text generation.
@@ -88,6 +90,71 @@ impl StopStrings {
     }
 }
 
+/// Ids → text deltas with stop strings, for either token loop.
+struct TextSink {
+    decoder: crate::tokenizer::StreamDecoder,
+    stops: StopStrings,
+    tokens: Vec<u32>,
+    error: Option<crate::error::PupilError>,
+    stop_string: bool,
+    max_tokens: usize,
+}
+
+impl TextSink {
+    fn new(tokenizer: &Tokenizer, opts: &TextOptions) -> Self {
+        TextSink {
+            decoder: tokenizer.stream_decoder(opts.skip_special),
+            stops: StopStrings::new(&opts.stop_strings),
+            tokens: Vec::new(),
+            error: None,
+            stop_string: false,
+            max_tokens: opts.max_tokens,
+        }
+    }
+
+    /// One generated token: its showable text to `on_text`; Stop on a stop string, a decode
+    /// error or the caller's word.
+    fn push(&mut self, id: u32, on_text: &mut dyn FnMut(&str, u32) -> Flow) -> Flow {
+        self.tokens.push(id);
+        let mut piece = match self.decoder.push(id) {
+            Ok(p) => p,
+            Err(e) => {
+                self.error = Some(e);
+                return Flow::Stop;
+            }
+        };
+        let last = self.tokens.len() >= self.max_tokens;
+        if last {
+            piece.push_str(&self.decoder.finish());
+        }
+        let (delta, matched) = self.stops.push(&piece, last);
+        let flow = on_text(&delta, id);
+        self.stop_string |= matched;
+        if matched {
+            Flow::Stop
+        } else {
+            flow
+        }
+    }
+
+    /// The tokens, the text and why it ended, given why the token loop stopped.
+    fn finish(mut self, stop: StopReason) -> Result<(Vec<u32>, String, FinishReason)> {
+        if let Some(e) = self.error {
+            return Err(e);
+        }
+        let tail = self.decoder.finish();
+        self.stop_string |= self.stops.push(&tail, true).1;
+        let finish = match stop {
+            _ if self.stop_string => FinishReason::Stop,
+            StopReason::StopToken => FinishReason::Stop,
+            StopReason::Length => FinishReason::Length,
+            StopReason::Caller => FinishReason::Abort,
+            StopReason::Context => FinishReason::Context,
+        };
+        Ok((self.tokens, self.stops.text, finish))
+    }
+}
+
 /// Generate text after `prompt` (token ids; the session reuses what it already holds).
 /// `on_text(delta, id)` is called once per generated token with the text that token makes
 /// showable (often empty: an unfinished character, or a possible stop-string start); its
@@ -103,47 +170,46 @@ pub async fn generate_text<P: TokenPicker>(
     picker: &mut P,
     on_text: &mut dyn FnMut(&str, u32) -> Flow,
 ) -> Result<TextGeneration> {
-    let mut decoder = tokenizer.stream_decoder(opts.skip_special);
-    let mut stops = StopStrings::new(&opts.stop_strings);
-    let mut tokens = Vec::new();
-    let (mut error, mut stop_string) = (None, false);
+    let mut sink = TextSink::new(tokenizer, opts);
     let gen_opts = GenerateOptions { max_tokens: opts.max_tokens, stop_tokens: opts.stop_tokens.clone() };
-    let stats = generate(ctx, session, prompt, &gen_opts, picker, &mut |id| {
-        tokens.push(id);
-        let mut piece = match decoder.push(id) {
-            Ok(p) => p,
-            Err(e) => {
-                error = Some(e);
-                return Flow::Stop;
-            }
-        };
-        let last = tokens.len() >= opts.max_tokens;
-        if last {
-            piece.push_str(&decoder.finish());
-        }
-        let (delta, matched) = stops.push(&piece, last);
-        let flow = on_text(&delta, id);
-        stop_string |= matched;
-        if matched {
-            Flow::Stop
-        } else {
-            flow
-        }
-    })
-    .await?;
-    if let Some(e) = error {
-        return Err(e);
-    }
-    let tail = decoder.finish();
-    stop_string |= stops.push(&tail, true).1;
-    let finish = match stats.stop {
-        _ if stop_string => FinishReason::Stop,
-        StopReason::StopToken => FinishReason::Stop,
-        StopReason::Length => FinishReason::Length,
-        StopReason::Caller => FinishReason::Abort,
-        StopReason::Context => FinishReason::Context,
+    let stats = generate(ctx, session, prompt, &gen_opts, picker, &mut |id| sink.push(id, on_text)).await?;
+    let (tokens, text, finish) = sink.finish(stats.stop)?;
+    Ok(TextGeneration { tokens, text, finish, stats })
+}
+
+/// A [`generate_text`] whose tokens come from speculative decoding.
+#[derive(Clone, Debug)]
+pub struct SpeculativeText {
+    pub tokens: Vec<u32>,
+    pub text: String,
+    pub finish: FinishReason,
+    pub stats: SpeculativeStats,
+}
+
+/// [`generate_text`] with `target` verifying `draft`'s guesses ([`generate_speculative`]):
+/// `draft_tokens` per round, picking as `sampling` says (the output follows `target` alone).
+#[allow(clippy::too_many_arguments)]
+pub async fn generate_text_speculative(
+    ctx: &GpuContext,
+    target: &mut Session<'_>,
+    draft: &mut Session<'_>,
+    tokenizer: &Tokenizer,
+    prompt: &[u32],
+    opts: &TextOptions,
+    draft_tokens: usize,
+    sampling: &SamplerConfig,
+    on_text: &mut dyn FnMut(&str, u32) -> Flow,
+) -> Result<SpeculativeText> {
+    let mut sink = TextSink::new(tokenizer, opts);
+    let spec = SpeculativeOptions {
+        draft_tokens,
+        max_tokens: opts.max_tokens,
+        stop_tokens: opts.stop_tokens.clone(),
+        sampling: sampling.clone(),
     };
-    Ok(TextGeneration { tokens, text: stops.text, finish, stats })
+    let stats = generate_speculative(ctx, target, draft, prompt, &spec, &mut |id| sink.push(id, on_text)).await?;
+    let (tokens, text, finish) = sink.finish(stats.stop)?;
+    Ok(SpeculativeText { tokens, text, finish, stats })
 }
 
 #[cfg(test)]

@@ -14,7 +14,8 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use pupil::engine::{
-    generate_text, perplexity, Flow, GenerationStats, ReasoningSplit, Session, SplitDelta, TextOptions,
+    generate_text, generate_text_speculative, perplexity, Flow, GenerationStats, ReasoningSplit, Session, SplitDelta,
+    TextOptions,
 };
 use pupil::model::gguf::GgufHeader;
 use pupil::model::{read_split, shard_paths, ShardedSource};
@@ -127,6 +128,14 @@ enum Command {
         /// Print the statistics as JSON on standard error.
         #[arg(long)]
         json_stats: bool,
+        /// Speculative decoding: this smaller model (same vocabulary, e.g. a distilled or pruned
+        /// student) drafts tokens that the model verifies in one pass; the output follows the
+        /// model alone (greedy: the same tokens; sampling: the same distribution).
+        #[arg(long)]
+        draft: Option<PathBuf>,
+        /// Tokens the draft proposes per verification pass.
+        #[arg(long, default_value_t = 4, requires = "draft")]
+        draft_tokens: usize,
     },
     /// Interactive multi-turn chat (each turn reuses the cached conversation). /reset, /quit.
     Chat {
@@ -534,7 +543,7 @@ async fn run(command: Command, options: ContextOptions) -> pupil::Result<ExitCod
             println!("kernel selftest: {passed} passed, {failed} failed");
             Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
-        Command::Generate { model, sample, prompt, raw, system, no_think, json_stats } => {
+        Command::Generate { model, sample, prompt, raw, system, no_think, json_stats, draft, draft_tokens } => {
             let prompt = match prompt {
                 Some(p) => p,
                 None => std::io::read_to_string(std::io::stdin()).map_err(other)?,
@@ -549,6 +558,54 @@ async fn run(command: Command, options: ContextOptions) -> pupil::Result<ExitCod
                 l.tokenizer.encode(&l.template.render_with(&messages, true, &template_vars(no_think))?, true)?
             };
             let mut session = Session::new(&ctx, &l.model)?;
+            if let Some(path) = draft {
+                let d = load(&ctx, &ModelArgs { model: Some(path), ..model.clone() })?;
+                let mut draft_session = Session::new(&ctx, &d.model)?;
+                let opts = TextOptions {
+                    max_tokens: sample.max_tokens,
+                    stop_tokens: l.tokenizer.stop_ids().to_vec(),
+                    stop_strings: sample.stop.clone(),
+                    skip_special: true,
+                };
+                let out = generate_text_speculative(
+                    &ctx,
+                    &mut session,
+                    &mut draft_session,
+                    &l.tokenizer,
+                    &ids,
+                    &opts,
+                    draft_tokens,
+                    &sampler_config(&sample),
+                    &mut |delta, _| {
+                        print!("{delta}");
+                        let _ = std::io::stdout().flush();
+                        Flow::Continue
+                    },
+                )
+                .await?;
+                println!();
+                let s = &out.stats;
+                if json_stats {
+                    eprintln!("{}", serde_json::to_string(s).unwrap_or_default());
+                } else {
+                    eprintln!(
+                        "[{} prompt tokens, {} generated, finish: {:?} | speculative, {draft_tokens} drafted per pass: \
+                         acceptance {:.1}% ({}/{}), {:.2} tokens per target pass, {} target passes | first token {:.0} ms, \
+                         decode {:.1} tok/s]",
+                        s.prompt_tokens,
+                        s.generated_tokens,
+                        out.finish,
+                        100.0 * s.acceptance_rate,
+                        s.accepted_tokens,
+                        s.drafted_tokens,
+                        s.tokens_per_target_pass,
+                        s.target_passes,
+                        s.time_to_first_token_s * 1e3,
+                        s.decode_tokens_per_s,
+                    );
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
             let mut sampler = Sampler::new(sampler_config(&sample))?;
             let (_, stats) = answer(&ctx, &l, &mut session, &ids, &sample, &mut sampler).await?;
             print_stats(&stats, json_stats);

@@ -101,6 +101,10 @@ export interface SamplingOptions {
   /** Separate a `<think>` thought from the answer (`reasoning_content`); default: when the
    *  model's vocabulary has `</think>` (R1-Distill, Qwen3). */
   split_reasoning?: boolean;
+  /** Speculative decoding: the teacher (`loadTeacher()`, or a pruned student's original)
+   *  answers, the loaded model drafting `draft_tokens` (default 4) per verification pass. The
+   *  output follows the teacher alone: greedy, its tokens; sampling, its distribution. */
+  speculative?: { draft_tokens?: number };
   /** Aborting rejects the request (or the stream's next step) with a DOMException 'AbortError'. */
   signal?: AbortSignal;
 }
@@ -126,6 +130,14 @@ export interface CompletionUsage {
   total_tokens: number;
 }
 
+/** A speculative request's figures (summed over its choices; a Pupil extra). */
+export interface SpeculativeUsage {
+  drafted_tokens: number;
+  accepted_tokens: number;
+  acceptance_rate: number;
+  target_passes: number;
+}
+
 export interface ChatCompletion {
   id: string;
   object: 'chat.completion';
@@ -139,6 +151,8 @@ export interface ChatCompletion {
     finish_reason: FinishReason;
   }>;
   usage: CompletionUsage;
+  /** With `speculative`: how the draft fared. */
+  speculative?: SpeculativeUsage;
 }
 
 export interface ChatCompletionChunk {
@@ -156,6 +170,8 @@ export interface ChatCompletionChunk {
   }>;
   /** Only on the last chunk of the response. */
   usage?: CompletionUsage;
+  /** With `speculative`, on the last chunk. */
+  speculative?: SpeculativeUsage;
 }
 
 export interface Completions {
@@ -187,6 +203,14 @@ export interface GenerationResult {
   peakGpuBytes: number;
   dispatchesPerToken: number;
   submitsPerToken: number;
+  /** With `speculative`: the draft's guesses, those kept, the teacher's passes. */
+  speculative?: {
+    draftedTokens: number;
+    acceptedTokens: number;
+    acceptanceRate: number;
+    targetPasses: number;
+    tokensPerTargetPass: number;
+  };
 }
 
 export type GenerateEvent =

@@ -106,9 +106,23 @@ function generateOptions(req, seed) {
   const o = {
     maxTokens: req.max_tokens, temperature: req.temperature, topP: req.top_p, topK: req.top_k,
     minP: req.min_p, repetitionPenalty: req.repetition_penalty, seed, stop, splitReasoning: req.split_reasoning,
+    // Speculative decoding: the teacher (loadTeacher) answers, the loaded model drafting.
+    speculative: req.speculative == null ? undefined
+      : (req.speculative.draft_tokens == null ? {} : { draftTokens: req.speculative.draft_tokens }),
   };
   for (const k of Object.keys(o)) if (o[k] === undefined) delete o[k];
   return o;
+}
+
+// A speculative run's figures in OpenAI's casing, summed over the choices.
+function addSpeculative(total, r) {
+  if (!r.speculative) return total;
+  const t = total ?? { drafted_tokens: 0, accepted_tokens: 0, target_passes: 0, acceptance_rate: 0 };
+  t.drafted_tokens += r.speculative.draftedTokens;
+  t.accepted_tokens += r.speculative.acceptedTokens;
+  t.target_passes += r.speculative.targetPasses;
+  t.acceptance_rate = t.drafted_tokens ? t.accepted_tokens / t.drafted_tokens : 0;
+  return t;
 }
 
 const randomSeed = () => Math.floor(Math.random() * 2 ** 32);
@@ -252,6 +266,7 @@ export class Engine {
 
   async #completion(calls, meta, signal) {
     const choices = [];
+    let speculative;
     const usage = { prompt_tokens: 0, completion_tokens: 0, total_tokens: 0 };
     for (const [index, args] of calls.entries()) {
       const r = await this.#run('chat', args, { signal });
@@ -262,9 +277,12 @@ export class Engine {
         finish_reason: FINISH[r.finishReason] ?? r.finishReason });
       if (index === 0) usage.prompt_tokens = r.promptTokens; // the same prompt for every choice
       usage.completion_tokens += r.generatedTokens;
+      speculative = addSpeculative(speculative, r);
     }
     usage.total_tokens = usage.prompt_tokens + usage.completion_tokens;
-    return { ...meta, object: 'chat.completion', choices, usage };
+    const out = { ...meta, object: 'chat.completion', choices, usage };
+    if (speculative) out.speculative = speculative;
+    return out;
   }
 
   // OpenAI's chunk sequence per choice: a delta with the role, content deltas, then an empty
@@ -273,6 +291,7 @@ export class Engine {
     const chunk = (index, delta, finish = null) =>
       ({ ...meta, object: 'chat.completion.chunk', choices: [{ index, delta, logprobs: null, finish_reason: finish }] });
     const usage = { prompt_tokens: 0, completion_tokens: 0, total_tokens: 0 };
+    let speculative;
     for (const [index, args] of calls.entries()) {
       yield chunk(index, { role: 'assistant', content: '' });
       let result;
@@ -285,10 +304,12 @@ export class Engine {
       }
       if (index === 0) usage.prompt_tokens = result.promptTokens;
       usage.completion_tokens += result.generatedTokens;
+      speculative = addSpeculative(speculative, result);
       const last = chunk(index, {}, FINISH[result.finishReason] ?? result.finishReason);
       if (index === calls.length - 1) {
         usage.total_tokens = usage.prompt_tokens + usage.completion_tokens;
         last.usage = usage;
+        if (speculative) last.speculative = speculative;
       }
       yield last;
     }

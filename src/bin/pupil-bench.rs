@@ -214,6 +214,7 @@ fn bench_speculative(
             let elapsed = t0.elapsed().as_secs_f64();
             pupil::engine::SpeculativeStats {
                 prompt_tokens: prompt.len(),
+                reused_tokens: s.reused_tokens,
                 generated_tokens: s.generated_tokens,
                 target_passes: s.generated_tokens.saturating_sub(1),
                 drafted_tokens: 0,
@@ -221,7 +222,13 @@ fn bench_speculative(
                 acceptance_rate: 0.0,
                 tokens_per_target_pass: 1.0,
                 time_to_first_token_s: s.time_to_first_token_s,
+                prefill_tokens_per_s: s.prefill_tokens_per_s,
                 decode_tokens_per_s: s.decode_tokens_per_s,
+                latency_p50_ms: s.latency_p50_ms,
+                latency_p99_ms: s.latency_p99_ms,
+                peak_gpu_bytes: s.peak_gpu_bytes,
+                dispatches_per_token: s.dispatches_per_token,
+                submits_per_token: s.submits_per_token,
                 elapsed_s: elapsed,
                 stop: s.stop,
             }

@@ -46,6 +46,8 @@ pub struct SpeculativeOptions {
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct SpeculativeStats {
     pub prompt_tokens: usize,
+    /// Prompt tokens the target's session reused from its cache.
+    pub reused_tokens: usize,
     pub generated_tokens: usize,
     /// Verification passes of the target after the prompt's (one per round).
     pub target_passes: usize,
@@ -58,8 +60,17 @@ pub struct SpeculativeStats {
     /// the prompt's: 1 for plain decoding, up to k + 1.
     pub tokens_per_target_pass: f64,
     pub time_to_first_token_s: f64,
+    /// Prompt tokens the target computed per second (prefill, both models' prompt passes).
+    pub prefill_tokens_per_s: f64,
     /// Generated tokens per second after the first.
     pub decode_tokens_per_s: f64,
+    /// Time between tokens reaching the caller (a round's kept guesses arrive together).
+    pub latency_p50_ms: f64,
+    pub latency_p99_ms: f64,
+    pub peak_gpu_bytes: u64,
+    /// GPU dispatches and submits per generated token after the first (both models).
+    pub dispatches_per_token: f64,
+    pub submits_per_token: f64,
     pub elapsed_s: f64,
     pub stop: StopReason,
 }
@@ -196,8 +207,9 @@ pub async fn generate_speculative(
         ));
     }
     opts.sampling.validate()?;
+    ctx.memory.reset_peak();
     let start = Instant::now();
-    target.set_prompt(ctx, prompt)?;
+    let reused = target.set_prompt(ctx, prompt)?;
     draft.set_prompt(ctx, prompt)?;
     let mut picker = Picker::new(ctx, &opts.sampling, k)?;
     // The sequence so far: the prompt and every token generated (the last not yet run by the
@@ -205,7 +217,9 @@ pub async fn generate_speculative(
     let mut sequence = prompt.to_vec();
     let mut next = picker.first(ctx, &target.logits()?, &sequence).await?;
     let first_token_at = start.elapsed().as_secs_f64();
+    let decode_from = ctx.stats();
     let (mut generated, mut passes, mut drafted, mut accepted, mut picked) = (0usize, 0usize, 0usize, 0usize, 1usize);
+    let (mut latencies, mut last) = (Vec::new(), Instant::now());
     // Emit the target's token `id`: Some(reason) when generation ends with it.
     let mut emit = |id: u32, generated: &mut usize, sequence: &mut Vec<u32>| -> Option<StopReason> {
         if opts.stop_tokens.contains(&id) {
@@ -214,6 +228,10 @@ pub async fn generate_speculative(
         if *generated >= opts.max_tokens {
             return Some(StopReason::Length);
         }
+        if *generated > 0 {
+            latencies.push(last.elapsed().as_secs_f64() * 1e3);
+        }
+        last = Instant::now();
         *generated += 1;
         sequence.push(id);
         if on_token(id) == Flow::Stop {
@@ -280,8 +298,16 @@ pub async fn generate_speculative(
     }
     let elapsed = start.elapsed().as_secs_f64();
     let decode_time = (elapsed - first_token_at).max(1e-9);
+    let counters = ctx.stats();
+    let after_first = generated.saturating_sub(1).max(1) as f64;
+    latencies.sort_by(f64::total_cmp);
+    let percentile = |p: f64| match latencies.len() {
+        0 => 0.0,
+        n => latencies[((n - 1) as f64 * p).round() as usize],
+    };
     Ok(SpeculativeStats {
         prompt_tokens: prompt.len(),
+        reused_tokens: reused,
         generated_tokens: generated,
         target_passes: passes,
         drafted_tokens: drafted,
@@ -289,7 +315,13 @@ pub async fn generate_speculative(
         acceptance_rate: if drafted == 0 { 0.0 } else { accepted as f64 / drafted as f64 },
         tokens_per_target_pass: picked as f64 / (passes + 1) as f64,
         time_to_first_token_s: first_token_at,
+        prefill_tokens_per_s: (prompt.len() - reused) as f64 / first_token_at.max(1e-9),
         decode_tokens_per_s: generated.saturating_sub(1) as f64 / decode_time,
+        latency_p50_ms: percentile(0.5),
+        latency_p99_ms: percentile(0.99),
+        peak_gpu_bytes: ctx.memory.peak_bytes(),
+        dispatches_per_token: (counters.dispatches - decode_from.dispatches) as f64 / after_first,
+        submits_per_token: (counters.submits - decode_from.submits) as f64 / after_first,
         elapsed_s: elapsed,
         stop: stop.unwrap_or(StopReason::Length),
     })

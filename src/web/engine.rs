@@ -20,7 +20,8 @@ use wasm_bindgen::prelude::*;
 
 use super::{js_error, named_error};
 use crate::engine::{
-    generate_text, split_reasoning as split_reasoning_text, Flow, ReasoningSplit, Session, SplitDelta, TextOptions,
+    generate_text, generate_text_speculative, split_reasoning as split_reasoning_text, Flow, ReasoningSplit, Session,
+    SplitDelta, TextOptions,
 };
 use crate::error::PupilError;
 use crate::gpu::{ContextOptions, DType, GpuContext};
@@ -83,6 +84,16 @@ struct GenerateJsOptions {
     parse_special: Option<bool>,
     /// Split a `<think>` thought from the answer (default: when the vocabulary has `</think>`).
     split_reasoning: Option<bool>,
+    /// Speculative decoding: the loaded teacher (`loadTeacher`, or a pruned student's
+    /// original) generates, the loaded model drafting `draftTokens` per verification pass.
+    speculative: Option<SpeculativeJsOptions>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct SpeculativeJsOptions {
+    /// Guesses per pass (default 4).
+    draft_tokens: Option<usize>,
 }
 
 impl GenerateJsOptions {
@@ -126,6 +137,14 @@ struct Loaded {
 struct TeacherModel {
     model: Arc<LlamaModel>,
     info: serde_json::Value,
+    /// Its cache for speculative generation (made on first use; `None` while one runs).
+    session: Option<Session<'static>>,
+}
+
+impl TeacherModel {
+    fn new(model: Arc<LlamaModel>, info: serde_json::Value) -> Self {
+        TeacherModel { model, info, session: None }
+    }
 }
 
 struct Inner {
@@ -152,7 +171,57 @@ fn no_model(op: &'static str) -> JsValue {
     js_error(&PupilError::arg(op, "no model is loaded (call loadModel first)"))
 }
 
+/// What `generate` ran: the loaded model alone, or the teacher with it drafting.
+enum GenerationOutput {
+    Plain(crate::engine::TextGeneration),
+    Speculative(crate::engine::SpeculativeText),
+}
+
+/// `generate`'s result JSON for a speculative run (its statistics under `speculative`).
+fn speculative_json(prompt: &str, split_reasoning: bool, out: &crate::engine::SpeculativeText) -> serde_json::Value {
+    let (reasoning, content) =
+        if split_reasoning { split_reasoning_text(prompt, &out.text) } else { (String::new(), out.text.clone()) };
+    let s = &out.stats;
+    json!({
+        "finishReason": out.finish,
+        "tokens": out.tokens,
+        "text": out.text,
+        "content": content,
+        "reasoning": reasoning,
+        "promptTokens": s.prompt_tokens,
+        "reusedTokens": s.reused_tokens,
+        "generatedTokens": s.generated_tokens,
+        "timeToFirstTokenMs": s.time_to_first_token_s * 1e3,
+        "prefillTokensPerS": s.prefill_tokens_per_s,
+        "decodeTokensPerS": s.decode_tokens_per_s,
+        "latencyP50Ms": s.latency_p50_ms,
+        "latencyP99Ms": s.latency_p99_ms,
+        "peakGpuBytes": s.peak_gpu_bytes,
+        "dispatchesPerToken": s.dispatches_per_token,
+        "submitsPerToken": s.submits_per_token,
+        "speculative": {
+            "draftedTokens": s.drafted_tokens,
+            "acceptedTokens": s.accepted_tokens,
+            "acceptanceRate": s.acceptance_rate,
+            "targetPasses": s.target_passes,
+            "tokensPerTargetPass": s.tokens_per_target_pass,
+        },
+    })
+}
+
 impl Inner {
+    /// The teacher's generation session (made on first use), taken until given back.
+    fn teacher_session(&self, op: &'static str) -> Result<Session<'static>, JsValue> {
+        let mut teacher = self.teacher.borrow_mut();
+        let t = teacher.as_mut().ok_or_else(|| {
+            js_error(&PupilError::arg(op, "speculative: no teacher is loaded to generate (call loadTeacher first)"))
+        })?;
+        match t.session.take() {
+            Some(s) => Ok(s),
+            None => Session::shared(&self.ctx, t.model.clone()).map_err(|e| js_error(&e)),
+        }
+    }
+
     fn begin(self: &Rc<Self>, what: &str) -> Result<BusyGuard, JsValue> {
         if self.busy.replace(true) {
             return Err(busy_error(what));
@@ -321,6 +390,22 @@ impl Engine {
                 let l = loaded.as_mut().ok_or_else(|| no_model(OP))?;
                 (l.tokenizer.clone(), l.session.take().ok_or_else(|| busy_error(OP))?)
             };
+            // Speculative: the teacher's session (the loaded model drafts for it).
+            let mut teacher_session = match &o.speculative {
+                None => None,
+                Some(_) => {
+                    let taken = inner.teacher_session(OP);
+                    match taken {
+                        Ok(t) => Some(t),
+                        Err(e) => {
+                            if let Some(l) = inner.loaded.borrow_mut().as_mut() {
+                                l.session = Some(session);
+                            }
+                            return Err(e);
+                        }
+                    }
+                }
+            };
             let text_opts = TextOptions {
                 max_tokens: o.max_tokens.unwrap_or(256),
                 stop_tokens: tokenizer.stop_ids().to_vec(),
@@ -349,18 +434,47 @@ impl Engine {
                         }
                     };
                     let ctx = &inner.ctx;
-                    generate_text(ctx, &mut session, &tokenizer, &ids, &text_opts, &mut sampler, &mut on_text).await
+                    match (&o.speculative, &mut teacher_session) {
+                        (Some(spec), Some(target)) => {
+                            let k = spec.draft_tokens.unwrap_or(4);
+                            let cfg = o.sampler();
+                            generate_text_speculative(
+                                ctx,
+                                target,
+                                &mut session,
+                                &tokenizer,
+                                &ids,
+                                &text_opts,
+                                k,
+                                &cfg,
+                                &mut on_text,
+                            )
+                            .await
+                            .map(GenerationOutput::Speculative)
+                        }
+                        _ => generate_text(ctx, &mut session, &tokenizer, &ids, &text_opts, &mut sampler, &mut on_text)
+                            .await
+                            .map(GenerationOutput::Plain),
+                    }
                 }
                 Err(e) => Err(e),
             };
-            // The session goes back whatever happened (unloadModel was refused meanwhile).
+            // The sessions go back whatever happened (unloadModel was refused meanwhile).
             if let Some(l) = inner.loaded.borrow_mut().as_mut() {
                 l.session = Some(session);
+            }
+            if let (Some(t), Some(s)) = (inner.teacher.borrow_mut().as_mut(), teacher_session) {
+                t.session = Some(s);
             }
             if let Some(e) = callback_error {
                 return Err(e);
             }
-            let out = result.map_err(|e| js_error(&e))?;
+            let out = match result.map_err(|e| js_error(&e))? {
+                GenerationOutput::Plain(out) => out,
+                GenerationOutput::Speculative(out) => {
+                    return Ok(JsValue::from_str(&speculative_json(&prompt, split_reasoning, &out).to_string()))
+                }
+            };
             let (reasoning, content) = if split_reasoning {
                 split_reasoning_text(&prompt, &out.text)
             } else {
@@ -471,7 +585,7 @@ impl Engine {
             }
             // The teacher needs no session, tokenizer or template: the student's are used.
             let (loaded, info) = result.map_err(|e| js_error(&e))?;
-            inner.teacher.replace(Some(TeacherModel { model: loaded.model.clone(), info: info.clone() }));
+            inner.teacher.replace(Some(TeacherModel::new(loaded.model.clone(), info.clone())));
             Ok(JsValue::from_str(&info.to_string()))
         })
     }
@@ -534,7 +648,7 @@ impl Engine {
                 if teacher.is_none() || kept_layers.is_none() {
                     let name = header.get("general.name").and_then(|v| v.as_str()).unwrap_or("").to_string();
                     let info = model_info(&model, &tokenizer, &name, template.is_some());
-                    *teacher = Some(TeacherModel { model: model.clone(), info });
+                    *teacher = Some(TeacherModel::new(model.clone(), info));
                 }
                 teacher.as_ref().map(|t| t.info.clone())
             };

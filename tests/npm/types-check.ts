@@ -38,6 +38,8 @@ export async function use(file: File): Promise<void> {
   const r = await engine.generate('Once', { onToken: (t, id) => console.log(t, id) });
   console.log(r.finishReason, text, total, reason, engine.model.layers);
   await engine.loadTeacher({ synth: 'tiny-llama', seed: 2 }, { onProgress: (p) => console.log(p.phase) });
+  const sp = await engine.chat.completions.create({ messages: [{ role: 'user', content: 'x' }], speculative: { draft_tokens: 4 } });
+  console.log(sp.speculative?.acceptance_rate);
   const kd = await engine.distill('text', { steps: 2, tau: 2, kdAlpha: 0.5, kdAlphaAdapt: true, divergence: 'jsd:0.3', onStep: (s) => console.log(s.kl, s.ce, s.alpha) });
   const pruned = await engine.pruneIntoStudent({ drop: 1, data: 'calibration text' });
   const applied = await engine.distill('{"text": "x"}\n', { format: 'jsonl', alignHidden: 0.1, alignPairs: [[1, 2]], apply: true });
@@ -70,6 +72,8 @@ export async function misuse(engine: Engine): Promise<void> {
   await createEngine({ loadOptions: { dtype: 'f32' } });
   // @ts-expect-error dtype is f32 or f16
   await createEngine({ model: 'm.gguf', loadOptions: { dtype: 'q4' } });
+  // @ts-expect-error draft_tokens is a number
+  await engine.chat.completions.create({ messages: [], speculative: { draft_tokens: 'four' } });
   // @ts-expect-error tau is a number
   await engine.distill('text', { tau: 'hot' });
   // @ts-expect-error alignment pairs are [student, teacher] pairs of numbers

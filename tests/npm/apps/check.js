@@ -95,6 +95,12 @@ async function run() {
     && kdAlphas[0] === 0.5 && kdAlphas[1] === 0.5 && kdAlphas[2] !== 0.5,
   'distill() from loadTeacher(): a KL and CE per step, α adapted to the loss, held-out KL down',
   JSON.stringify({ kdSteps, kdAlphas, before: kd.evalKlBefore, after: kd.evalKlAfter }));
+  // Speculative decoding: with a teacher loaded, it answers and the loaded model drafts.
+  const spec = await engine.chat.completions.create({ messages: [{ role: 'user', content: 'Hi' }], max_tokens: 6,
+    temperature: 0, speculative: { draft_tokens: 3 } });
+  check(spec.speculative?.target_passes > 0 && spec.speculative.drafted_tokens >= spec.speculative.accepted_tokens
+    && spec.usage.completion_tokens > 0 && typeof spec.choices[0].message.content === 'string',
+  'chat.completions with speculative: the teacher answers, the loaded model drafts', JSON.stringify(spec.speculative));
   const layers = engine.model.layers;
   const pruned = await engine.pruneIntoStudent({ keep: [1] });
   check(pruned.model.layers === 1 && engine.model.layers === 1 && pruned.teacher.layers === layers

@@ -88,10 +88,10 @@ fn speculative_greedy_output_is_the_targets() {
             let (got, s) = speculate(&ctx, &target, draft, &prompt, &opts, None);
             println!(
                 "draft {name}, k {k}: acceptance {:.3}, {:.2} tokens per target pass, {} passes for {} tokens",
-                s.acceptance_rate, s.tokens_per_target_pass, s.target_passes, s.generated_tokens
+                s.acceptance_rate, s.tokens_per_target_pass, s.target_passes, s.generation.generated_tokens
             );
             assert_eq!(got, want, "draft {name}, k {k}");
-            assert_eq!((s.generated_tokens, s.stop), (n, StopReason::Length));
+            assert_eq!((s.generation.generated_tokens, s.generation.stop), (n, StopReason::Length));
             assert!(s.accepted_tokens <= s.drafted_tokens && s.target_passes >= (n - 1).div_ceil(k + 1));
             rates.push((name, k, s.acceptance_rate));
             if name == "self" {
@@ -115,7 +115,7 @@ fn speculative_greedy_output_is_the_targets() {
     };
     for draft in [&target, &pruned] {
         let (got, s) = speculate(&ctx, &target, draft, &prompt, &opts, None);
-        assert_eq!((&got[..], s.stop), (&want[..until], StopReason::StopToken));
+        assert_eq!((&got[..], s.generation.stop), (&want[..until], StopReason::StopToken));
     }
     assert_eq!(greedy(&ctx, &target, &prompt, n, &[stop]), want[..until]);
     let (got, s) = speculate(
@@ -126,10 +126,10 @@ fn speculative_greedy_output_is_the_targets() {
         &SpeculativeOptions { stop_tokens: vec![], ..opts.clone() },
         Some(5),
     );
-    assert_eq!((&got[..], s.stop), (&want[..5], StopReason::Caller));
+    assert_eq!((&got[..], s.generation.stop), (&want[..5], StopReason::Caller));
     let (got, s) =
         speculate(&ctx, &target, &target, &prompt, &SpeculativeOptions { max_tokens: 2, ..opts.clone() }, None);
-    assert_eq!((&got[..], s.stop), (&want[..2], StopReason::Length));
+    assert_eq!((&got[..], s.generation.stop), (&want[..2], StopReason::Length));
 }
 
 /// The context limit ends it with `Context`, as the target alone ends; a draft of another
@@ -146,7 +146,7 @@ fn speculative_decoding_refuses_what_it_cannot_verify() {
     let o =
         SpeculativeOptions { draft_tokens: 4, max_tokens: 100, stop_tokens: vec![], sampling: SamplerConfig::greedy() };
     let (got, s) = speculate(&ctx, &target, &target, &prompt, &o, None);
-    assert_eq!((got.len(), s.stop), (want.len(), StopReason::Context));
+    assert_eq!((got.len(), s.generation.stop), (want.len(), StopReason::Context));
     assert_eq!(got, want);
 
     let mut small = synth::preset("tiny-llama").unwrap();

@@ -213,24 +213,13 @@ fn bench_speculative(
             }))?;
             let elapsed = t0.elapsed().as_secs_f64();
             pupil::engine::SpeculativeStats {
-                prompt_tokens: prompt.len(),
-                reused_tokens: s.reused_tokens,
-                generated_tokens: s.generated_tokens,
                 target_passes: s.generated_tokens.saturating_sub(1),
                 drafted_tokens: 0,
                 accepted_tokens: 0,
                 acceptance_rate: 0.0,
                 tokens_per_target_pass: 1.0,
-                time_to_first_token_s: s.time_to_first_token_s,
-                prefill_tokens_per_s: s.prefill_tokens_per_s,
-                decode_tokens_per_s: s.decode_tokens_per_s,
-                latency_p50_ms: s.latency_p50_ms,
-                latency_p99_ms: s.latency_p99_ms,
-                peak_gpu_bytes: s.peak_gpu_bytes,
-                dispatches_per_token: s.dispatches_per_token,
-                submits_per_token: s.submits_per_token,
                 elapsed_s: elapsed,
-                stop: s.stop,
+                generation: s,
             }
         } else {
             pollster::block_on(generate_speculative(ctx, &mut t, &mut d, &prompt, &o, &mut |id| {
@@ -249,18 +238,18 @@ fn bench_speculative(
     );
     println!(
         "{:>8} {:>11.2} {:>11} {:>12.2} {:>11} {:>9.2} {:>10}",
-        "alone", alone.decode_tokens_per_s, "-", 1.0, alone.target_passes, 1.0, "-"
+        "alone", alone.generation.decode_tokens_per_s, "-", 1.0, alone.target_passes, 1.0, "-"
     );
     for &k in ks {
         let (got, s) = run(k)?;
         println!(
             "{:>8} {:>11.2} {:>11.3} {:>12.2} {:>11} {:>9.2} {:>10}",
             k,
-            s.decode_tokens_per_s,
+            s.generation.decode_tokens_per_s,
             s.acceptance_rate,
             s.tokens_per_target_pass,
             s.target_passes,
-            s.decode_tokens_per_s / alone.decode_tokens_per_s.max(1e-12),
+            s.generation.decode_tokens_per_s / alone.generation.decode_tokens_per_s.max(1e-12),
             if got == want { "yes" } else { "NO" }
         );
     }

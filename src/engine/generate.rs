@@ -71,7 +71,8 @@ pub struct GenerateOptions {
     pub stop_tokens: Vec<u32>,
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
+/// The `p` quantile (nearest rank) of ascending `sorted`; 0 when empty.
+pub(super) fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
     }

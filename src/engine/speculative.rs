@@ -20,7 +20,7 @@
 
 use web_time::Instant;
 
-use super::generate::{Flow, StopReason};
+use super::generate::{percentile, Flow, GenerationStats, StopReason};
 use super::session::Session;
 use crate::error::{PupilError, Result};
 use crate::gpu::{Batch, DType, GpuContext, Tensor};
@@ -42,13 +42,13 @@ pub struct SpeculativeOptions {
     pub sampling: SamplerConfig,
 }
 
-/// What a speculative generation did.
-#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+/// What a speculative generation did: the figures of any generation (tokens, timing, GPU
+/// counters, why it stopped; latencies are between tokens reaching the caller, so a round's
+/// kept guesses arrive together), and how the draft fared.
+#[derive(Clone, Debug, serde::Serialize)]
 pub struct SpeculativeStats {
-    pub prompt_tokens: usize,
-    /// Prompt tokens the target's session reused from its cache.
-    pub reused_tokens: usize,
-    pub generated_tokens: usize,
+    #[serde(flatten)]
+    pub generation: GenerationStats,
     /// Verification passes of the target after the prompt's (one per round).
     pub target_passes: usize,
     /// Tokens the draft proposed, and how many of them the target kept.
@@ -59,20 +59,7 @@ pub struct SpeculativeStats {
     /// Tokens the target picked (its prompt pass's and each round's) per target pass including
     /// the prompt's: 1 for plain decoding, up to k + 1.
     pub tokens_per_target_pass: f64,
-    pub time_to_first_token_s: f64,
-    /// Prompt tokens the target computed per second (prefill, both models' prompt passes).
-    pub prefill_tokens_per_s: f64,
-    /// Generated tokens per second after the first.
-    pub decode_tokens_per_s: f64,
-    /// Time between tokens reaching the caller (a round's kept guesses arrive together).
-    pub latency_p50_ms: f64,
-    pub latency_p99_ms: f64,
-    pub peak_gpu_bytes: u64,
-    /// GPU dispatches and submits per generated token after the first (both models).
-    pub dispatches_per_token: f64,
-    pub submits_per_token: f64,
     pub elapsed_s: f64,
-    pub stop: StopReason,
 }
 
 /// One sampled guess's verification: keep `guess` (drawn from `q`) when `u < p(guess) /
@@ -301,29 +288,27 @@ pub async fn generate_speculative(
     let counters = ctx.stats();
     let after_first = generated.saturating_sub(1).max(1) as f64;
     latencies.sort_by(f64::total_cmp);
-    let percentile = |p: f64| match latencies.len() {
-        0 => 0.0,
-        n => latencies[((n - 1) as f64 * p).round() as usize],
-    };
     Ok(SpeculativeStats {
-        prompt_tokens: prompt.len(),
-        reused_tokens: reused,
-        generated_tokens: generated,
+        generation: GenerationStats {
+            prompt_tokens: prompt.len(),
+            reused_tokens: reused,
+            generated_tokens: generated,
+            time_to_first_token_s: first_token_at,
+            prefill_tokens_per_s: (prompt.len() - reused) as f64 / first_token_at.max(1e-9),
+            decode_tokens_per_s: generated.saturating_sub(1) as f64 / decode_time,
+            latency_p50_ms: percentile(&latencies, 0.5),
+            latency_p99_ms: percentile(&latencies, 0.99),
+            peak_gpu_bytes: ctx.memory.peak_bytes(),
+            dispatches_per_token: (counters.dispatches - decode_from.dispatches) as f64 / after_first,
+            submits_per_token: (counters.submits - decode_from.submits) as f64 / after_first,
+            stop: stop.unwrap_or(StopReason::Length),
+        },
         target_passes: passes,
         drafted_tokens: drafted,
         accepted_tokens: accepted,
         acceptance_rate: if drafted == 0 { 0.0 } else { accepted as f64 / drafted as f64 },
         tokens_per_target_pass: picked as f64 / (passes + 1) as f64,
-        time_to_first_token_s: first_token_at,
-        prefill_tokens_per_s: (prompt.len() - reused) as f64 / first_token_at.max(1e-9),
-        decode_tokens_per_s: generated.saturating_sub(1) as f64 / decode_time,
-        latency_p50_ms: percentile(0.5),
-        latency_p99_ms: percentile(0.99),
-        peak_gpu_bytes: ctx.memory.peak_bytes(),
-        dispatches_per_token: (counters.dispatches - decode_from.dispatches) as f64 / after_first,
-        submits_per_token: (counters.submits - decode_from.submits) as f64 / after_first,
         elapsed_s: elapsed,
-        stop: stop.unwrap_or(StopReason::Length),
     })
 }
 

@@ -208,7 +208,7 @@ pub async fn generate_text_speculative(
         sampling: sampling.clone(),
     };
     let stats = generate_speculative(ctx, target, draft, prompt, &spec, &mut |id| sink.push(id, on_text)).await?;
-    let (tokens, text, finish) = sink.finish(stats.stop)?;
+    let (tokens, text, finish) = sink.finish(stats.generation.stop)?;
     Ok(SpeculativeText { tokens, text, finish, stats })
 }
 

@@ -177,15 +177,21 @@ enum GenerationOutput {
     Speculative(crate::engine::SpeculativeText),
 }
 
-/// `generate`'s result JSON for a speculative run (its statistics under `speculative`).
-fn speculative_json(prompt: &str, split_reasoning: bool, out: &crate::engine::SpeculativeText) -> serde_json::Value {
+/// `generate`'s result JSON: the text (split into content and reasoning when asked), the
+/// tokens, the statistics, and for a speculative run how the draft fared (`speculative`).
+fn generation_json(
+    prompt: &str,
+    split_reasoning: bool,
+    (finish, tokens, text): (crate::engine::FinishReason, &[u32], &str),
+    s: &crate::engine::GenerationStats,
+    speculative: Option<&crate::engine::SpeculativeStats>,
+) -> String {
     let (reasoning, content) =
-        if split_reasoning { split_reasoning_text(prompt, &out.text) } else { (String::new(), out.text.clone()) };
-    let s = &out.stats;
-    json!({
-        "finishReason": out.finish,
-        "tokens": out.tokens,
-        "text": out.text,
+        if split_reasoning { split_reasoning_text(prompt, text) } else { (String::new(), text.to_string()) };
+    let mut out = json!({
+        "finishReason": finish,
+        "tokens": tokens,
+        "text": text,
         "content": content,
         "reasoning": reasoning,
         "promptTokens": s.prompt_tokens,
@@ -199,14 +205,17 @@ fn speculative_json(prompt: &str, split_reasoning: bool, out: &crate::engine::Sp
         "peakGpuBytes": s.peak_gpu_bytes,
         "dispatchesPerToken": s.dispatches_per_token,
         "submitsPerToken": s.submits_per_token,
-        "speculative": {
-            "draftedTokens": s.drafted_tokens,
-            "acceptedTokens": s.accepted_tokens,
-            "acceptanceRate": s.acceptance_rate,
-            "targetPasses": s.target_passes,
-            "tokensPerTargetPass": s.tokens_per_target_pass,
-        },
-    })
+    });
+    if let Some(sp) = speculative {
+        out["speculative"] = json!({
+            "draftedTokens": sp.drafted_tokens,
+            "acceptedTokens": sp.accepted_tokens,
+            "acceptanceRate": sp.acceptance_rate,
+            "targetPasses": sp.target_passes,
+            "tokensPerTargetPass": sp.tokens_per_target_pass,
+        });
+    }
+    out.to_string()
 }
 
 impl Inner {
@@ -469,39 +478,16 @@ impl Engine {
             if let Some(e) = callback_error {
                 return Err(e);
             }
-            let out = match result.map_err(|e| js_error(&e))? {
-                GenerationOutput::Plain(out) => out,
-                GenerationOutput::Speculative(out) => {
-                    return Ok(JsValue::from_str(&speculative_json(&prompt, split_reasoning, &out).to_string()))
+            let json = match result.map_err(|e| js_error(&e))? {
+                GenerationOutput::Plain(o) => {
+                    generation_json(&prompt, split_reasoning, (o.finish, &o.tokens, &o.text), &o.stats, None)
+                }
+                GenerationOutput::Speculative(o) => {
+                    let s = &o.stats;
+                    generation_json(&prompt, split_reasoning, (o.finish, &o.tokens, &o.text), &s.generation, Some(s))
                 }
             };
-            let (reasoning, content) = if split_reasoning {
-                split_reasoning_text(&prompt, &out.text)
-            } else {
-                (String::new(), out.text.clone())
-            };
-            let s = &out.stats;
-            Ok(JsValue::from_str(
-                &json!({
-                    "finishReason": out.finish,
-                    "tokens": out.tokens,
-                    "text": out.text,
-                    "content": content,
-                    "reasoning": reasoning,
-                    "promptTokens": s.prompt_tokens,
-                    "reusedTokens": s.reused_tokens,
-                    "generatedTokens": s.generated_tokens,
-                    "timeToFirstTokenMs": s.time_to_first_token_s * 1e3,
-                    "prefillTokensPerS": s.prefill_tokens_per_s,
-                    "decodeTokensPerS": s.decode_tokens_per_s,
-                    "latencyP50Ms": s.latency_p50_ms,
-                    "latencyP99Ms": s.latency_p99_ms,
-                    "peakGpuBytes": s.peak_gpu_bytes,
-                    "dispatchesPerToken": s.dispatches_per_token,
-                    "submitsPerToken": s.submits_per_token,
-                })
-                .to_string(),
-            ))
+            Ok(JsValue::from_str(&json))
         })
     }
 

@@ -592,16 +592,16 @@ async fn run(command: Command, options: ContextOptions) -> pupil::Result<ExitCod
                         "[{} prompt tokens, {} generated, finish: {:?} | speculative, {draft_tokens} drafted per pass: \
                          acceptance {:.1}% ({}/{}), {:.2} tokens per target pass, {} target passes | first token {:.0} ms, \
                          decode {:.1} tok/s]",
-                        s.prompt_tokens,
-                        s.generated_tokens,
+                        s.generation.prompt_tokens,
+                        s.generation.generated_tokens,
                         out.finish,
                         100.0 * s.acceptance_rate,
                         s.accepted_tokens,
                         s.drafted_tokens,
                         s.tokens_per_target_pass,
                         s.target_passes,
-                        s.time_to_first_token_s * 1e3,
-                        s.decode_tokens_per_s,
+                        s.generation.time_to_first_token_s * 1e3,
+                        s.generation.decode_tokens_per_s,
                     );
                 }
                 return Ok(ExitCode::SUCCESS);

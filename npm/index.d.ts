@@ -289,6 +289,8 @@ export interface FinetuneStep {
   ce: number | null;
   /** Distillation runs: the CE weight α the step trained with (scheduled or adapted). */
   alpha: number | null;
+  /** Distillation runs: the temperature τ the step trained with (scheduled or adapted). */
+  tau: number | null;
 }
 
 export interface FinetuneReport {
@@ -322,6 +324,9 @@ export interface DistillOptions extends FinetuneOptions {
   /** Adapt α to the loss instead of scheduling it: the labels' term keeps the share of the
    * loss it had at step 1 (over recent averages of the KL and CE; within 100× of kdAlpha). */
   kdAlphaAdapt?: boolean;
+  /** Adapt τ to the loss instead of scheduling it: it moves from `tau` toward `tauEnd`
+   * (default 1) as the KL's recent average falls below step 1's (the KL weight follows τ²). */
+  kdTauAdapt?: boolean;
   /** Context distillation (no teacher model): the model reads this before each JSONL line as
    * the teacher, and learns to answer without it. */
   instruction?: string;

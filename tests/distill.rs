@@ -268,7 +268,7 @@ fn kd_schedule_drives_the_steps_and_the_held_out_kl() {
         let loss = DistillLoss::hinton(tau, 0.5);
         pollster::block_on(train::distill(&ctx, &mut student, &mut teacher, &loss, &rows, &cfg, &mut |_| {})).unwrap()
     };
-    let annealed = run(4.0, train::KdSchedule { tau_end: Some(1.0), alpha_end: Some(0.0), adapt_alpha: false });
+    let annealed = run(4.0, train::KdSchedule { tau_end: Some(1.0), alpha_end: Some(0.0), ..train::KdSchedule::default() });
     let fixed_start = run(4.0, train::KdSchedule::default());
     let fixed_end = run(1.0, train::KdSchedule::default());
     let kl = |r: &train::FinetuneReport| r.steps.iter().map(|s| s.kl.unwrap()).collect::<Vec<_>>();
@@ -355,6 +355,30 @@ fn adapted_alpha_reads_the_ce_and_keeps_the_labels_share() {
     assert!((adapted.steps[7].loss - fixed.steps[7].loss).abs() > 1e-5);
     assert!(adapted.eval_kl_after.unwrap() < adapted.eval_kl_before.unwrap(), "the student learns");
     assert!(fixed.steps.iter().all(|s| s.alpha == Some(alpha as f64)));
+
+    // τ adapted too (`kdTauAdapt`): each step's τ is 1 + (τ₁ − 1)·min(1, EMA(D)/D₁) over the
+    // KL logged before it, and the step's loss is τ²·KL + α·CE at that τ (the kernel got its
+    // weight); the held-out figures are at the target τ 1, as a fixed τ-1 run's are.
+    let both = run(train::KdSchedule { adapt_tau: true, ..adapt });
+    let taus: Vec<f64> = both.steps.iter().map(|s| s.tau.unwrap()).collect();
+    println!("adapted τ per step {taus:.4?}");
+    let mut avg = None::<(f64, f64)>;
+    for (s, &t) in both.steps.iter().zip(&taus) {
+        let expected = avg.map_or(tau as f64, |(d1, d)| 1.0 + (tau as f64 - 1.0) * (d / d1).min(1.0));
+        assert!((t - expected).abs() < 1e-5, "step {}: τ {t} vs {expected}", s.step);
+        let composed = t * t * s.kl.unwrap() + s.alpha.unwrap() * s.ce.unwrap();
+        assert!((s.loss - composed).abs() <= 1e-4 * s.loss, "step {}: loss {} vs {composed}", s.step, s.loss);
+        let d = s.kl.unwrap();
+        avg = Some(avg.map_or((d, d), |(d1, e)| (d1, 0.8 * e + 0.2 * d)));
+    }
+    assert!(taus[7] < taus[0] - 0.01, "τ fell with the KL: {taus:?}");
+    let cfg_tau1 = FinetuneConfig { steps: 1, ..cfg.clone() };
+    let mut student = train::trainer_for(&ctx, &model, &cfg_tau1).unwrap();
+    let at_one = DistillLoss::hinton(1.0, alpha);
+    let fixed_one =
+        pollster::block_on(train::distill(&ctx, &mut student, &mut teacher(), &at_one, &rows, &cfg_tau1, &mut |_| {}))
+            .unwrap();
+    assert_eq!(both.eval_kl_before, fixed_one.eval_kl_before, "held out at the target τ");
 }
 
 /// Offline distillation (`pupil teach` → `pupil distill --data`): the teacher's top-k written

@@ -210,7 +210,7 @@ fn synthetic_model_distillation_for_the_browser() {
             Some(&teacher),
             None,
             text.clone(),
-            with(json!({"tau": 2.0, "kdAlpha": 0.5, "kdAlphaAdapt": true})),
+            with(json!({"tau": 2.0, "kdAlpha": 0.5, "kdAlphaAdapt": true, "kdTauAdapt": true})),
         ),
         (
             "context",

@@ -591,6 +591,7 @@ async function distill() {
     apply: $('kd-apply').checked,
   };
   if ($('kd-alpha-adapt').checked) options.kdAlphaAdapt = true;
+  if ($('kd-tau-adapt').checked) options.kdTauAdapt = true;
   if (num('kd-align') > 0) options.alignHidden = num('kd-align');
   if (teacher === 'context') {
     const instruction = $('kd-instruction').value.trim();
@@ -635,7 +636,7 @@ async function distill() {
         steps.push(s);
         $('kd-progress').value = s.step / s.steps;
         const rate = steps.reduce((a, x) => a + x.tokens, 0) / ((performance.now() - t0) / 1000);
-        status(`${pruned}step ${s.step}/${s.steps}: loss ${s.loss.toFixed(4)}, KL ${s.kl.toFixed(4)}${s.alpha === null ? '' : `, α ${s.alpha.toFixed(3)}`}, |g| ${s.gradNorm.toFixed(3)}, ${rate.toFixed(1)} tokens/s`);
+        status(`${pruned}step ${s.step}/${s.steps}: loss ${s.loss.toFixed(4)}, KL ${s.kl.toFixed(4)}${s.alpha === null ? '' : `, α ${s.alpha.toFixed(3)}`}${s.tau === null ? '' : `, τ ${s.tau.toFixed(3)}`}, |g| ${s.gradNorm.toFixed(3)}, ${rate.toFixed(1)} tokens/s`);
         drawChart('kd-chart-loss', steps, 'loss');
         drawChart('kd-chart-kl', steps, 'kl');
       },

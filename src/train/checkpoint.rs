@@ -174,12 +174,14 @@ fn log_to_json(s: &StepLog) -> Value {
         s.applied,
         exact(s.kl),
         exact(s.ce),
-        exact(s.alpha)
+        exact(s.alpha),
+        exact(s.tau)
     ])
 }
 
 fn log_from_json(v: &Value) -> Option<StepLog> {
-    let a = v.as_array().filter(|a| a.len() == 10)?;
+    // (Logs of 10 entries are from before τ was logged.)
+    let a = v.as_array().filter(|a| a.len() == 10 || a.len() == 11)?;
     let opt = |i: usize| if a[i].is_null() { Some(None) } else { float(&a[i]).map(Some) };
     let u = |i: usize| a[i].as_u64().map(|x| x as usize);
     Some(StepLog {
@@ -193,6 +195,7 @@ fn log_from_json(v: &Value) -> Option<StepLog> {
         kl: opt(7)?,
         ce: opt(8)?,
         alpha: opt(9)?,
+        tau: if a.len() == 11 { opt(10)? } else { None },
     })
 }
 

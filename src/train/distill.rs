@@ -28,11 +28,13 @@ pub struct DistillOptions {
     pub kd_alpha: Option<f32>,
     /// `forward`, `reverse`, `jsd` or `jsd:β`.
     pub divergence: Option<String>,
-    /// Anneal τ / the CE weight linearly to these by the last step.
+    /// Anneal τ / the CE weight linearly to these by the last step (an adapted τ's target).
     pub tau_end: Option<f32>,
     pub kd_alpha_end: Option<f32>,
     /// Adapt the CE weight to the loss (the labels keep their step-1 share; see [`KdSchedule`]).
     pub kd_alpha_adapt: Option<bool>,
+    /// Move τ toward `tau_end` (default 1) as the divergence falls (see [`KdSchedule`]).
+    pub kd_tau_adapt: Option<bool>,
     /// Context distillation: the teacher reads each JSONL line with this as its system message.
     pub instruction: Option<String>,
     /// Hidden-state alignment's weight (0 or absent: none).
@@ -44,13 +46,14 @@ pub struct DistillOptions {
 
 impl DistillOptions {
     /// The JSON keys that are this struct's (the rest of the object is [`FinetuneOptions`]).
-    pub const KEYS: [&'static str; 9] = [
+    pub const KEYS: [&'static str; 10] = [
         "tau",
         "kdAlpha",
         "divergence",
         "tauEnd",
         "kdAlphaEnd",
         "kdAlphaAdapt",
+        "kdTauAdapt",
         "instruction",
         "alignHidden",
         "alignPairs",
@@ -76,6 +79,7 @@ impl DistillOptions {
             tau_end: self.tau_end,
             alpha_end: self.kd_alpha_end,
             adapt_alpha: self.kd_alpha_adapt.unwrap_or(false),
+            adapt_tau: self.kd_tau_adapt.unwrap_or(false),
         }
     }
 }

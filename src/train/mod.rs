@@ -8,6 +8,7 @@ pub mod checkpoint;
 pub mod data;
 pub mod distill;
 pub mod export;
+pub mod schedule;
 pub mod teach;
 
 pub use checkpoint::checkpoint_step;
@@ -15,6 +16,7 @@ pub use data::{
     concat, context_documents, documents, pack, pack_context, ContextPair, DataFormat, Document, Row, TeacherRow, TopK,
 };
 pub use export::{merged_gguf, peft_adapter, MergeReport, MergedTensor, PeftAdapter};
+pub use schedule::{KdSchedule, ADAPT_EMA, ADAPT_RANGE, ADAPT_TAU_TARGET};
 
 use crate::error::{PupilError, Result};
 use crate::gpu::GpuContext;
@@ -50,103 +52,6 @@ pub struct FinetuneConfig {
     pub seed: u64,
     /// Distillation: how τ and α move over the run (fixed by default).
     pub kd_schedule: KdSchedule,
-}
-
-/// How a distillation's temperature τ and CE weight α move over a run: linearly from the loss
-/// as given (at step 1) to these values (at the last step); `None` keeps one fixed. Annealing
-/// τ from high (the teacher's dark knowledge, smooth gradients) to 1 (the distribution the
-/// student is used at) is the common use. The divergence weight follows τ² (it is scaled by
-/// (τ_t / τ_1)², so Hinton's τ² stays τ²). The held-out KL before and after a run is measured
-/// with the last step's loss.
-///
-/// `adapt_alpha` adapts α to the loss instead (no `alpha_end` then): the hard-label term keeps
-/// the share of the loss it had at step 1, `s = α₁·CE₁ / (w₁·D₁ + α₁·CE₁)` (w: the divergence
-/// weight, D: the divergence), so each later step takes `α = s/(1−s) · EMA(w·D) / EMA(CE)` over
-/// the steps before it (EMA factor [`ADAPT_EMA`], seeded with step 1; α kept within
-/// [`ADAPT_RANGE`]× of α₁ either way). As the student closes in on the teacher the divergence
-/// falls faster than the labels' CE, and α falls with it: the labels cannot take over the
-/// gradient late in a run (where a fixed α lets them pull the student off the teacher), and a
-/// divergence that stalls keeps them from fading. α₁ is the user's α; the held-out figures
-/// before and after use it too, so they compare. The rule reads only the logged steps, so a
-/// resumed run adapts exactly as the uninterrupted one.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
-pub struct KdSchedule {
-    pub tau_end: Option<f32>,
-    pub alpha_end: Option<f32>,
-    pub adapt_alpha: bool,
-}
-
-/// The EMA factor of `KdSchedule::adapt_alpha`'s loss averages (the last ~5 steps count).
-pub const ADAPT_EMA: f64 = 0.8;
-/// How far `KdSchedule::adapt_alpha` may move α from α₁: within [α₁/100, 100·α₁].
-pub const ADAPT_RANGE: f64 = 100.0;
-
-impl KdSchedule {
-    /// The loss of step `step` (1-based) of `steps`.
-    pub fn at(&self, base: &DistillLoss, step: usize, steps: usize) -> DistillLoss {
-        let progress = if steps <= 1 { 0.0 } else { (step.clamp(1, steps) - 1) as f32 / (steps - 1) as f32 };
-        let lerp = |from: f32, to: Option<f32>| to.map_or(from, |to| from + (to - from) * progress);
-        let tau = lerp(base.tau, self.tau_end);
-        DistillLoss {
-            tau,
-            kl_coef: base.kl_coef * (tau / base.tau).powi(2),
-            alpha: lerp(base.alpha, self.alpha_end),
-            divergence: base.divergence,
-        }
-    }
-
-    /// The loss of step `step` of `steps` after the steps `logged` before it: [`at`](Self::at),
-    /// with α adapted to their losses when `adapt_alpha` is set.
-    pub fn next(&self, base: &DistillLoss, logged: &[StepLog], step: usize, steps: usize) -> DistillLoss {
-        let mut loss = self.at(base, step, steps);
-        if self.adapt_alpha {
-            loss.alpha = self.adapted_alpha(base, logged, steps);
-        }
-        loss
-    }
-
-    /// `adapt_alpha`'s α after the steps `logged` (α₁ while there is nothing to go on).
-    fn adapted_alpha(&self, base: &DistillLoss, logged: &[StepLog], steps: usize) -> f32 {
-        // Each step's (weighted divergence, CE), as it was trained.
-        let terms = logged.iter().filter_map(|l| {
-            let w = self.at(base, l.step, steps).kl_coef as f64;
-            Some((w * l.kl?, l.ce?)).filter(|(d, c)| d.is_finite() && c.is_finite() && *c > 0.0)
-        });
-        let mut avg: Option<(f64, f64, f64)> = None; // (share at step 1, EMA(w·D), EMA(CE))
-        for (d, c) in terms {
-            avg = Some(match avg {
-                None => (base.alpha as f64 * c / (d + base.alpha as f64 * c), d, c),
-                Some((s, ed, ec)) => {
-                    (s, ADAPT_EMA * ed + (1.0 - ADAPT_EMA) * d, ADAPT_EMA * ec + (1.0 - ADAPT_EMA) * c)
-                }
-            });
-        }
-        match avg {
-            Some((s, d, c)) if s > 0.0 && s < 1.0 => {
-                let a1 = base.alpha as f64;
-                (s / (1.0 - s) * d / c).clamp(a1 / ADAPT_RANGE, a1 * ADAPT_RANGE) as f32
-            }
-            _ => base.alpha,
-        }
-    }
-
-    fn check(&self, base: Option<&DistillLoss>) -> Result<()> {
-        let tau_ok = self.tau_end.is_none_or(|t| t.is_finite() && t > 0.0);
-        let alpha_ok = self.alpha_end.is_none_or(|a| a.is_finite() && a >= 0.0);
-        if !(tau_ok && alpha_ok) {
-            return Err(PupilError::arg("distill", format!("a final τ > 0 and a final α ≥ 0; got {self:?}")));
-        }
-        if self.adapt_alpha && self.alpha_end.is_some() {
-            return Err(PupilError::arg(
-                "distill",
-                "α is either scheduled (a final α) or adapted to the loss, not both",
-            ));
-        }
-        if self.adapt_alpha && base.is_some_and(|b| b.alpha <= 0.0) {
-            return Err(PupilError::arg("distill", "adapting α to the loss needs an α > 0 to start from"));
-        }
-        Ok(())
-    }
 }
 
 impl Default for FinetuneConfig {
@@ -203,6 +108,8 @@ pub struct StepLog {
     pub ce: Option<f64>,
     /// Distillation: the CE weight α the step trained with (scheduled or adapted).
     pub alpha: Option<f64>,
+    /// Distillation: the temperature τ the step trained with (scheduled or adapted).
+    pub tau: Option<f64>,
 }
 
 /// The outcome of a run.
@@ -338,8 +245,8 @@ pub async fn distill_offline(
     if rows.iter().any(|r| r.top_k.is_none()) {
         return Err(PupilError::arg("distill_offline", "every row needs the teacher's top-k"));
     }
-    if cfg.kd_schedule.tau_end.is_some() {
-        return Err(PupilError::arg("distill_offline", "τ is the teach file's: no τ schedule"));
+    if cfg.kd_schedule.tau_end.is_some() || cfg.kd_schedule.adapt_tau {
+        return Err(PupilError::arg("distill_offline", "τ is the teach file's: no τ schedule or adaptation"));
     }
     train(ctx, trainer, Teacher::Offline(*loss), rows, cfg, control, progress).await
 }
@@ -474,9 +381,8 @@ async fn train(
     cfg.kd_schedule.check(first_loss.as_ref())?;
     let (train, eval) = eval_split(rows, cfg);
     let distilling = first_loss.is_some();
-    // The loss as given (step 1's) and as it ends (the held-out figures'; an adapted α's are
-    // with the given α).
-    let last_loss = first_loss.map(|l| cfg.kd_schedule.at(&l, cfg.steps, cfg.steps));
+    // The loss as given (step 1's) and the held-out figures' (see `KdSchedule::eval_loss`).
+    let last_loss = first_loss.map(|l| cfg.kd_schedule.eval_loss(&l, cfg.steps));
     let mut state = match control.resume {
         Some(bytes) => checkpoint::restore(ctx, trainer, bytes, cfg, rows, distilling).await?,
         None => checkpoint::LoopState {
@@ -548,6 +454,7 @@ async fn train(
             kl: distilling.then_some(kl),
             ce: ce.filter(|_| distilling),
             alpha: kd.map(|k| k.alpha as f64),
+            tau: kd.map(|k| k.tau as f64),
         };
         progress(&log);
         state.logs.push(log);
@@ -837,7 +744,7 @@ impl StepLog {
         serde_json::json!({
             "step": self.step, "steps": self.steps, "loss": self.loss, "gradNorm": self.grad_norm,
             "lr": self.lr, "tokens": self.tokens, "applied": self.applied, "kl": self.kl,
-            "ce": self.ce, "alpha": self.alpha,
+            "ce": self.ce, "alpha": self.alpha, "tau": self.tau,
         })
     }
 }
@@ -846,10 +753,7 @@ impl StepLog {
 mod tests {
     use super::*;
     use crate::ops::cross_entropy::IGNORE_TARGET;
-    use crate::ops::distill_loss::Divergence;
 
-    /// Step 1 is the loss as given, the last step the schedule's ends, linear in between; the
-    /// divergence weight follows τ² and the divergence stays.
     fn row(id: u32) -> Row {
         Row { ids: vec![id, id], targets: vec![id, IGNORE_TARGET], doc_lengths: vec![2], teacher: None, top_k: None }
     }
@@ -870,63 +774,5 @@ mod tests {
         assert_eq!(task, (0..8).collect::<Vec<_>>(), "the task's rows keep their order");
         assert_eq!(mix_replay(&rows, &replay, 0.0, &cfg).unwrap().0, rows);
         assert!(mix_replay(&rows, &[], 0.3, &cfg).is_err() && mix_replay(&rows, &replay, 1.0, &cfg).is_err());
-    }
-
-    #[test]
-    fn kd_schedule_interpolates_tau_alpha_and_the_kl_weight() {
-        let base = DistillLoss { divergence: Divergence::Jsd { beta: 0.3 }, ..DistillLoss::hinton(4.0, 0.5) };
-        let s = KdSchedule { tau_end: Some(1.0), alpha_end: Some(0.0), adapt_alpha: false };
-        assert_eq!(s.at(&base, 1, 7), base);
-        let last = s.at(&base, 7, 7);
-        assert_eq!((last.tau, last.alpha, last.divergence), (1.0, 0.0, base.divergence));
-        assert!((last.kl_coef - 1.0).abs() < 1e-6, "{last:?}");
-        let mid = s.at(&base, 4, 7);
-        assert_eq!((mid.tau, mid.alpha), (2.5, 0.25));
-        assert!((mid.kl_coef - 6.25).abs() < 1e-5, "{mid:?}");
-        assert_eq!(KdSchedule::default().at(&base, 5, 7), base, "no schedule: fixed");
-        assert_eq!(s.at(&base, 1, 1), base, "a one-step run uses the loss as given");
-        let bad = |tau_end, alpha_end| KdSchedule { tau_end, alpha_end, adapt_alpha: false }.check(Some(&base));
-        assert!(bad(Some(0.0), None).is_err() && bad(None, Some(f32::NAN)).is_err());
-    }
-
-    /// A logged distillation step with divergence `kl` and CE `ce`.
-    fn logged(step: usize, kl: f64, ce: f64) -> StepLog {
-        let (loss, grad_norm, lr, tokens, applied) = (kl + ce, 1.0, 1e-3, 8, true);
-        StepLog { step, steps: 10, loss, grad_norm, lr, tokens, applied, kl: Some(kl), ce: Some(ce), alpha: None }
-    }
-
-    /// Adapting α keeps the CE term's share of step 1 over the EMA of the steps so far: step 1
-    /// and 2 train with α₁; a halved divergence lowers α by the EMA's 10%; the divergence
-    /// weight of a τ schedule counts; the range and unusable steps are handled; and it refuses
-    /// α₁ = 0 and a final α.
-    #[test]
-    fn adapted_alpha_keeps_the_share_of_the_labels() {
-        let base = DistillLoss::hinton(2.0, 0.5);
-        let adapt = KdSchedule { adapt_alpha: true, ..KdSchedule::default() };
-        assert_eq!(adapt.next(&base, &[], 1, 10), base);
-        let first = [logged(1, 0.8, 3.0)];
-        assert_eq!(adapt.next(&base, &first, 2, 10).alpha, 0.5, "one step: its own share gives α₁");
-        let halved = [logged(1, 0.8, 3.0), logged(2, 0.4, 3.0)];
-        let a = adapt.next(&base, &halved, 3, 10).alpha as f64;
-        assert!((a - 0.5 * 0.9).abs() < 1e-6, "EMA(w·D) = 0.9 of step 1's: {a}");
-        let share = |a: f64, d: f64, c: f64| a * c / (d + a * c);
-        let (s1, d, c) = (share(0.5, 4.0 * 0.8, 3.0), 4.0 * (0.8 * 0.8 + 0.2 * 0.4), 3.0);
-        assert!((share(a, d, c) - s1).abs() < 1e-6, "the share stays");
-        // With τ annealed 2 → 1 the weight falls from 4 to 1: a divergence that rises to keep
-        // w·D fixed leaves α as it was.
-        let annealed = KdSchedule { tau_end: Some(1.0), ..adapt };
-        let w2 = annealed.at(&base, 2, 10).kl_coef as f64;
-        let steady = [logged(1, 0.8, 3.0), logged(2, 0.8 * 4.0 / w2, 3.0)];
-        assert!((annealed.next(&base, &steady, 3, 10).alpha - 0.5).abs() < 1e-6);
-        assert!(annealed.next(&base, &steady, 3, 10).tau < 2.0, "τ still follows its schedule");
-        // A collapsing divergence stops at α₁/100; a NaN step (skipped) is left out.
-        let mut collapse: Vec<StepLog> = vec![logged(1, 0.8, 3.0)];
-        collapse.extend((2..60).map(|i| logged(i, 1e-12, 3.0)));
-        assert!((adapt.next(&base, &collapse, 60, 60).alpha as f64 - 0.5 / ADAPT_RANGE).abs() < 1e-9);
-        let with_nan = [logged(1, 0.8, 3.0), logged(2, f64::NAN, 3.0)];
-        assert_eq!(adapt.next(&base, &with_nan, 3, 10).alpha, 0.5);
-        assert!(adapt.check(Some(&DistillLoss::hinton(2.0, 0.0))).is_err(), "α₁ = 0");
-        assert!(KdSchedule { alpha_end: Some(0.1), ..adapt }.check(Some(&base)).is_err());
-        assert!(adapt.check(Some(&base)).is_ok());
     }
 }

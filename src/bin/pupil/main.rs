@@ -189,7 +189,8 @@ enum Command {
         /// Weight of the hard-label cross-entropy.
         #[arg(long, default_value_t = 0.5)]
         kd_alpha: f32,
-        /// Anneal τ linearly to this by the last step (the KL weight follows τ²).
+        /// Anneal τ linearly to this by the last step (the KL weight follows τ²); with
+        /// --kd-tau-adapt, the τ it heads for [default there: 1].
         #[arg(long)]
         tau_end: Option<f32>,
         /// Move the CE weight linearly to this by the last step.
@@ -200,6 +201,10 @@ enum Command {
         /// averages, within 100× of --kd-alpha either way).
         #[arg(long)]
         kd_alpha_adapt: bool,
+        /// Adapt τ to the loss: it moves from --tau toward --tau-end (1 by default) as the
+        /// divergence's recent average falls below step 1's (the KL weight follows τ²).
+        #[arg(long)]
+        kd_tau_adapt: bool,
         /// forward (KL(teacher ‖ student), Hinton's), reverse (KL(student ‖ teacher)), jsd
         /// (Jensen–Shannon, β = 0.5) or jsd:BETA (generalised: β → 0 forward-like, → 1 reverse-like).
         #[arg(long, default_value = "forward", value_parser = parse_divergence)]
@@ -687,6 +692,7 @@ async fn run(command: Command, options: ContextOptions) -> pupil::Result<ExitCod
             tau_end,
             kd_alpha_end,
             kd_alpha_adapt,
+            kd_tau_adapt,
             divergence,
             align_hidden,
             align_pairs,
@@ -697,7 +703,12 @@ async fn run(command: Command, options: ContextOptions) -> pupil::Result<ExitCod
                 tau_given: tau,
                 path: teacher,
                 loss,
-                schedule: train::KdSchedule { tau_end, alpha_end: kd_alpha_end, adapt_alpha: kd_alpha_adapt },
+                schedule: train::KdSchedule {
+                    tau_end,
+                    alpha_end: kd_alpha_end,
+                    adapt_alpha: kd_alpha_adapt,
+                    adapt_tau: kd_tau_adapt,
+                },
                 context: instruction,
                 align: (align_hidden != 0.0).then_some((align_hidden, align_pairs)),
             };

@@ -220,9 +220,10 @@ pub(super) async fn train_run(
             if t.tau_given.is_some_and(|tau| tau != h.tau) {
                 return Err(other(format!("the teach file's distribution is at τ {}: drop --tau", h.tau)));
             }
-            if t.align.is_some() || t.schedule.tau_end.is_some() {
+            if t.align.is_some() || t.schedule.tau_end.is_some() || t.schedule.adapt_tau {
                 return Err(other(
-                    "an offline teacher has no hidden states and a fixed τ: drop --align-hidden / --tau-end",
+                    "an offline teacher has no hidden states and a fixed τ: drop --align-hidden / --tau-end / \
+                     --kd-tau-adapt",
                 ));
             }
             Some(h)
@@ -309,9 +310,14 @@ pub(super) async fn train_run(
     let mut teacher_trainer = match &teacher {
         Some(TeacherArgs { loss, schedule, align, .. }) if offline.is_none() => {
             let t = teacher_file.as_ref().map_or(&l.model, |t| &t.model);
-            let last = schedule.at(loss, steps, steps);
-            let annealed = if schedule.adapt_alpha {
-                format!(" (adapted to the loss: the labels keep their step-1 share; τ {} by the last step)", last.tau)
+            let last = schedule.eval_loss(loss, steps);
+            let annealed = if schedule.adapt_alpha || schedule.adapt_tau {
+                let what = match (schedule.adapt_alpha, schedule.adapt_tau) {
+                    (true, true) => "τ and CE weight",
+                    (true, false) => "CE weight",
+                    _ => "τ",
+                };
+                format!(" ({what} adapted to the loss; τ {} held out)", last.tau)
             } else if last != *loss {
                 format!(" (→ τ {}, KL weight {}, CE weight {} by the last step)", last.tau, last.kl_coef, last.alpha)
             } else {
@@ -364,11 +370,12 @@ pub(super) async fn train_run(
         tokens += s.tokens;
         let skipped = if s.applied { "" } else { " (skipped: NaN/Inf gradients)" };
         let line = format!(
-            "step {:>4}/{}: loss {:.4}{}{}  |g| {:.3}  lr {:.2e}  {:.0} tokens/s{skipped}",
+            "step {:>4}/{}: loss {:.4}{}{}{}  |g| {:.3}  lr {:.2e}  {:.0} tokens/s{skipped}",
             s.step,
             s.steps,
             s.loss,
             s.kl.map_or(String::new(), |k| format!("  KL {k:.4}")),
+            s.tau.map_or(String::new(), |t| format!(" (τ {t:.3})")),
             s.ce.zip(s.alpha).map_or(String::new(), |(c, a)| format!("  CE {c:.4} (α {a:.3})")),
             s.grad_norm,
             s.lr,

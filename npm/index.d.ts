@@ -335,6 +335,9 @@ export interface DistillOptions extends FinetuneOptions {
   /** [studentBoundary, teacherBoundary] pairs (default: every boundary, or a pruned student's
    * kept layers). */
   alignPairs?: [number, number][];
+  /** Align through a learned projection per pair (trained with the adapters, not exported;
+   * default: on when the teacher's hidden size differs from the student's, where it is needed). */
+  alignProject?: boolean;
 }
 
 export interface PruneOptions {

@@ -268,7 +268,8 @@ fn kd_schedule_drives_the_steps_and_the_held_out_kl() {
         let loss = DistillLoss::hinton(tau, 0.5);
         pollster::block_on(train::distill(&ctx, &mut student, &mut teacher, &loss, &rows, &cfg, &mut |_| {})).unwrap()
     };
-    let annealed = run(4.0, train::KdSchedule { tau_end: Some(1.0), alpha_end: Some(0.0), ..train::KdSchedule::default() });
+    let annealed =
+        run(4.0, train::KdSchedule { tau_end: Some(1.0), alpha_end: Some(0.0), ..train::KdSchedule::default() });
     let fixed_start = run(4.0, train::KdSchedule::default());
     let fixed_end = run(1.0, train::KdSchedule::default());
     let kl = |r: &train::FinetuneReport| r.steps.iter().map(|s| s.kl.unwrap()).collect::<Vec<_>>();

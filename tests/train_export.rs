@@ -293,14 +293,19 @@ fn resumed_run_reproduces_the_uninterrupted_one() {
         warmup: 2,
         eval_fraction: 0.2,
         seed: 11,
-        // The distillation run adapts α to its logged losses: the resumed run must too.
-        kd_schedule: train::KdSchedule { adapt_alpha: true, ..train::KdSchedule::default() },
+        // The distillation run adapts α and τ to its logged losses: the resumed run must too.
+        kd_schedule: train::KdSchedule { adapt_alpha: true, adapt_tau: true, ..train::KdSchedule::default() },
         ..FinetuneConfig::default()
     };
     let kd = pupil::ops::distill_loss::DistillLoss::hinton(2.0, 0.5);
     for distill in [false, true] {
         let run = |control: RunControl<'_>| {
             let mut tr = train::trainer_for(&ctx, &model, &cfg).unwrap();
+            if distill {
+                // Aligned through a learned projection: it trains and resumes with the rest.
+                let a = pupil::model::HiddenAlignment { pairs: vec![(1, 1)], weight: 0.3, projected: true };
+                tr = tr.with_hidden_alignment(&ctx, a, teacher_model.config.hidden).unwrap();
+            }
             let mut teacher = Trainer::with_last_layers(&ctx, &teacher_model, None, 0, 24, 1).unwrap();
             let t = distill.then_some((&mut teacher, &kd));
             pollster::block_on(train::train_resumable(&ctx, &mut tr, t, &data, &cfg, control, &mut |_| {})).unwrap()
@@ -332,6 +337,10 @@ fn resumed_run_reproduces_the_uninterrupted_one() {
             }
             if let (Some(x), Some(y)) = (a.alpha, b.alpha) {
                 assert!(close(x, y), "step {}: α {x} vs {y}", a.step);
+            }
+            assert_eq!(a.tau.is_some(), distill);
+            if let (Some(x), Some(y)) = (a.tau, b.tau) {
+                assert!(close(x, y), "step {}: τ {x} vs {y}", a.step);
             }
         }
         let (a, b) = (whole.eval_loss_after.unwrap(), resumed.eval_loss_after.unwrap());

@@ -143,7 +143,9 @@ fn trainer<'m>(ctx: &GpuContext, model: &'m LlamaModel, fx: &Fixture) -> (Traine
             want.push((format!("layer {l} {t:?}"), da, fix(db)));
         }
     }
-    assert_eq!(at, fx.blobs.len(), "the .bin holds exactly every adapter");
+    // (A projected alignment's fixture holds its projections after the adapters.)
+    let after = fx.meta.get("projection_floats").map_or(0, |n| n.as_u64().unwrap() as usize);
+    assert_eq!(at + after, fx.blobs.len(), "the .bin holds exactly every adapter");
     (tr, want)
 }
 
@@ -650,16 +652,24 @@ fn llama_jsd_distillation_matches_pytorch() {
 /// Distillation with hidden-state alignment (`Trainer::with_hidden_alignment`, align_<preset>.*:
 /// the kd fixture's loss plus 0.5 · ‖h_s − h_t‖² / ‖h_t‖² at the stream after block 1 of both,
 /// per token): the loss and every adapter gradient against PyTorch's; without the alignment
-/// the gradients differ (the check can fail).
-fn alignment_matches_pytorch(preset: &str) {
+/// the gradients differ (the check can fail). align_proj_<preset>.*: a wider, deeper teacher
+/// (`teacher_preset`) through a learned projection P per pair (‖P·h_s − h_t‖², P set to the
+/// fixture's): P's gradient too, a central finite difference of the loss along it, and ten
+/// AdamW steps over the adapters and P against PyTorch's losses and clipped norms.
+fn alignment_matches_pytorch(kind: &str, preset: &str) {
     use pupil::model::HiddenAlignment;
     use pupil::ops::distill_loss::DistillLoss;
-    let fx = fixture_of("align", preset);
+    let fx = fixture_of(kind, preset);
     let ctx = common::context(false, true).unwrap();
     let model = model(&ctx, &fx);
-    let teacher_file =
-        synth::synthesize(&synth::preset(preset).unwrap(), fx.meta["teacher_seed"].as_u64().unwrap(), &mut |_, _| {})
-            .unwrap();
+    let teacher_preset = fx.meta.get("teacher_preset").map_or(preset, |p| p.as_str().unwrap());
+    let teacher_file = synth::synthesize(
+        &synth::preset(teacher_preset).unwrap(),
+        fx.meta["teacher_seed"].as_u64().unwrap(),
+        &mut |_, _| {},
+    )
+    .unwrap();
+    assert_eq!(format!("{:x}", Sha256::digest(&teacher_file)), fx.meta["teacher_gguf_sha256"].as_str().unwrap());
     let opts = ModelOptions { context: Some(64), ..ModelOptions::default() };
     let teacher_model = LlamaModel::load(&ctx, &teacher_file, &opts, &mut |_, _| {}).unwrap();
     let mut teacher = Trainer::with_last_layers(&ctx, &teacher_model, None, 0, 64, 1).unwrap();
@@ -672,14 +682,36 @@ fn alignment_matches_pytorch(preset: &str) {
         .iter()
         .map(|p| (p[0].as_u64().unwrap() as usize, p[1].as_u64().unwrap() as usize))
         .collect();
+    let (hs, ht) = (model.config.hidden, teacher_model.config.hidden);
+    let projected = hs != ht;
+    let alignment = HiddenAlignment { pairs: pairs.clone(), weight: f("align_weight") as f32, projected };
+    // The fixture's projections (P, dP per pair) follow the adapters' blobs.
+    let proj_len = ht * hs;
+    let proj_at = fx.blobs.len() - if projected { 2 * proj_len * pairs.len() } else { 0 };
+    assert_eq!(fx.blobs.len() - proj_at, fx.meta.get("projection_floats").map_or(0, |n| n.as_u64().unwrap() as usize));
+    fn aligned<'m>(
+        ctx: &GpuContext,
+        tr: Trainer<'m>,
+        a: &HiddenAlignment,
+        ht: usize,
+        projections: &[f32],
+    ) -> Trainer<'m> {
+        let tr = tr.with_hidden_alignment(ctx, a.clone(), ht).unwrap();
+        let len = projections.len() / 2 / a.pairs.len().max(1);
+        for i in 0..tr.alignment_projections().len() {
+            tr.set_alignment_projection(ctx, i, &projections[2 * len * i..][..len]).unwrap();
+        }
+        tr
+    }
+    let projections = &fx.blobs[proj_at..];
     let (ids, targets, docs) = batch(&fx);
     let (tr, want) = trainer(&ctx, &model, &fx);
-    let mut tr = tr.with_hidden_alignment(&ctx, HiddenAlignment { pairs, weight: f("align_weight") as f32 }).unwrap();
+    let mut tr = aligned(&ctx, tr, &alignment, ht, projections);
     let (loss, _) =
         pollster::block_on(tr.distill_forward_backward(&ctx, &mut teacher, &cfg, &ids, &targets, &docs, 1.0)).unwrap();
     let el = (loss - f("loss")).abs() / f("loss");
     println!(
-        "{preset} alignment: loss {loss:.6} vs PyTorch {:.6} ({el:.1e}), of it alignment {:.6}",
+        "{preset} {kind}: loss {loss:.6} vs PyTorch {:.6} ({el:.1e}), of it alignment {:.6}",
         f("loss"),
         f("align")
     );
@@ -693,23 +725,75 @@ fn alignment_matches_pytorch(preset: &str) {
         got.extend(ga.iter().chain(&gb));
         wanted.extend(da.iter().chain(db));
     }
-    println!("{preset} alignment: every adapter gradient together, rel err {:.2e}", rel(&got, &wanted));
+    println!("{preset} {kind}: every adapter gradient together, rel err {:.2e}", rel(&got, &wanted));
+    assert_eq!(tr.alignment_projections().len(), if projected { pairs.len() } else { 0 });
+    let grads: Vec<Vec<f32>> =
+        tr.alignment_projections().iter().map(|p| pollster::block_on(p.g.read_f32(&ctx)).unwrap()).collect();
+    for (i, dp) in grads.iter().enumerate() {
+        let at = proj_at + 2 * proj_len * i + proj_len;
+        let e = rel(dp, &fx.blobs[at..at + proj_len]);
+        println!("{preset} {kind}: projection {i} [{ht}, {hs}] gradient rel err {e:.2e}");
+        assert!(e < 1e-4, "dP {i}: {e:.2e}");
+        // The loss is quadratic in P (only the alignment term sees it), so a central
+        // difference along dP's unit direction is its slope ‖dP‖ exactly, whatever the step:
+        // a large one keeps f32 rounding out of it.
+        let norm = dp.iter().map(|&x| (x as f64).powi(2)).sum::<f64>().sqrt();
+        let p0 = &fx.blobs[proj_at + 2 * proj_len * i..][..proj_len];
+        let eps = 0.5;
+        let mut moved = |sign: f64| {
+            let w: Vec<f32> =
+                p0.iter().zip(dp).map(|(&w, &g)| (w as f64 + sign * eps * g as f64 / norm) as f32).collect();
+            tr.set_alignment_projection(&ctx, i, &w).unwrap();
+            pollster::block_on(tr.distill_loss(&ctx, &mut teacher, &cfg, None, &ids, &targets, &docs)).unwrap().0
+        };
+        let fd = (moved(1.0) - moved(-1.0)) / (2.0 * eps);
+        tr.set_alignment_projection(&ctx, i, p0).unwrap();
+        println!("{preset} {kind}: directional derivative along dP {fd:.6}, ‖dP‖ {norm:.6}");
+        assert!((fd - norm).abs() < 1e-3 * norm, "finite difference {fd} vs ‖dP‖ {norm}");
+    }
+    let steps = fx.meta["steps"].as_array().unwrap();
+    if !steps.is_empty() {
+        let opt = adamw_of(&fx);
+        let (tr, _) = trainer(&ctx, &model, &fx);
+        let mut tr = aligned(&ctx, tr, &alignment, ht, projections);
+        for (i, s) in steps.iter().enumerate() {
+            let (loss, kl) =
+                pollster::block_on(tr.distill_forward_backward(&ctx, &mut teacher, &cfg, &ids, &targets, &docs, 1.0))
+                    .unwrap();
+            let report = pollster::block_on(tr.step(&ctx, &opt, fx.meta["max_norm"].as_f64())).unwrap();
+            let r = |got: f64, key: &str| (got - s[key].as_f64().unwrap()).abs() / s[key].as_f64().unwrap();
+            let (el, ek, en) = (r(loss, "loss"), r(kl, "kl"), r(report.grad_norm, "grad_norm"));
+            println!("  step {}: loss {loss:.6} ({el:.1e}), KL {kl:.6} ({ek:.1e}), grad norm rel {en:.1e}", i + 1);
+            assert!(report.applied && el < 1e-4 && ek < 1e-4 && en < 1e-4, "{preset} {kind} step {}", i + 1);
+        }
+    }
     // Without the alignment term: not PyTorch's gradients.
     let (mut plain, _) = trainer(&ctx, &model, &fx);
     pollster::block_on(plain.distill_forward_backward(&ctx, &mut teacher, &cfg, &ids, &targets, &docs, 1.0)).unwrap();
     let p = plain.lora.pairs().next().unwrap().1;
     let ga = pollster::block_on(p.da.read_f32(&ctx)).unwrap();
     assert!(rel(&ga, &want[0].1) > 1e-3, "the alignment changes the gradients");
+    if projected {
+        // Other hidden sizes without a projection are refused, naming the way out.
+        let (tr, _) = trainer(&ctx, &model, &fx);
+        let e = tr.with_hidden_alignment(&ctx, HiddenAlignment { projected: false, ..alignment }, ht).err().unwrap();
+        assert!(e.to_string().contains("projection"), "{e}");
+    }
 }
 
 #[test]
 fn llama_alignment_matches_pytorch() {
-    alignment_matches_pytorch("tiny-llama");
+    alignment_matches_pytorch("align", "tiny-llama");
+}
+
+#[test]
+fn llama_projected_alignment_to_a_wider_teacher_matches_pytorch() {
+    alignment_matches_pytorch("align_proj", "tiny-llama");
 }
 
 #[test]
 fn qwen2_alignment_matches_pytorch() {
-    alignment_matches_pytorch("tiny-qwen2");
+    alignment_matches_pytorch("align", "tiny-qwen2");
 }
 
 /// The distillation run (`train::distill`, what `pupil distill` drives): a LoRA student of

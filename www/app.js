@@ -16,6 +16,10 @@ const state = {
   info: null, // the adapter (engine.info())
   model: null, // the loaded model's info
   source: null, // where the loaded model came from, to reload it after a device loss
+  // A pruned student's original (its distillation teacher), to load again after a device loss;
+  // and that teacher's info once Recover has loaded it.
+  teacherSource: null,
+  teacherRestored: null,
   messages: [], // the conversation, [{ role, content }]
   lastLoad: null,
   lastResult: null,
@@ -234,7 +238,8 @@ function showProgress({ done, total, phase }) {
   $('load-status').textContent = what;
 }
 
-async function loadModel(source) {
+// `keepTeacher`: Recover reloading a pruned student, whose original stays its teacher.
+async function loadModel(source, { keepTeacher = false } = {}) {
   clearNotice();
   setPhase('loading');
   state.model = null;
@@ -247,10 +252,11 @@ async function loadModel(source) {
     r.totalMs = performance.now() - t0;
     state.model = r.model;
     state.source = source;
+    if (!keepTeacher) state.teacherSource = null;
     state.lastLoad = r;
     state.loads++;
     const from = source.kind === 'url' ? (r.fromCache ? 'from the browser cache' : `downloaded ${formatBytes(r.bytesFetched)}`)
-      : source.kind === 'synth' ? 'synthetic' : 'from a local file';
+      : source.kind === 'synth' ? 'synthetic' : source.kind === 'blob' ? `the ${source.name} this page made` : 'from a local file';
     $('load-status').textContent = `Loaded in ${(r.totalMs / 1000).toFixed(1)} s (${from}).`;
     $('stat-load').textContent = `${(r.totalMs / 1000).toFixed(1)} s, ${from}`;
     showModel(r.model);
@@ -278,8 +284,18 @@ async function recover() {
   worker?.terminate();
   for (const c of pending.values()) c.reject(Object.assign(new Error('restarted'), { name: 'Restarted' }));
   pending.clear();
-  const source = state.source;
-  if (await startEngine() && source) await loadModel(source);
+  // The model as it was: a pruned or merged student is reloaded from the file the engine wrote
+  // (kept as a Blob), and a pruned student gets its original back as the teacher.
+  const { source, teacherSource } = state;
+  if (!(await startEngine() && source && await loadModel(source, { keepTeacher: true }))) return;
+  if (teacherSource) {
+    try {
+      state.teacherRestored = await call('loadTeacher', { source: teacherSource, options: {} });
+    } catch (e) {
+      state.teacherSource = null;
+      showNotice(`The student is back, but its original could not be loaded as the teacher: ${explain(e)}`, 'warning');
+    }
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -552,6 +568,9 @@ async function finetune() {
 // A run merged into the model (`apply`): the model was reloaded, so the conversation starts over.
 async function afterMerge(report) {
   if (!report.merged) return;
+  // The model is now the merged file the engine wrote: what Recover reloads.
+  if (report.modelFile) state.source = { kind: 'blob', blob: report.modelFile, name: 'merged model' };
+  delete report.modelFile;
   state.messages = [];
   $('messages').replaceChildren();
   showMemory(await call('memory'));
@@ -617,6 +636,9 @@ async function distill() {
       if ($('kd-keep').value.trim() && !keep) throw Object.assign(new Error('keep: a layer list such as 0-17,29'), { name: 'InvalidArgument' });
       status(keep ? 'Pruning…' : 'Measuring each layer\'s influence on the data, then pruning…');
       const p = await call('pruneIntoStudent', { options: keep ? { keep } : { drop: num('kd-drop'), data, format } });
+      // Progressive pruning keeps the first original as the teacher.
+      state.teacherSource ??= state.source;
+      state.source = { kind: 'blob', blob: p.modelFile, name: 'pruned student' };
       state.model = p.model;
       showModel(p.model);
       showMemory(p.memory);
@@ -626,8 +648,10 @@ async function distill() {
       pruned = `pruned ${p.teacher.layers} → ${p.model.layers} layers (dropped ${p.dropped.join(', ')}); `;
     } else if (teacher === 'file') {
       status('Loading the teacher…');
+      state.teacherSource = null;
       await call('loadTeacher', { source: { kind: 'file', file: teacherFile }, options: {} });
     } else {
+      state.teacherSource = null;
       await call('unloadTeacher');
     }
     status(`${pruned}measuring the held-out loss and KL…`);

@@ -10,12 +10,13 @@
 //   { id, type: 'error', error: { name, message } } it failed; name is the error kind
 // Commands: init {options} (create the engine; result: adapter info), info, load {source,
 // options} with source {kind: 'url', url} | {kind: 'file', file} | {kind: 'bytes', bytes} |
-// {kind: 'synth', preset, seed}, chat {messages, options}, generate {prompt, options},
+// {kind: 'synth', preset, seed} | {kind: 'blob', blob, name} (a file the engine wrote), chat {messages, options}, generate {prompt, options},
 // finetune {data, options} (LoRA training of the loaded model; result: the report),
 // distill {data, options} (distillation from the teacher into LoRA adapters of the loaded
-// model; result: the report), loadTeacher {source, options} (a second model as the teacher;
+// model; result: the report; both with `modelFile`, a Blob, when `apply` replaced the model), loadTeacher {source, options} (a second model as the teacher;
 // result: its info), pruneIntoStudent {options} (the loaded model becomes the teacher, its copy
-// without some layers the loaded model; result: {kept, dropped, influence, model, teacher}),
+// without some layers the loaded model; result: {kept, dropped, influence, model, teacher,
+// modelFile}),
 // unloadTeacher, trainedWeights (result: what the last finetune/distill trained, safetensors
 // bytes, or null), stop, reset, unload, memory, loseDevice (test hook).
 //
@@ -77,6 +78,7 @@ async function modelBlob(source, progress) {
     }
     case 'file': return { blob: source.file, name: source.file.name };
     case 'bytes': return { blob: new Blob([source.bytes]) };
+    case 'blob': return { blob: source.blob, name: source.name };
     case 'synth': return { blob: new Blob([synthModel(source.preset, source.seed ?? 1)]), name: `synthetic ${source.preset}` };
     default: throw Object.assign(new Error(`unknown model source ${source.kind}`), { name: 'Format' });
   }
@@ -139,17 +141,19 @@ const commands = {
     return generate(id, prompt, options);
   },
   generate: ({ prompt, options }, id) => generate(id, prompt, options),
+  // With `apply` the model is replaced by the merged one: its file comes back as `modelFile`
+  // (a Blob), so the page can load it again after a device loss.
   async finetune({ data, options }, id) {
     requireModel();
-    const report = await engine.finetune(String(data), JSON.stringify(options || {}),
-      (s) => post({ id, type: 'step', step: JSON.parse(s) }));
-    return JSON.parse(report);
+    const report = JSON.parse(await engine.finetune(String(data), JSON.stringify(options || {}),
+      (s) => post({ id, type: 'step', step: JSON.parse(s) })));
+    return report.merged ? { ...report, modelFile: engine.modelFile() } : report;
   },
   async distill({ data, options }, id) {
     requireModel();
-    const report = await engine.distill(String(data), JSON.stringify(options || {}),
-      (s) => post({ id, type: 'step', step: JSON.parse(s) }));
-    return JSON.parse(report);
+    const report = JSON.parse(await engine.distill(String(data), JSON.stringify(options || {}),
+      (s) => post({ id, type: 'step', step: JSON.parse(s) })));
+    return report.merged ? { ...report, modelFile: engine.modelFile() } : report;
   },
   async loadTeacher({ source, options }, id) {
     requireEngine();
@@ -161,7 +165,7 @@ const commands = {
     requireModel();
     const result = JSON.parse(await engine.pruneIntoStudent(JSON.stringify(options || {})));
     model = result.model;
-    return { ...result, memory: JSON.parse(engine.memory()) };
+    return { ...result, memory: JSON.parse(engine.memory()), modelFile: engine.modelFile() };
   },
   unloadTeacher() { requireEngine().unloadTeacher(); return true; },
   // What the last finetune or distill trained (safetensors bytes), or null before any.

@@ -25,6 +25,11 @@ enum Step {
         dst: (Arc<Allocation>, u64),
         size: u64,
     },
+    /// `clear_buffer` (zeroes) between passes.
+    Clear {
+        dst: (Arc<Allocation>, u64),
+        size: u64,
+    },
 }
 
 struct Recorded {
@@ -90,6 +95,22 @@ impl<'c> Batch<'c> {
             dst: (dst.alloc.clone(), dst.offset_bytes()),
             size,
         });
+        Ok(())
+    }
+
+    /// Zero `dst` between passes, in submission order (a gradient that dispatches accumulate
+    /// into and a batch reuses). Its bytes are rounded up to whole words, which must lie in
+    /// its buffer.
+    pub fn clear(&mut self, dst: &Tensor) -> Result<()> {
+        let size = (dst.len() as u64 * dst.dtype().size_bytes()).next_multiple_of(4);
+        let offset = dst.offset_bytes();
+        if !offset.is_multiple_of(4) || offset + size > dst.alloc.size {
+            return Err(PupilError::shape(
+                "Batch::clear",
+                format!("{size} bytes at {offset} of a {}-byte buffer (whole words inside it)", dst.alloc.size),
+            ));
+        }
+        self.steps.push(Step::Clear { dst: (dst.alloc.clone(), offset), size });
         Ok(())
     }
 
@@ -179,6 +200,7 @@ impl<'c> Batch<'c> {
                 Step::Copy { src, dst, size } => {
                     encoder.copy_buffer_to_buffer(&src.0.buffer, src.1, &dst.0.buffer, dst.1, *size)
                 }
+                Step::Clear { dst, size } => encoder.clear_buffer(&dst.0.buffer, dst.1, Some(*size)),
                 Step::Dispatch(first) => {
                     // A pass runs until the next break or copy.
                     let mut run = vec![first];

@@ -41,7 +41,7 @@ impl DType {
 #[derive(Debug)]
 pub(crate) struct Allocation {
     pub(crate) buffer: wgpu::Buffer,
-    size: u64,
+    pub(crate) size: u64,
     tracker: MemoryTracker,
 }
 

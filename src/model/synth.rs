@@ -203,6 +203,24 @@ pub fn presets() -> Vec<SynthSpec> {
             mix: QuantMix::Uniform(QuantType::Q8_0),
             sliding_window: None,
         },
+        // A wider, deeper teacher for tiny-llama (same vocabulary): alignment across hidden sizes.
+        SynthSpec {
+            name: "tiny-llama-wide",
+            architecture: "llama",
+            n_layers: 3,
+            hidden: 384,
+            ffn_hidden: 768,
+            n_heads: 6,
+            n_kv_heads: 2,
+            head_dim: None,
+            vocab: 512,
+            context: 1024,
+            rope_base: 10000.0,
+            rms_eps: 1e-5,
+            tied: false,
+            mix: QuantMix::Uniform(QuantType::Q8_0),
+            sliding_window: None,
+        },
     ]
 }
 

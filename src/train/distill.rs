@@ -42,11 +42,13 @@ pub struct DistillOptions {
     /// Alignment pairs `[[studentBoundary, teacherBoundary], …]` (default: every boundary for
     /// equal depths, the kept layers' for a pruned student).
     pub align_pairs: Option<Vec<[usize; 2]>>,
+    /// Align through a learned projection per pair (default: when the hidden sizes differ).
+    pub align_project: Option<bool>,
 }
 
 impl DistillOptions {
     /// The JSON keys that are this struct's (the rest of the object is [`FinetuneOptions`]).
-    pub const KEYS: [&'static str; 10] = [
+    pub const KEYS: [&'static str; 11] = [
         "tau",
         "kdAlpha",
         "divergence",
@@ -57,6 +59,7 @@ impl DistillOptions {
         "instruction",
         "alignHidden",
         "alignPairs",
+        "alignProject",
     ];
 
     /// The loss at step 1 (Hinton's τ² on the divergence) with `tau` in place of the given one
@@ -214,7 +217,9 @@ pub async fn distill_data<'a>(
     if let Some(weight) = kd.align_hidden.filter(|&w| w != 0.0) {
         let explicit = kd.align_pairs.as_ref().map(|p| p.iter().map(|&[s, t]| (s, t)).collect());
         let pairs = alignment_pairs(student.config.n_layers, teacher_model.config.n_layers, student_kept, explicit)?;
-        trainer = trainer.with_hidden_alignment(ctx, HiddenAlignment { pairs, weight })?;
+        let th = teacher_model.config.hidden;
+        let projected = kd.align_project.unwrap_or(th != student.config.hidden);
+        trainer = trainer.with_hidden_alignment(ctx, HiddenAlignment { pairs, weight, projected }, th)?;
     }
     let mut t = teacher_trainer(ctx, teacher_model, &rows, cfg)?;
     let report =

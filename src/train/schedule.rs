@@ -96,13 +96,13 @@ impl KdSchedule {
         let mut avg = Averages::default();
         for log in logged {
             // Each logged step as it was trained: its τ from the steps before it.
-            let trained = self.from_averages(base, &avg, log.step, steps);
+            let trained = self.loss_after(base, &avg, log.step, steps);
             avg.add(base, &trained, log);
         }
-        self.from_averages(base, &avg, step, steps)
+        self.loss_after(base, &avg, step, steps)
     }
 
-    fn from_averages(&self, base: &DistillLoss, avg: &Averages, step: usize, steps: usize) -> DistillLoss {
+    fn loss_after(&self, base: &DistillLoss, avg: &Averages, step: usize, steps: usize) -> DistillLoss {
         let mut loss = self.at(base, step, steps);
         if self.adapt_tau {
             if let Some((d1, d)) = avg.divergence.filter(|(d1, _)| *d1 > 0.0) {

@@ -718,6 +718,15 @@ impl Engine {
         self.inner.loaded.borrow().as_ref().and_then(|l| l.trained.clone())
     }
 
+    /// The file the loaded model runs from, as a `Blob` (CPU memory, not the GPU's): the one
+    /// given to `loadModel`, or after `pruneIntoStudent` or an `apply: true` merge the student's
+    /// GGUF the engine wrote — what a page keeps to load the same model again after the device
+    /// is lost. `undefined` without a model.
+    #[wasm_bindgen(js_name = modelFile)]
+    pub fn model_file(&self) -> Option<web_sys::Blob> {
+        self.inner.loaded.borrow().as_ref().map(|l| l.source.clone())
+    }
+
     /// Forget the conversation (the next generate computes its whole prompt).
     #[wasm_bindgen(js_name = resetSession)]
     pub fn reset_session(&self) -> Result<(), JsValue> {

@@ -237,6 +237,24 @@ async function syntheticModel() {
   check(kdw.name.endsWith('.safetensors') && kdw.bytes.length > 8, 'distillation panel: the trained adapters download', `${kdw.name}, ${kdw.bytes.length} bytes`);
   r = await sendAndWait(page, 'And now?', 60);
   check(r && r.generatedTokens > 0, 'the pruned student chats after distillation', `${r?.generatedTokens} tokens`);
+  // Device loss now: Recover brings back the pruned and merged student (from the file the
+  // engine wrote), not the original, and the original as its teacher.
+  await page.evaluate(() => window.__pupil.loseDevice());
+  await page.fill('#prompt', 'Still a student?');
+  await page.click('#send');
+  await waitState(page, ['lost'], 60).catch(() => {});
+  if ((await notice(page)).action === 'Recover') {
+    const previous = await loads(page);
+    await page.click('#notice-action');
+    const reload = await waitLoad(page, previous, 120);
+    await page.waitForFunction(() => window.__pupil.state.teacherRestored, null, { timeout: 60_000, polling: 200 }).catch(() => {});
+    const after = await page.evaluate(() => ({ layers: window.__pupil.state.model?.layers, teacher: window.__pupil.state.teacherRestored?.layers,
+      source: window.__pupil.state.source?.kind }));
+    check(reload && after.layers === 1 && after.teacher === 2 && after.source === 'blob',
+      'Recover after pruning: the 1-layer student comes back with its 2-layer original as the teacher', JSON.stringify(after));
+  } else {
+    check(false, 'Recover after pruning: the page offers Recover', (await notice(page)).text);
+  }
   const long = await longTasksWhileGenerating(page);
   check(long.length === 0, 'no main-thread task over 50 ms while generating (synthetic)', long.map((l) => `${l.duration.toFixed(0)} ms`).join(', '));
   check(errors.length === 0, 'no console errors (synthetic model page)', errors.join(' | '));

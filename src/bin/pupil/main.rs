@@ -218,6 +218,11 @@ enum Command {
         /// prune`), else every boundary onto the same one when the depths match.
         #[arg(long, requires = "align_hidden")]
         align_pairs: Option<String>,
+        /// Align through a learned projection per pair (TinyBERT's W_h, started at the
+        /// identity), trained with the adapters and not exported [default: on when the
+        /// hidden sizes differ, where it is needed].
+        #[arg(long, requires = "align_hidden")]
+        align_project: Option<bool>,
         #[command(flatten)]
         train: TrainArgs,
     },
@@ -269,7 +274,7 @@ enum Command {
     /// Write a random-weight GGUF of a real architecture and size, for benchmarks.
     Synth {
         /// Shape: smollm2-135m (Q4_1), qwen2-1.5b (Q4_K_M), qwen3-0.6b (Q8_0), gemma3-270m (Q4_K_M),
-        /// tiny-llama, tiny-qwen2, tiny-qwen3, tiny-gemma3 (Q8_0).
+        /// tiny-llama, tiny-llama-wide (its wider teacher), tiny-qwen2, tiny-qwen3, tiny-gemma3 (Q8_0).
         shape: String,
         #[arg(short, long)]
         out: PathBuf,
@@ -696,6 +701,7 @@ async fn run(command: Command, options: ContextOptions) -> pupil::Result<ExitCod
             divergence,
             align_hidden,
             align_pairs,
+            align_project,
             train,
         } => {
             let loss = DistillLoss { divergence, ..DistillLoss::hinton(tau.unwrap_or(2.0), kd_alpha) };
@@ -710,7 +716,7 @@ async fn run(command: Command, options: ContextOptions) -> pupil::Result<ExitCod
                     adapt_tau: kd_tau_adapt,
                 },
                 context: instruction,
-                align: (align_hidden != 0.0).then_some((align_hidden, align_pairs)),
+                align: (align_hidden != 0.0).then_some((align_hidden, align_pairs, align_project)),
             };
             train_run(&ctx, &model, &train, Some(teacher)).await
         }

@@ -142,8 +142,8 @@ pub(super) struct TeacherArgs {
     pub(super) loss: DistillLoss,
     pub(super) schedule: train::KdSchedule,
     pub(super) context: Option<String>,
-    /// Hidden-state alignment: (weight, explicit pairs).
-    pub(super) align: Option<(f32, Option<String>)>,
+    /// Hidden-state alignment: (weight, explicit pairs, through a projection).
+    pub(super) align: Option<(f32, Option<String>, Option<bool>)>,
 }
 
 pub(super) fn parse_divergence(s: &str) -> Result<Divergence, String> {
@@ -333,12 +333,17 @@ pub(super) async fn train_run(
                 loss.divergence,
                 context.as_ref().map_or(String::new(), |c| format!("; context: {c:?}"))
             );
-            if let Some((weight, pairs)) = align {
+            if let Some((weight, pairs, project)) = align {
                 let explicit = pairs.as_deref().map(pupil::model::prune::parse_alignment_pairs).transpose()?;
                 let (ns, nt) = (l.model.config.n_layers, t.config.n_layers);
                 let pairs = train::distill::alignment_pairs(ns, nt, l.kept_layers.as_deref(), explicit)?;
-                eprintln!("hidden-state alignment, weight {weight}, student:teacher boundaries {pairs:?}");
-                trainer = trainer.with_hidden_alignment(ctx, HiddenAlignment { pairs, weight: *weight })?;
+                let (hs, ht) = (l.model.config.hidden, t.config.hidden);
+                let projected = project.unwrap_or(hs != ht);
+                let through =
+                    if projected { format!(", through learned {ht}×{hs} projections") } else { String::new() };
+                eprintln!("hidden-state alignment, weight {weight}, student:teacher boundaries {pairs:?}{through}");
+                let alignment = HiddenAlignment { pairs, weight: *weight, projected };
+                trainer = trainer.with_hidden_alignment(ctx, alignment, ht)?;
             }
             Some((train::distill::teacher_trainer(ctx, t, &rows, &cfg)?, *loss))
         }

@@ -34,7 +34,6 @@ use crate::ops::cross_entropy::{cross_entropy_forward_backward, IGNORE_TARGET};
 use crate::ops::distill_loss::{distill_loss_forward_backward, distill_topk_forward_backward};
 use crate::ops::dropout::dropout_forward;
 use crate::ops::gate::{gate_apply_forward, gate_backward};
-use crate::ops::hidden_mse::hidden_mse_forward_backward;
 use crate::ops::matmul::{matmul_forward, matmul_transposed_forward};
 use crate::ops::matmul_dense::{matmul_dense_strided, DenseLayout, Strided};
 use crate::ops::optim::{adamw_step, grad_sum_squares, sum_squares_slots, AdamW, GradStats};
@@ -170,8 +169,8 @@ pub struct Trainer<'m> {
     /// (None: no dropout, as in evaluation).
     calls: u64,
     dropout_call: Option<u64>,
-    /// Hidden-state alignment to a distillation teacher, and its per-row loss.
-    align: Option<(HiddenAlignment, Tensor)>,
+    /// Hidden-state alignment to a distillation teacher (its per-row loss, any projections).
+    align: Option<distill::AlignState>,
     /// An offline teacher's top-k ids and log-probabilities for the batch (u32 and f32
     /// `[max_tokens · k]`, made on first use and when k grows).
     top_k: Option<(usize, Tensor, Tensor)>,
@@ -593,26 +592,26 @@ impl<'m> Trainer<'m> {
         self.head_forward_backward(&mut b, n, scale, signal)?;
         let align = self.alignment_with(ctx, signal.online(), n)?;
         let align_scale = (backward_weight.unwrap_or(1.0) / n as f64) as f32;
-        if let (Some((pairs, weight, loss)), false) = (&align, backward) {
-            for (sb, ht) in pairs {
-                let hs = self.xs[*sb].view(0, &[n, c.hidden])?;
-                hidden_mse_forward_backward(&mut b, &hs, ht, loss, None, *weight, 0.0)?;
+        if let (Some(a), false) = (&align, backward) {
+            for term in &a.terms {
+                a.record(&mut b, term, &self.xs[term.boundary].view(0, &[n, c.hidden])?, None)?;
             }
         }
         if backward {
             for l in (0..c.n_layers).rev() {
                 self.layer_forward(&mut b, l, n, false)?;
                 // The alignment's gradient joins the output's at the boundary after layer l.
-                if let Some((pairs, weight, loss)) = &align {
-                    for (_, ht) in pairs.iter().filter(|p| p.0 == l + 1) {
+                if let Some(a) = &align {
+                    for term in a.terms.iter().filter(|t| t.boundary == l + 1) {
                         let (hs, dx) = (self.xs[l + 1].view(0, &[n, c.hidden])?, self.w.dx.view(0, &[n, c.hidden])?);
-                        hidden_mse_forward_backward(&mut b, &hs, ht, loss, Some(&dx), *weight, align_scale)?;
+                        a.record(&mut b, term, &hs, Some((&dx, align_scale)))?;
                     }
                 }
                 self.layer_backward(&mut b, l, n)?;
             }
         }
         b.submit();
+        let align_loss = align.map(|a| a.loss);
         self.dropout_call = None;
         let mean = |v: Vec<f32>| v.iter().map(|&x| x as f64).sum::<f64>() / counted as f64;
         let mut loss = mean(self.w.loss.view(0, &[n])?.read_f32(ctx).await?);
@@ -628,7 +627,7 @@ impl<'m> Trainer<'m> {
             }
             _ => None,
         };
-        if let Some((_, _, l)) = &align {
+        if let Some(l) = &align_loss {
             loss += l.read_f32(ctx).await?.iter().map(|&x| x as f64).sum::<f64>() / n as f64;
         }
         Ok((loss, kl))
@@ -703,6 +702,9 @@ impl<'m> Trainer<'m> {
             param(&mut out, format!("gate.{l}.w"), &g.w);
             param(&mut out, format!("gate.{l}.b"), &g.b);
         }
+        for (i, p) in self.align.iter().flat_map(|a| &a.projections).enumerate() {
+            param(&mut out, format!("align.{i}.proj"), p);
+        }
         out
     }
 
@@ -717,10 +719,12 @@ impl<'m> Trainer<'m> {
         (self.steps, self.calls, self.seed) = (steps, calls, seed);
     }
 
-    /// Every parameter of the fully trained layers, then of the gates.
+    /// Every parameter of the fully trained layers, then of the gates, then of the alignment's
+    /// projections.
     fn dense_params(&self) -> impl Iterator<Item = (&'static str, &Param)> {
         let gates = self.gates.iter().flat_map(|g| [("gate_w", &g.w), ("gate_b", &g.b)]);
-        self.dense.iter().flatten().flat_map(|d| d.params()).chain(gates)
+        let projections = self.align.iter().flat_map(|a| &a.projections).map(|p| ("align_proj", p));
+        self.dense.iter().flatten().flat_map(|d| d.params()).chain(gates).chain(projections)
     }
 
     /// The model's configuration.

@@ -3,11 +3,13 @@
 //! alignment to the teacher's residual streams. The loss itself is chosen in the head loop
 //! (`Trainer::head_forward_backward`) by the [`Signal`] `run` is given.
 
-use super::{check_weight, Trainer};
+use super::{check_weight, sum_squares_slots, Param, Trainer};
 use crate::error::{PupilError, Result};
-use crate::gpu::{DType, GpuContext, Tensor};
+use crate::gpu::{Batch, DType, GpuContext, Tensor};
 use crate::ops::cross_entropy::IGNORE_TARGET;
 use crate::ops::distill_loss::{DistillLoss, MAX_TOP_K};
+use crate::ops::hidden_mse::hidden_mse_forward_backward;
+use crate::ops::matmul_dense::{matmul_dense_forward, DenseLayout};
 
 /// Context distillation: what the teacher reads for a batch (its packed documents, e.g. each
 /// of the student's with an instruction before it) and, for each student token, the teacher
@@ -31,13 +33,74 @@ pub struct TopK {
 
 /// Hidden-state alignment to the teacher of a distillation (TinyBERT, Minitron's pruned
 /// students): for each pair (student boundary, teacher boundary) — boundary b being the residual
-/// stream after b blocks, 1 ≤ b ≤ layers — `weight · ‖h_s − h_t‖² / ‖h_t‖²` per token, averaged
+/// stream after b blocks, 1 ≤ b ≤ layers — `weight · ‖P·h_s − h_t‖² / ‖h_t‖²` per token, averaged
 /// over the batch's tokens, joins the loss, and its gradient enters the backward pass at that
-/// boundary. Student and teacher share the hidden size.
+/// boundary. P is the identity unless `projected`: then each pair learns its own
+/// `[teacher hidden, student hidden]` matrix (TinyBERT's W_h), trained with the run's
+/// optimizer and started at the truncated identity (the student's stream in the teacher's
+/// first dimensions; exactly the unprojected alignment for equal sizes). Only a projection
+/// aligns students narrower or wider than their teacher. It is a training aid: nothing of it
+/// is exported.
 #[derive(Clone, Debug, PartialEq)]
 pub struct HiddenAlignment {
     pub pairs: Vec<(usize, usize)>,
     pub weight: f32,
+    pub projected: bool,
+}
+
+/// A trainer's alignment: the pairs and weight, the per-row loss, and with a projection its
+/// parameters (one per pair) and work buffers (the projected stream and its gradient).
+pub(super) struct AlignState {
+    pub(super) alignment: HiddenAlignment,
+    loss: Tensor,
+    pub(super) projections: Vec<Param>,
+    work: Option<(Tensor, Tensor)>,
+}
+
+/// One alignment term of a pass: the student boundary, the teacher's stream there `[n, th]`
+/// and the pair's projection, if any.
+pub(super) struct AlignTerm<'a> {
+    pub(super) boundary: usize,
+    teacher: Tensor,
+    projection: Option<&'a Param>,
+}
+
+/// A pass's alignment ([`Trainer::alignment_with`]).
+pub(super) struct AlignPass<'a> {
+    pub(super) terms: Vec<AlignTerm<'a>>,
+    weight: f32,
+    pub(super) loss: Tensor,
+    work: Option<&'a (Tensor, Tensor)>,
+}
+
+impl AlignPass<'_> {
+    /// Record `term`'s loss for the student stream `hs` `[n, hidden]` into the per-row loss
+    /// and, with `grad` (the stream's gradient and the scale of this pass), its gradient into
+    /// it and into the projection's.
+    pub(super) fn record(
+        &self,
+        b: &mut Batch,
+        term: &AlignTerm<'_>,
+        hs: &Tensor,
+        grad: Option<(&Tensor, f32)>,
+    ) -> Result<()> {
+        let (dx, scale) = grad.map_or((None, 0.0), |(g, s)| (Some(g), s));
+        let (Some(p), Some((proj, dproj))) = (term.projection, self.work) else {
+            return hidden_mse_forward_backward(b, hs, &term.teacher, &self.loss, dx, self.weight, scale);
+        };
+        let (n, th, h) = (hs.shape()[0], p.w.shape()[0], p.w.shape()[1]);
+        let proj = proj.view(0, &[n, th])?;
+        matmul_dense_forward(b, hs, &p.w, &proj, DenseLayout::Nt, (n, th, h), 1.0, false)?;
+        let Some(dx) = dx else {
+            return hidden_mse_forward_backward(b, &proj, &term.teacher, &self.loss, None, self.weight, 0.0);
+        };
+        let dproj = dproj.view(0, &[n, th])?;
+        b.clear(&dproj)?;
+        hidden_mse_forward_backward(b, &proj, &term.teacher, &self.loss, Some(&dproj), self.weight, scale)?;
+        // dP += dprojᵀ·h_s, dh_s += dproj·P.
+        matmul_dense_forward(b, &dproj, hs, &p.g, DenseLayout::Tn, (th, h, n), 1.0, true)?;
+        matmul_dense_forward(b, &dproj, &p.w, dx, DenseLayout::Nn, (n, h, th), 1.0, true)
+    }
 }
 
 /// What `run` learns from: the labels (cross-entropy), an online teacher's logits, or an
@@ -60,21 +123,69 @@ impl<'a, 't> Signal<'a, 't> {
 
 impl<'m> Trainer<'m> {
     /// Align the hidden states to the distillation teacher's at `alignment`'s boundaries (see
-    /// [`HiddenAlignment`]; the teacher's boundaries are checked when it is given).
-    pub fn with_hidden_alignment(mut self, ctx: &GpuContext, alignment: HiddenAlignment) -> Result<Self> {
-        let n = self.model.config.n_layers;
+    /// [`HiddenAlignment`]; the teacher's boundaries are checked when it is given), for a
+    /// teacher of hidden size `teacher_hidden` (another size needs `projected`).
+    pub fn with_hidden_alignment(
+        mut self,
+        ctx: &GpuContext,
+        alignment: HiddenAlignment,
+        teacher_hidden: usize,
+    ) -> Result<Self> {
+        const OP: &str = "Trainer::with_hidden_alignment";
+        let (n, h) = (self.model.config.n_layers, self.model.config.hidden);
         if alignment.pairs.is_empty() || alignment.pairs.iter().any(|&(s, t)| s == 0 || s > n || t == 0) {
             return Err(PupilError::arg(
-                "Trainer::with_hidden_alignment",
+                OP,
                 format!("boundaries are 1..={n} (after that many blocks): {:?}", alignment.pairs),
             ));
         }
         if !(alignment.weight.is_finite() && alignment.weight > 0.0) {
-            return Err(PupilError::arg("Trainer::with_hidden_alignment", "a positive weight"));
+            return Err(PupilError::arg(OP, "a positive weight"));
         }
-        let loss = Tensor::empty(ctx, &[self.max_tokens], DType::F32)?;
-        self.align = Some((alignment, loss));
+        if teacher_hidden != h && !alignment.projected {
+            return Err(PupilError::arg(
+                OP,
+                format!(
+                    "hidden sizes differ (student {h}, teacher {teacher_hidden}): align through a learned projection"
+                ),
+            ));
+        }
+        if teacher_hidden == 0 {
+            return Err(PupilError::arg(OP, "a teacher hidden size ≥ 1"));
+        }
+        let e = |shape: &[usize]| Tensor::empty(ctx, shape, DType::F32);
+        let (mut projections, mut work) = (Vec::new(), None);
+        if alignment.projected {
+            let mut eye = vec![0.0f32; teacher_hidden * h];
+            for i in 0..teacher_hidden.min(h) {
+                eye[i * h + i] = 1.0;
+            }
+            for _ in &alignment.pairs {
+                projections.push(Param::new(ctx, Tensor::from_f32(ctx, &eye, &[teacher_hidden, h], DType::F32)?)?);
+            }
+            work = Some((e(&[self.max_tokens, teacher_hidden])?, e(&[self.max_tokens, teacher_hidden])?));
+            let slots = self.partials.len() / 2 + alignment.pairs.len() * sum_squares_slots(teacher_hidden * h);
+            self.partials = e(&[slots, 2])?;
+        }
+        let loss = e(&[self.max_tokens])?;
+        self.align = Some(AlignState { alignment, loss, projections, work });
         Ok(self)
+    }
+
+    /// The alignment's projections, one per pair (none unless `projected`): `w` `[teacher
+    /// hidden, hidden]`, `g` its gradient.
+    pub fn alignment_projections(&self) -> &[Param] {
+        self.align.as_ref().map_or(&[], |a| &a.projections)
+    }
+
+    /// Set pair `i`'s projection from host values, `[teacher hidden, hidden]` row-major.
+    pub fn set_alignment_projection(&self, ctx: &GpuContext, i: usize, values: &[f32]) -> Result<()> {
+        const OP: &str = "Trainer::set_alignment_projection";
+        let p = self.alignment_projections().get(i).ok_or_else(|| PupilError::arg(OP, format!("no projection {i}")))?;
+        if values.len() != p.w.len() {
+            return Err(PupilError::shape(OP, format!("{} values for {:?}", values.len(), p.w.shape())));
+        }
+        p.w.write_f32(ctx, values)
     }
 
     /// Distillation: `teacher` (a trainer of another model with the same vocabulary; nothing of
@@ -250,34 +361,45 @@ impl<'m> Trainer<'m> {
         Ok(())
     }
 
-    /// The alignment to `teacher` for a batch of `n` tokens, checked against the teacher: per
-    /// pair the student boundary and the teacher's stream there `[n, hidden]`, the weight, and
-    /// the per-row loss (zeroed); None without alignment or teacher.
-    #[allow(clippy::type_complexity)]
-    pub(super) fn alignment_with(
-        &self,
+    /// The alignment to `teacher` for a batch of `n` tokens, checked against the teacher: its
+    /// terms (the teacher's streams `[n, teacher hidden]`), weight and per-row loss (zeroed);
+    /// None without alignment or teacher.
+    pub(super) fn alignment_with<'s>(
+        &'s self,
         ctx: &GpuContext,
         teacher: Option<&Trainer<'_>>,
         n: usize,
-    ) -> Result<Option<(Vec<(usize, Tensor)>, f32, Tensor)>> {
+    ) -> Result<Option<AlignPass<'s>>> {
         const OP: &str = "Trainer::hidden_alignment";
-        let (Some((a, loss)), Some(t)) = (&self.align, teacher) else { return Ok(None) };
+        let (Some(a), Some(t)) = (&self.align, teacher) else { return Ok(None) };
         let (tc, c) = (&t.model.config, &self.model.config);
-        if tc.hidden != c.hidden {
+        let aligned_to = a.projections.first().map_or(c.hidden, |p| p.w.shape()[0]);
+        if tc.hidden != aligned_to {
             return Err(PupilError::arg(
                 OP,
-                format!("hidden sizes differ: student {}, teacher {}", c.hidden, tc.hidden),
+                format!("the teacher's hidden size is {}, the alignment was made for {aligned_to}", tc.hidden),
             ));
         }
         if t.gathered.is_some() {
             return Err(PupilError::Unsupported("hidden-state alignment with context distillation".into()));
         }
-        if let Some(&(_, tb)) = a.pairs.iter().find(|p| p.1 > tc.n_layers) {
+        if let Some(&(_, tb)) = a.alignment.pairs.iter().find(|p| p.1 > tc.n_layers) {
             return Err(PupilError::arg(OP, format!("teacher boundary {tb} past its {} layers", tc.n_layers)));
         }
-        let streams =
-            a.pairs.iter().map(|&(sb, tb)| Ok((sb, t.xs[tb].view(0, &[n, c.hidden])?))).collect::<Result<Vec<_>>>()?;
-        loss.fill_buffer_u32(ctx, 0);
-        Ok(Some((streams, a.weight, loss.view(0, &[n])?)))
+        let terms = a
+            .alignment
+            .pairs
+            .iter()
+            .enumerate()
+            .map(|(i, &(sb, tb))| {
+                Ok(AlignTerm {
+                    boundary: sb,
+                    teacher: t.xs[tb].view(0, &[n, tc.hidden])?,
+                    projection: a.projections.get(i),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        a.loss.fill_buffer_u32(ctx, 0);
+        Ok(Some(AlignPass { terms, weight: a.alignment.weight, loss: a.loss.view(0, &[n])?, work: a.work.as_ref() }))
     }
 }

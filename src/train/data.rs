@@ -149,12 +149,7 @@ impl Row {
     /// same predictions.
     pub fn as_teacher_reads(&self) -> Row {
         let Some(t) = &self.teacher else { return Row { teacher: None, top_k: None, ..self.clone() } };
-        let mut targets = vec![IGNORE_TARGET; t.ids.len()];
-        for (&r, &target) in t.rows.iter().zip(&self.targets) {
-            if target != IGNORE_TARGET {
-                targets[r as usize] = target;
-            }
-        }
+        let targets = t.targets_for(&self.targets);
         Row { ids: t.ids.clone(), targets, doc_lengths: t.doc_lengths.clone(), teacher: None, top_k: None }
     }
 }

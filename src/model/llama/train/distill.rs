@@ -21,6 +21,21 @@ pub struct TeacherRow {
     pub rows: Vec<u32>,
 }
 
+impl TeacherRow {
+    /// The teacher's own targets for the student's `targets`: each counted one at the teacher
+    /// row its token maps to, the rest ignored (its loss is then the teacher's on the same
+    /// predictions).
+    pub fn targets_for(&self, targets: &[u32]) -> Vec<u32> {
+        let mut out = vec![IGNORE_TARGET; self.ids.len()];
+        for (&r, &t) in self.rows.iter().zip(targets) {
+            if t != IGNORE_TARGET {
+                out[r as usize] = t;
+            }
+        }
+        out
+    }
+}
+
 /// An offline teacher's view of a batch (`pupil teach`): per token its `k` most likely next ids
 /// (distinct, in the vocabulary) and their log-probabilities (of its distribution at the
 /// temperature it was written at), `[tokens, k]` row-major.
@@ -258,15 +273,8 @@ impl<'m> Trainer<'m> {
         if input.rows.len() != ids.len() || input.rows.iter().any(|&r| r as usize >= nt) {
             return Err(PupilError::arg(op, format!("one teacher row (below {nt}) per student token")));
         }
-        // The teacher's own targets: the student's, at the rows they map to (what it counts is
-        // only checked by write_batch; its loss is not used).
-        let mut t_targets = vec![IGNORE_TARGET; nt];
-        for (&r, &t) in input.rows.iter().zip(targets) {
-            if t != IGNORE_TARGET {
-                t_targets[r as usize] = t;
-            }
-        }
-        teacher.write_batch(ctx, &input.ids, &t_targets, &input.doc_lengths)?;
+        // (What the teacher counts is only checked by write_batch; its loss is not used.)
+        teacher.write_batch(ctx, &input.ids, &input.targets_for(targets), &input.doc_lengths)?;
         teacher.gather_rows.view(0, &[ids.len()])?.write_bytes(ctx, bytemuck::cast_slice(&input.rows))?;
         teacher.gathered = Some(nt);
         Ok(())

@@ -105,6 +105,12 @@ export interface SamplingOptions {
    *  answers, the loaded model drafting `draft_tokens` (default 4) per verification pass. The
    *  output follows the teacher alone: greedy, its tokens; sampling, its distribution. */
   speculative?: { draft_tokens?: number };
+  /** Report each generated token's log-probability under the model: the log-softmax of its raw
+   *  logits, before the repetition penalty, temperature and truncation (OpenAI's and vLLM's
+   *  meaning), so it does not depend on how the token was sampled. Not with `speculative`. */
+  logprobs?: boolean;
+  /** With `logprobs`: also the 0..20 most likely tokens at each position. */
+  top_logprobs?: number;
   /** Aborting rejects the request (or the stream's next step) with a DOMException 'AbortError'. */
   signal?: AbortSignal;
 }
@@ -138,6 +144,25 @@ export interface SpeculativeUsage {
   target_passes: number;
 }
 
+/** One token's log-probability (OpenAI's shape): `bytes` is its exact UTF-8, `token` that read
+ *  as text (a piece of a character shows as U+FFFD). */
+export interface TokenLogprob {
+  token: string;
+  logprob: number;
+  bytes: number[];
+}
+
+export interface ChatCompletionTokenLogprob extends TokenLogprob {
+  /** The `top_logprobs` most likely tokens at this position, most likely first. */
+  top_logprobs: TokenLogprob[];
+}
+
+/** With `logprobs: true`: every generated token's (a chunk: those since the previous chunk). */
+export interface ChoiceLogprobs {
+  content: ChatCompletionTokenLogprob[];
+  refusal: null;
+}
+
 export interface ChatCompletion {
   id: string;
   object: 'chat.completion';
@@ -147,7 +172,7 @@ export interface ChatCompletion {
     index: number;
     /** `reasoning_content`: a reasoning model's `<think>` thought, apart from the answer. */
     message: { role: 'assistant'; content: string; reasoning_content?: string };
-    logprobs: null;
+    logprobs: ChoiceLogprobs | null;
     finish_reason: FinishReason;
   }>;
   usage: CompletionUsage;
@@ -165,7 +190,7 @@ export interface ChatCompletionChunk {
     /** The first chunk of a choice has the role; later ones content (or, for a reasoning
      *  model's `<think>` thought, reasoning_content); the last one is empty. */
     delta: { role?: 'assistant'; content?: string; reasoning_content?: string };
-    logprobs: null;
+    logprobs: ChoiceLogprobs | null;
     finish_reason: FinishReason | null;
   }>;
   /** Only on the last chunk of the response. */
@@ -211,16 +236,18 @@ export interface GenerationResult {
     targetPasses: number;
     tokensPerTargetPass: number;
   };
+  /** With `logprobs`: each generated token's, aligned with `tokens`. */
+  logprobs?: ChatCompletionTokenLogprob[];
 }
 
 export type GenerateEvent =
-  | { type: 'token'; text: string; tokenId: number; reasoning: string }
+  | { type: 'token'; text: string; tokenId: number; reasoning: string; logprobs?: ChatCompletionTokenLogprob }
   | { type: 'done'; result: GenerationResult };
 
 export interface GenerateOptions extends SamplingOptions {
   stream?: boolean;
-  /** Called with each text delta (non-streaming calls). */
-  onToken?: (text: string, tokenId: number, reasoning: string) => void;
+  /** Called with each text delta (non-streaming calls); `logprobs` with `logprobs: true`. */
+  onToken?: (text: string, tokenId: number, reasoning: string, logprobs?: ChatCompletionTokenLogprob) => void;
 }
 
 export interface AdapterInfo {

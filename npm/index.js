@@ -30,7 +30,7 @@ class WorkerClient {
     worker.onmessage = ({ data }) => {
       const p = this.pending.get(data.id);
       if (!p) return;
-      if (data.type === 'token') p.onToken?.(data.text, data.tokenId, data.reasoning || '');
+      if (data.type === 'token') p.onToken?.(data.text, data.tokenId, data.reasoning || '', data.logprobs);
       else if (data.type === 'progress') p.onProgress?.({ done: data.done, total: data.total, phase: data.phase });
       else if (data.type === 'step') p.onStep?.(data.step);
       else {
@@ -103,12 +103,18 @@ function modelSource(model) {
 // OpenAI's snake_case request fields to the engine's generate options.
 function generateOptions(req, seed) {
   const stop = req.stop == null ? undefined : [].concat(req.stop);
+  if (req.top_logprobs != null && !req.logprobs) {
+    throw namedError('TypeError', 'top_logprobs needs logprobs: true');
+  }
   const o = {
     maxTokens: req.max_tokens, temperature: req.temperature, topP: req.top_p, topK: req.top_k,
     minP: req.min_p, repetitionPenalty: req.repetition_penalty, seed, stop, splitReasoning: req.split_reasoning,
     // Speculative decoding: the teacher (loadTeacher) answers, the loaded model drafting.
     speculative: req.speculative == null ? undefined
       : (req.speculative.draft_tokens == null ? {} : { draftTokens: req.speculative.draft_tokens }),
+    // Each token's log-probability under the model (before temperature and truncation).
+    logprobs: req.logprobs ? true : undefined,
+    topLogprobs: req.logprobs ? (req.top_logprobs ?? 0) : undefined,
   };
   for (const k of Object.keys(o)) if (o[k] === undefined) delete o[k];
   return o;
@@ -179,7 +185,7 @@ export class Engine {
     const forward = () => inner.abort();
     if (signal?.aborted) inner.abort(); else signal?.addEventListener('abort', forward, { once: true });
     const ch = channel(() => inner.abort());
-    const onToken = (text, tokenId, reasoning) => ch.push({ type: 'token', text, tokenId, reasoning });
+    const onToken = (text, tokenId, reasoning, logprobs) => ch.push({ type: 'token', text, tokenId, reasoning, logprobs });
     this.#run(cmd, args, { signal: inner.signal, onToken })
       .then((result) => { ch.push({ type: 'done', result }); ch.end(); }, (e) => ch.fail(e))
       .finally(() => signal?.removeEventListener('abort', forward));
@@ -189,7 +195,13 @@ export class Engine {
   /** Generate after a raw prompt (no chat template). */
   generate(prompt, options = {}) {
     const { stream, signal, onToken, ...rest } = options;
-    const args = { prompt, options: generateOptions(rest, rest.seed ?? randomSeed()) };
+    let args;
+    try {
+      args = { prompt, options: generateOptions(rest, rest.seed ?? randomSeed()) };
+    } catch (e) {
+      if (stream) throw e;
+      return Promise.reject(e);
+    }
     if (stream) return this.#stream('generate', args, signal);
     return this.#run('generate', args, { signal, onToken });
   }
@@ -258,7 +270,12 @@ export class Engine {
     const messages = req.messages.map(({ role, content }) => ({ role, content }));
     // enable_thinking goes to the chat template (as transformers' apply_chat_template kwarg).
     const enableThinking = req.enable_thinking == null ? undefined : !!req.enable_thinking;
-    const calls = Array.from({ length: n }, (_, i) => ({ messages, options: generateOptions(req, base + i), enableThinking }));
+    let calls;
+    try {
+      calls = Array.from({ length: n }, (_, i) => ({ messages, options: generateOptions(req, base + i), enableThinking }));
+    } catch (e) {
+      return Promise.reject(e);
+    }
     const meta = { id: completionId(), created: Math.floor(Date.now() / 1000), model: this.model.name || 'pupil' };
     if (req.stream) return Promise.resolve(this.#chunks(calls, meta, req.signal));
     return this.#completion(calls, meta, req.signal);
@@ -273,7 +290,7 @@ export class Engine {
       // A reasoning model's thought rides apart, as OpenAI-compatible servers send it.
       const message = { role: 'assistant', content: r.content ?? r.text };
       if (r.reasoning) message.reasoning_content = r.reasoning;
-      choices.push({ index, message, logprobs: null,
+      choices.push({ index, message, logprobs: r.logprobs ? { content: r.logprobs, refusal: null } : null,
         finish_reason: FINISH[r.finishReason] ?? r.finishReason });
       if (index === 0) usage.prompt_tokens = r.promptTokens; // the same prompt for every choice
       usage.completion_tokens += r.generatedTokens;
@@ -288,8 +305,14 @@ export class Engine {
   // OpenAI's chunk sequence per choice: a delta with the role, content deltas, then an empty
   // delta with finish_reason; `usage` rides on the very last chunk.
   async *#chunks(calls, meta, signal) {
-    const chunk = (index, delta, finish = null) =>
-      ({ ...meta, object: 'chat.completion.chunk', choices: [{ index, delta, logprobs: null, finish_reason: finish }] });
+    // With logprobs, a chunk carries those of the tokens since the previous chunk (a token
+    // whose text is held back, e.g. a possible stop string, rides on a later one).
+    let pending = [];
+    const chunk = (index, delta, finish = null) => {
+      const logprobs = pending.length ? { content: pending, refusal: null } : null;
+      pending = [];
+      return { ...meta, object: 'chat.completion.chunk', choices: [{ index, delta, logprobs, finish_reason: finish }] };
+    };
     const usage = { prompt_tokens: 0, completion_tokens: 0, total_tokens: 0 };
     let speculative;
     for (const [index, args] of calls.entries()) {
@@ -298,6 +321,7 @@ export class Engine {
       for await (const ev of this.#stream('chat', args, signal)) {
         if (ev.type === 'done') result = ev.result;
         else {
+          if (ev.logprobs) pending.push(ev.logprobs);
           if (ev.reasoning) yield chunk(index, { reasoning_content: ev.reasoning });
           if (ev.text) yield chunk(index, { content: ev.text });
         }

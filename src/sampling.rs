@@ -61,6 +61,8 @@ use crate::rng::SplitMix64;
 pub const DEFAULT_CANDIDATES: usize = 256;
 /// Relative margin on the GPU-estimated total mass for top-p decisions without top-k.
 pub const TOP_P_MARGIN: f64 = 2e-4;
+/// The most alternatives a drawn token's [`TokenLogprobs`] lists (OpenAI's `top_logprobs` limit).
+pub const MAX_TOP_LOGPROBS: usize = 20;
 
 const OP: &str = "sample";
 
@@ -168,6 +170,62 @@ impl SamplerConfig {
     }
 }
 
+/// A drawn token's log-probability and its most likely alternatives under the model's own
+/// distribution: the log-softmax of the raw logits, before the penalty, the temperature and
+/// any truncation (what OpenAI's and vLLM's `logprobs` report), so it does not depend on how
+/// the token was sampled. From the GPU's f32 log-sum-exp of the row (error ≲ 2e-5); the drawn
+/// token's logit is read exactly when it is among the `top`, else recovered from its processed
+/// value by undoing the one f32 multiplication (within an f32 rounding).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct TokenLogprobs {
+    pub token: u32,
+    pub logprob: f32,
+    /// The `top_logprobs` most likely tokens and their log-probabilities, most likely first
+    /// (equal logits: the lower id first); empty when none were asked for.
+    pub top: Vec<(u32, f32)>,
+}
+
+/// What the logprobs of the next draw are made of: the raw row's largest logits, its
+/// log-sum-exp, and what turned raw logits into the processed ones drawn from.
+#[derive(Clone, Debug)]
+struct RawRow {
+    top: Vec<(u32, f32)>,
+    /// How many of `top` the caller asked for.
+    report: usize,
+    lse: f64,
+    factors: [f32; 4],
+    /// Sorted penalised ids.
+    pen: Vec<u32>,
+}
+
+impl RawRow {
+    fn logprobs(&self, token: u32, dist: &TokenDistribution) -> TokenLogprobs {
+        let logit = match self.top.iter().find(|c| c.0 == token) {
+            Some(c) => c.1 as f64,
+            None => match dist.tokens.iter().position(|&t| t == token).and_then(|i| dist.values.get(i)) {
+                // The inverse of sample_logits_forward's one multiplication for this token.
+                Some(&y) => {
+                    let f = if self.pen.binary_search(&token).is_err() {
+                        self.factors[0]
+                    } else if y > 0.0 {
+                        self.factors[1]
+                    } else {
+                        self.factors[2]
+                    };
+                    y as f64 / f as f64
+                }
+                None => f64::NAN,
+            },
+        };
+        let lp = |l: f64| (l - self.lse) as f32;
+        TokenLogprobs {
+            token,
+            logprob: lp(logit),
+            top: self.top.iter().take(self.report).map(|&(t, l)| (t, lp(l as f64))).collect(),
+        }
+    }
+}
+
 /// Which readback decided a distribution.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub enum SamplePath {
@@ -182,6 +240,8 @@ pub enum SamplePath {
 #[derive(Clone, Debug, PartialEq)]
 pub struct TokenDistribution {
     tokens: Vec<u32>,
+    /// The kept tokens' processed logits (empty for [`from_weights`](Self::from_weights)).
+    values: Vec<f32>,
     weights: Vec<f64>,
     total: f64,
     path: SamplePath,
@@ -193,7 +253,8 @@ impl TokenDistribution {
         let l0 = kept[0].1 as f64;
         let weights: Vec<f64> = kept.iter().map(|c| libm::exp(c.1 as f64 - l0)).collect();
         let total = weights.iter().sum();
-        TokenDistribution { tokens: kept.iter().map(|c| c.0).collect(), weights, total, path }
+        let (tokens, values) = kept.iter().copied().unzip();
+        TokenDistribution { tokens, values, weights, total, path }
     }
 
     /// A distribution over `tokens` with unnormalised `weights` (aligned, finite, ≥ 0; the
@@ -204,7 +265,7 @@ impl TokenDistribution {
             return None;
         }
         let total = weights.iter().sum();
-        Some(TokenDistribution { tokens, weights, total, path: SamplePath::FullRow })
+        Some(TokenDistribution { tokens, values: Vec::new(), weights, total, path: SamplePath::FullRow })
     }
 
     pub fn tokens(&self) -> &[u32] {
@@ -259,6 +320,7 @@ struct Scratch {
     factors: Option<Tensor>,
     pen: Option<Tensor>,
     out: Option<Tensor>,
+    raw: Option<Tensor>,
 }
 
 impl Scratch {
@@ -289,6 +351,10 @@ pub struct Sampler {
     candidates: usize,
     scratch: Scratch,
     stats: SamplerStats,
+    /// `Some(n)`: report each draw's logprobs with its `n` most likely alternatives.
+    logprobs: Option<usize>,
+    raw: Option<RawRow>,
+    last_logprobs: Option<TokenLogprobs>,
 }
 
 impl Sampler {
@@ -300,7 +366,27 @@ impl Sampler {
             candidates: DEFAULT_CANDIDATES,
             scratch: Scratch::default(),
             stats: SamplerStats::default(),
+            logprobs: None,
+            raw: None,
+            last_logprobs: None,
         })
+    }
+
+    /// Report every draw's [`TokenLogprobs`] with its `top` (0..=20) most likely
+    /// alternatives ([`take_logprobs`](Self::take_logprobs)). It costs one more candidates
+    /// pass over the raw logits and its small readback; the tokens drawn do not change.
+    pub fn with_logprobs(mut self, top: usize) -> Result<Sampler> {
+        if top > MAX_TOP_LOGPROBS {
+            return Err(PupilError::arg(OP, format!("top_logprobs {top} over {MAX_TOP_LOGPROBS}")));
+        }
+        self.logprobs = Some(top);
+        Ok(self)
+    }
+
+    /// The logprobs of the last token drawn (once), when [`with_logprobs`](Self::with_logprobs)
+    /// asked for them.
+    pub fn take_logprobs(&mut self) -> Option<TokenLogprobs> {
+        self.last_logprobs.take()
     }
 
     /// Candidates read back when `top_k` does not fix the count (1..=1024), or 0 to always
@@ -345,8 +431,12 @@ impl Sampler {
     }
 
     /// Draw from `dist` with this sampler's RNG (one random number per call).
+    /// With logprobs on, a distribution from [`distribution`](Self::distribution) records the
+    /// drawn token's.
     pub fn draw(&mut self, dist: &TokenDistribution) -> u32 {
-        dist.draw_with(self.rng.next_f64())
+        let token = dist.draw_with(self.rng.next_f64());
+        self.last_logprobs = self.raw.take().map(|raw| raw.logprobs(token, dist));
+        token
     }
 
     /// Several sequences at once: row `r` of `logits` `[rows, vocab]` is sampled by
@@ -405,6 +495,8 @@ impl Sampler {
             plans.push(Plan { factors: cfg.factors()?, pen: cfg.penalized_ids(r, width)?, k: k.min(width) });
         }
 
+        // Logprobs: the raw row's largest logits and log-sum-exp, for every row (one kernel).
+        let raw_k = samplers.iter().filter_map(|s| s.logprobs).map(|n| n.max(1)).max().map(|n| n.min(width));
         let scratch = &mut samplers[0].scratch;
         scratch.bind(ctx);
         let identity = plans.iter().all(|p| p.factors[0] == 1.0 && p.pen.is_empty());
@@ -438,7 +530,29 @@ impl Sampler {
         } else {
             None
         };
+        let raw_out = match raw_k {
+            Some(k) => {
+                let t = reuse(&mut scratch.raw, ctx, &[rows, candidates_row_words(k)], DType::U32)?;
+                sample_candidates_forward(&mut batch, logits, k, &t)?;
+                Some((t, k))
+            }
+            None => None,
+        };
         batch.submit();
+        if let Some((t, k)) = raw_out {
+            let words = t.read_u32(ctx).await?;
+            let stride = candidates_row_words(k);
+            for (r, (s, plan)) in samplers.iter_mut().zip(&plans).enumerate() {
+                let Some(report) = s.logprobs else { continue };
+                let row = &words[r * stride..(r + 1) * stride];
+                let top = (0..k)
+                    .map(|j| (row[j], f32::from_bits(row[k + j])))
+                    .filter(|c| c.0 != u32::MAX && c.1 > f32::NEG_INFINITY)
+                    .collect();
+                let lse = f32::from_bits(row[2 * k + 1]) as f64;
+                s.raw = Some(RawRow { top, report, lse, factors: plan.factors, pen: plan.pen.clone() });
+            }
+        }
 
         let mut dists: Vec<Option<TokenDistribution>> = vec![None; rows];
         if let Some(out) = out {

@@ -174,6 +174,44 @@ fn tiny_llama3_matches_transformers_every_position() {
     }
 }
 
+/// Logprobs of a prompt's next token (`Sampler::with_logprobs`) against the log-softmax of
+/// transformers' logits at the prompt's last position: the same top 5, within 1e-4.
+#[test]
+fn tiny_llama3_logprobs_match_transformers() {
+    let file = std::fs::read(fixture_dir().join("tiny_llama3.gguf")).unwrap();
+    let fixture = json("tiny_llama3.json");
+    let ctx = common::full_context();
+    let model = load(&ctx, &file, DType::F32, 16, 1);
+    for s in fixture["sequences"].as_array().unwrap() {
+        let prompt = ids(&s["input_ids"]);
+        let rows = s["logits"].as_array().unwrap();
+        let last = floats(rows.last().unwrap());
+        let max = last.iter().fold(f64::NEG_INFINITY, |m, &v| m.max(v as f64));
+        let lse = max + last.iter().map(|&v| (v as f64 - max).exp()).sum::<f64>().ln();
+        let mut order: Vec<usize> = (0..last.len()).collect();
+        order.sort_by(|&a, &b| last[b].total_cmp(&last[a]));
+        let mut session = Session::new(&ctx, &model).unwrap();
+        session.set_prompt(&ctx, &prompt).unwrap();
+        let cfg = SamplerConfig { temperature: 0.9, top_k: 20, seed: 7, ..SamplerConfig::default() };
+        let mut sampler = Sampler::new(cfg).unwrap().with_logprobs(5).unwrap();
+        let token =
+            pollster::block_on(sampler.sample(pupil::Batch::new(&ctx), &session.logits().unwrap(), &prompt)).unwrap();
+        let lp = sampler.take_logprobs().unwrap();
+        assert_eq!(lp.token, token);
+        let top: Vec<usize> = lp.top.iter().map(|t| t.0 as usize).collect();
+        assert_eq!(top, order[..5], "{}: top 5", s["name"]);
+        let mut worst = (lp.logprob as f64 - (last[token as usize] as f64 - lse)).abs();
+        for &(id, l) in &lp.top {
+            worst = worst.max((l as f64 - (last[id as usize] as f64 - lse)).abs());
+        }
+        println!(
+            "{}: token {token} logprob {:.4}, worst error against transformers {worst:.2e}",
+            s["name"], lp.logprob
+        );
+        assert!(worst < 1e-4, "{}: {worst}", s["name"]);
+    }
+}
+
 /// Engine consistency on the real model (f32): decode = recomputation, chunked prefill =
 /// one-shot, cache reuse and rollback, batched decode = single-sequence decode.
 #[test]

@@ -270,7 +270,7 @@ fn speculative_text_on_smollm2_is_the_models_own() {
         &opts,
         4,
         &SamplerConfig::greedy(),
-        &mut |delta, _| {
+        &mut |delta, _, _| {
             shown.push_str(delta);
             Flow::Continue
         },

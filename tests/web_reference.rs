@@ -51,7 +51,7 @@ fn greedy_text(ctx: &GpuContext, file: &[u8], prompt: &str, parse_special: bool,
         &ids,
         &text_opts,
         &mut sampler,
-        &mut |d, _| {
+        &mut |d, _, _| {
             streamed.push_str(d);
             Flow::Continue
         },

@@ -91,10 +91,11 @@ async function generate(id, prompt, options) {
   stopRequested = false;
   const tokenIds = [];
   try {
-    const json = await engine.generate(prompt, JSON.stringify(options || {}), (text, tokenId, reasoning) => {
+    const json = await engine.generate(prompt, JSON.stringify(options || {}), (text, tokenId, reasoning, logprobs) => {
       if (stopRequested) return false;
       tokenIds.push(tokenId);
-      post({ id, type: 'token', text, tokenId, reasoning });
+      // logprobs (asked for): this token's, in OpenAI's shape.
+      post({ id, type: 'token', text, tokenId, reasoning, logprobs: logprobs && JSON.parse(logprobs) });
       return true;
     });
     return { ...JSON.parse(json), tokenIds, prompt };

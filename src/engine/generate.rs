@@ -7,12 +7,18 @@ use web_time::Instant;
 use super::session::Session;
 use crate::error::Result;
 use crate::gpu::{Batch, GpuContext, Tensor};
+use crate::sampling::TokenLogprobs;
 
 /// Chooses the next token from a logits row on the GPU.
 #[allow(async_fn_in_trait)]
 pub trait TokenPicker {
     /// `logits`: `[1, vocab]` on the GPU; `history`: every token of the sequence so far.
     async fn pick(&mut self, ctx: &GpuContext, logits: &Tensor, history: &[u32]) -> Result<u32>;
+
+    /// The last picked token's logprobs, when the picker reports them.
+    fn take_logprobs(&mut self) -> Option<TokenLogprobs> {
+        None
+    }
 }
 
 /// Seeded sampling (temperature, top-k/top-p/min-p, repetition penalty) on the GPU; greedy is
@@ -20,6 +26,10 @@ pub trait TokenPicker {
 impl TokenPicker for crate::sampling::Sampler {
     async fn pick(&mut self, ctx: &GpuContext, logits: &Tensor, history: &[u32]) -> Result<u32> {
         self.sample(Batch::new(ctx), logits, history).await
+    }
+
+    fn take_logprobs(&mut self) -> Option<TokenLogprobs> {
+        crate::sampling::Sampler::take_logprobs(self)
     }
 }
 

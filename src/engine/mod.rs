@@ -15,4 +15,7 @@ pub use perplexity::{perplexity, PerplexityReport};
 pub use reasoning::{split_reasoning, ReasoningSplit, SplitDelta};
 pub use session::Session;
 pub use speculative::{generate_speculative, SpeculativeOptions, SpeculativeStats};
-pub use text::{generate_text, generate_text_speculative, FinishReason, SpeculativeText, TextGeneration, TextOptions};
+pub use text::{
+    generate_text, generate_text_speculative, openai_logprobs, FinishReason, OnText, SpeculativeText, TextGeneration,
+    TextOptions,
+};

@@ -3,13 +3,19 @@
 //! start of a stop string is held back until it is known not to be, so a caller never shows
 //! part of a stop string; the stop string itself is not part of the output.
 
+use std::cell::RefCell;
+
 use super::generate::{generate, Flow, GenerateOptions, GenerationStats, StopReason, TokenPicker};
 use super::session::Session;
 use super::speculative::{generate_speculative, SpeculativeOptions, SpeculativeStats};
 use crate::error::Result;
 use crate::gpu::GpuContext;
-use crate::sampling::SamplerConfig;
+use crate::sampling::{SamplerConfig, TokenLogprobs};
 use crate::tokenizer::Tokenizer;
+
+/// What `on_text` is called with for each generated token: the text it makes showable, its id,
+/// and its logprobs when the picker reports them.
+pub type OnText<'a> = dyn FnMut(&str, u32, Option<&TokenLogprobs>) -> Flow + 'a;
 
 /// Limits of one text generation.
 #[derive(Clone, Debug)]
@@ -45,6 +51,21 @@ pub struct TextGeneration {
     pub text: String,
     pub finish: FinishReason,
     pub stats: GenerationStats,
+    /// Each token's logprobs, aligned with `tokens`, when the picker reported them.
+    pub logprobs: Vec<TokenLogprobs>,
+}
+
+/// One token's logprobs as OpenAI's chat completions write them: `{token, logprob, bytes,
+/// top_logprobs: [{token, logprob, bytes}]}`; a token's text is its bytes read as UTF-8 (a
+/// piece of a character shows as U+FFFD; `bytes` is exact).
+pub fn openai_logprobs(tokenizer: &Tokenizer, lp: &TokenLogprobs) -> serde_json::Value {
+    let entry = |id: u32, logprob: f32| {
+        let bytes = tokenizer.token_bytes(id).unwrap_or_default();
+        serde_json::json!({ "token": String::from_utf8_lossy(bytes), "logprob": logprob, "bytes": bytes })
+    };
+    let mut out = entry(lp.token, lp.logprob);
+    out["top_logprobs"] = lp.top.iter().map(|&(id, l)| entry(id, l)).collect();
+    out
 }
 
 /// Stop-string matching over a growing text, holding back a possible beginning of one.
@@ -95,6 +116,7 @@ struct TextSink {
     decoder: crate::tokenizer::StreamDecoder,
     stops: StopStrings,
     tokens: Vec<u32>,
+    logprobs: Vec<TokenLogprobs>,
     error: Option<crate::error::PupilError>,
     stop_string: bool,
     max_tokens: usize,
@@ -106,6 +128,7 @@ impl TextSink {
             decoder: tokenizer.stream_decoder(opts.skip_special),
             stops: StopStrings::new(&opts.stop_strings),
             tokens: Vec::new(),
+            logprobs: Vec::new(),
             error: None,
             stop_string: false,
             max_tokens: opts.max_tokens,
@@ -114,7 +137,7 @@ impl TextSink {
 
     /// One generated token: its showable text to `on_text`; Stop on a stop string, a decode
     /// error or the caller's word.
-    fn push(&mut self, id: u32, on_text: &mut dyn FnMut(&str, u32) -> Flow) -> Flow {
+    fn push(&mut self, id: u32, logprobs: Option<TokenLogprobs>, on_text: &mut OnText) -> Flow {
         self.tokens.push(id);
         let mut piece = match self.decoder.push(id) {
             Ok(p) => p,
@@ -128,7 +151,8 @@ impl TextSink {
             piece.push_str(&self.decoder.finish());
         }
         let (delta, matched) = self.stops.push(&piece, last);
-        let flow = on_text(&delta, id);
+        let flow = on_text(&delta, id, logprobs.as_ref());
+        self.logprobs.extend(logprobs);
         self.stop_string |= matched;
         if matched {
             Flow::Stop
@@ -138,7 +162,7 @@ impl TextSink {
     }
 
     /// The tokens, the text and why it ended, given why the token loop stopped.
-    fn finish(mut self, stop: StopReason) -> Result<(Vec<u32>, String, FinishReason)> {
+    fn finish(mut self, stop: StopReason) -> Result<(Vec<u32>, String, FinishReason, Vec<TokenLogprobs>)> {
         if let Some(e) = self.error {
             return Err(e);
         }
@@ -151,7 +175,7 @@ impl TextSink {
             StopReason::Caller => FinishReason::Abort,
             StopReason::Context => FinishReason::Context,
         };
-        Ok((self.tokens, self.stops.text, finish))
+        Ok((self.tokens, self.stops.text, finish, self.logprobs))
     }
 }
 
@@ -160,7 +184,8 @@ impl TextSink {
 /// showable (often empty: an unfinished character, or a possible stop-string start); its
 /// `Flow::Stop` ends generation with [`FinishReason::Abort`] and no further call. Text held
 /// back when generation ends on a stop token, the context or an abort is only in the result's
-/// `text`; at the token limit the last call gets it.
+/// `text`; at the token limit the last call gets it. A picker that reports logprobs (a
+/// `Sampler::with_logprobs`) hands each token's to `on_text` and the result.
 pub async fn generate_text<P: TokenPicker>(
     ctx: &GpuContext,
     session: &mut Session<'_>,
@@ -168,13 +193,33 @@ pub async fn generate_text<P: TokenPicker>(
     prompt: &[u32],
     opts: &TextOptions,
     picker: &mut P,
-    on_text: &mut dyn FnMut(&str, u32) -> Flow,
+    on_text: &mut OnText<'_>,
 ) -> Result<TextGeneration> {
     let mut sink = TextSink::new(tokenizer, opts);
     let gen_opts = GenerateOptions { max_tokens: opts.max_tokens, stop_tokens: opts.stop_tokens.clone() };
-    let stats = generate(ctx, session, prompt, &gen_opts, picker, &mut |id| sink.push(id, on_text)).await?;
-    let (tokens, text, finish) = sink.finish(stats.stop)?;
-    Ok(TextGeneration { tokens, text, finish, stats })
+    // The picked token's logprobs pass from the picker to the token callback through `slot`.
+    let slot = RefCell::new(None);
+    let mut logged = Logged { picker, slot: &slot };
+    let stats = generate(ctx, session, prompt, &gen_opts, &mut logged, &mut |id| {
+        sink.push(id, slot.borrow_mut().take(), on_text)
+    })
+    .await?;
+    let (tokens, text, finish, logprobs) = sink.finish(stats.stop)?;
+    Ok(TextGeneration { tokens, text, finish, stats, logprobs })
+}
+
+/// A picker whose logprobs land in `slot` as it picks.
+struct Logged<'a, P> {
+    picker: &'a mut P,
+    slot: &'a RefCell<Option<TokenLogprobs>>,
+}
+
+impl<P: TokenPicker> TokenPicker for Logged<'_, P> {
+    async fn pick(&mut self, ctx: &GpuContext, logits: &crate::gpu::Tensor, history: &[u32]) -> Result<u32> {
+        let id = self.picker.pick(ctx, logits, history).await?;
+        *self.slot.borrow_mut() = self.picker.take_logprobs();
+        Ok(id)
+    }
 }
 
 /// A [`generate_text`] whose tokens come from speculative decoding.
@@ -198,7 +243,7 @@ pub async fn generate_text_speculative(
     opts: &TextOptions,
     draft_tokens: usize,
     sampling: &SamplerConfig,
-    on_text: &mut dyn FnMut(&str, u32) -> Flow,
+    on_text: &mut OnText<'_>,
 ) -> Result<SpeculativeText> {
     let mut sink = TextSink::new(tokenizer, opts);
     let spec = SpeculativeOptions {
@@ -207,8 +252,8 @@ pub async fn generate_text_speculative(
         stop_tokens: opts.stop_tokens.clone(),
         sampling: sampling.clone(),
     };
-    let stats = generate_speculative(ctx, target, draft, prompt, &spec, &mut |id| sink.push(id, on_text)).await?;
-    let (tokens, text, finish) = sink.finish(stats.generation.stop)?;
+    let stats = generate_speculative(ctx, target, draft, prompt, &spec, &mut |id| sink.push(id, None, on_text)).await?;
+    let (tokens, text, finish, _) = sink.finish(stats.generation.stop)?;
     Ok(SpeculativeText { tokens, text, finish, stats })
 }
 

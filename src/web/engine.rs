@@ -20,14 +20,14 @@ use wasm_bindgen::prelude::*;
 
 use super::{js_error, named_error};
 use crate::engine::{
-    generate_text, generate_text_speculative, split_reasoning as split_reasoning_text, Flow, ReasoningSplit, Session,
-    SplitDelta, TextOptions,
+    generate_text, generate_text_speculative, openai_logprobs, split_reasoning as split_reasoning_text, Flow,
+    ReasoningSplit, Session, SplitDelta, TextOptions,
 };
 use crate::error::PupilError;
 use crate::gpu::{ContextOptions, DType, GpuContext};
 use crate::model::gguf::GgufHeader;
 use crate::model::{prune, read_header, LlamaModel, ModelConfig, ModelOptions, Overflow};
-use crate::sampling::{Sampler, SamplerConfig};
+use crate::sampling::{Sampler, SamplerConfig, TokenLogprobs};
 use crate::tokenizer::{ChatMessage, ChatTemplate, TemplateValue, Tokenizer};
 
 /// Parse an options object; `""` means `{}`.
@@ -87,6 +87,10 @@ struct GenerateJsOptions {
     /// Speculative decoding: the loaded teacher (`loadTeacher`, or a pruned student's
     /// original) generates, the loaded model drafting `draftTokens` per verification pass.
     speculative: Option<SpeculativeJsOptions>,
+    /// Report each token's log-probability (`Sampler::with_logprobs`), with its `topLogprobs`
+    /// (0..=20) most likely alternatives.
+    logprobs: Option<bool>,
+    top_logprobs: Option<usize>,
 }
 
 #[derive(Deserialize, Default)]
@@ -185,7 +189,7 @@ fn generation_json(
     (finish, tokens, text): (crate::engine::FinishReason, &[u32], &str),
     s: &crate::engine::GenerationStats,
     speculative: Option<&crate::engine::SpeculativeStats>,
-) -> String {
+) -> serde_json::Value {
     let (reasoning, content) =
         if split_reasoning { split_reasoning_text(prompt, text) } else { (String::new(), text.to_string()) };
     let mut out = json!({
@@ -215,7 +219,7 @@ fn generation_json(
             "tokensPerTargetPass": sp.tokens_per_target_pass,
         });
     }
-    out.to_string()
+    out
 }
 
 impl Inner {
@@ -383,7 +387,7 @@ impl Engine {
         #[wasm_bindgen(js_name = optionsJson)] options_json: String,
         #[wasm_bindgen(
             js_name = onToken,
-            unchecked_param_type = "(textDelta: string, tokenId: number, reasoningDelta: string) => boolean | void"
+            unchecked_param_type = "(textDelta: string, tokenId: number, reasoningDelta: string, logprobsJson?: string) => boolean | void"
         )]
         on_token: js_sys::Function,
     ) -> js_sys::Promise {
@@ -394,6 +398,14 @@ impl Engine {
             let _busy = inner.begin("generate")?;
             let o: GenerateJsOptions = options(OP, &options_json)?;
             let mut sampler = Sampler::new(o.sampler()).map_err(|e| js_error(&e))?;
+            let want_logprobs = o.logprobs == Some(true) || o.top_logprobs.is_some();
+            if want_logprobs {
+                if o.speculative.is_some() {
+                    let e = PupilError::arg(OP, "logprobs are not reported by speculative decoding");
+                    return Err(js_error(&e));
+                }
+                sampler = sampler.with_logprobs(o.top_logprobs.unwrap_or(0)).map_err(|e| js_error(&e))?;
+            }
             let (tokenizer, mut session) = {
                 let mut loaded = inner.loaded.borrow_mut();
                 let l = loaded.as_mut().ok_or_else(|| no_model(OP))?;
@@ -426,14 +438,20 @@ impl Engine {
             let mut split = ReasoningSplit::for_prompt(&prompt);
             let result = match tokenizer.encode_for_model(&prompt, o.parse_special.unwrap_or(true)) {
                 Ok(ids) => {
-                    let mut on_text = |delta: &str, id: u32| {
+                    let mut on_text = |delta: &str, id: u32, lp: Option<&TokenLogprobs>| {
                         let d = if split_reasoning {
                             split.push(delta)
                         } else {
                             SplitDelta { content: delta.to_string(), reasoning: String::new() }
                         };
                         let (content, reasoning) = (JsValue::from_str(&d.content), JsValue::from_str(&d.reasoning));
-                        match on_token.call3(&JsValue::NULL, &content, &id.into(), &reasoning) {
+                        let args = js_sys::Array::of4(
+                            &content,
+                            &id.into(),
+                            &reasoning,
+                            &lp.map_or(JsValue::UNDEFINED, |lp| openai_logprobs(&tokenizer, lp).to_string().into()),
+                        );
+                        match on_token.apply(&JsValue::NULL, &args) {
                             Ok(v) if v.as_bool() == Some(false) => Flow::Stop,
                             Ok(_) => Flow::Continue,
                             Err(e) => {
@@ -480,14 +498,19 @@ impl Engine {
             }
             let json = match result.map_err(|e| js_error(&e))? {
                 GenerationOutput::Plain(o) => {
-                    generation_json(&prompt, split_reasoning, (o.finish, &o.tokens, &o.text), &o.stats, None)
+                    let mut json =
+                        generation_json(&prompt, split_reasoning, (o.finish, &o.tokens, &o.text), &o.stats, None);
+                    if want_logprobs {
+                        json["logprobs"] = o.logprobs.iter().map(|lp| openai_logprobs(&tokenizer, lp)).collect();
+                    }
+                    json
                 }
                 GenerationOutput::Speculative(o) => {
                     let s = &o.stats;
                     generation_json(&prompt, split_reasoning, (o.finish, &o.tokens, &o.text), &s.generation, Some(s))
                 }
             };
-            Ok(JsValue::from_str(&json))
+            Ok(JsValue::from_str(&json.to_string()))
         })
     }
 

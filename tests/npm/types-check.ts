@@ -40,6 +40,9 @@ export async function use(file: File): Promise<void> {
   await engine.loadTeacher({ synth: 'tiny-llama', seed: 2 }, { onProgress: (p) => console.log(p.phase) });
   const sp = await engine.chat.completions.create({ messages: [{ role: 'user', content: 'x' }], speculative: { draft_tokens: 4 } });
   console.log(sp.speculative?.acceptance_rate);
+  const lp = await engine.chat.completions.create({ messages: [{ role: 'user', content: 'x' }], logprobs: true, top_logprobs: 2 });
+  const first: number | undefined = lp.choices[0].logprobs?.content[0].top_logprobs[0].logprob;
+  console.log(first, lp.choices[0].logprobs?.content[0].bytes.length);
   const kd = await engine.distill('text', { steps: 2, tau: 2, kdAlpha: 0.5, kdAlphaAdapt: true, divergence: 'jsd:0.3', onStep: (s) => console.log(s.kl, s.ce, s.alpha) });
   const pruned = await engine.pruneIntoStudent({ drop: 1, data: 'calibration text' });
   const applied = await engine.distill('{"text": "x"}\n', { format: 'jsonl', alignHidden: 0.1, alignPairs: [[1, 2]], apply: true });
@@ -59,6 +62,8 @@ export async function misuse(engine: Engine): Promise<void> {
   await engine.chat.completions.create({ temperature: 0 });
   // @ts-expect-error content is a string
   await engine.chat.completions.create({ messages: [{ role: 'user', content: 42 }] });
+  // @ts-expect-error logprobs is a boolean
+  await engine.chat.completions.create({ messages: [], logprobs: 3 });
   // @ts-expect-error stop is a string or strings
   await engine.chat.completions.create({ messages: [], stop: 3 });
   // @ts-expect-error a non-streamed completion is not iterable

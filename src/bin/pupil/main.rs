@@ -136,6 +136,10 @@ enum Command {
         /// Tokens the draft proposes per verification pass.
         #[arg(long, default_value_t = 4, requires = "draft")]
         draft_tokens: usize,
+        /// Print each generated token's log-probability under the model (before penalty,
+        /// temperature and truncation) with its N most likely alternatives (0..=20), on stderr.
+        #[arg(long, value_name = "N", conflicts_with = "draft")]
+        logprobs: Option<usize>,
     },
     /// Interactive multi-turn chat (each turn reuses the cached conversation). /reset, /quit.
     Chat {
@@ -461,7 +465,7 @@ async fn answer(
     prompt: &[u32],
     sample: &SampleArgs,
     sampler: &mut Sampler,
-) -> pupil::Result<(String, GenerationStats)> {
+) -> pupil::Result<pupil::engine::TextGeneration> {
     let opts = TextOptions {
         max_tokens: sample.max_tokens,
         stop_tokens: l.tokenizer.stop_ids().to_vec(),
@@ -480,7 +484,7 @@ async fn answer(
         print!("{}", d.content);
     };
     let mut printed = String::new();
-    let out = generate_text(ctx, session, &l.tokenizer, prompt, &opts, sampler, &mut |delta, _| {
+    let out = generate_text(ctx, session, &l.tokenizer, prompt, &opts, sampler, &mut |delta, _, _| {
         if dim_thoughts {
             show(split.push(delta));
         } else {
@@ -500,7 +504,16 @@ async fn answer(
         print!("{rest}");
     }
     println!();
-    Ok((out.text, out.stats))
+    Ok(out)
+}
+
+/// `--logprobs`: each generated token's log-probability and its alternatives, one line each.
+fn print_logprobs(tokenizer: &pupil::tokenizer::Tokenizer, logprobs: &[pupil::sampling::TokenLogprobs]) {
+    let show = |id: u32| format!("{:?}", String::from_utf8_lossy(tokenizer.token_bytes(id).unwrap_or_default()));
+    for (i, lp) in logprobs.iter().enumerate() {
+        let top: Vec<String> = lp.top.iter().map(|&(id, l)| format!("{} {l:.3}", show(id))).collect();
+        eprintln!("{i:>4} {:>20} {:>8.4}  | {}", show(lp.token), lp.logprob, top.join("  "));
+    }
 }
 
 async fn run(command: Command, options: ContextOptions) -> pupil::Result<ExitCode> {
@@ -553,7 +566,18 @@ async fn run(command: Command, options: ContextOptions) -> pupil::Result<ExitCod
             println!("kernel selftest: {passed} passed, {failed} failed");
             Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
-        Command::Generate { model, sample, prompt, raw, system, no_think, json_stats, draft, draft_tokens } => {
+        Command::Generate {
+            model,
+            sample,
+            prompt,
+            raw,
+            system,
+            no_think,
+            json_stats,
+            draft,
+            draft_tokens,
+            logprobs,
+        } => {
             let prompt = match prompt {
                 Some(p) => p,
                 None => std::io::read_to_string(std::io::stdin()).map_err(other)?,
@@ -586,7 +610,7 @@ async fn run(command: Command, options: ContextOptions) -> pupil::Result<ExitCod
                     &opts,
                     draft_tokens,
                     &sampler_config(&sample),
-                    &mut |delta, _| {
+                    &mut |delta, _, _| {
                         print!("{delta}");
                         let _ = std::io::stdout().flush();
                         Flow::Continue
@@ -617,8 +641,12 @@ async fn run(command: Command, options: ContextOptions) -> pupil::Result<ExitCod
                 return Ok(ExitCode::SUCCESS);
             }
             let mut sampler = Sampler::new(sampler_config(&sample))?;
-            let (_, stats) = answer(&ctx, &l, &mut session, &ids, &sample, &mut sampler).await?;
-            print_stats(&stats, json_stats);
+            if let Some(top) = logprobs {
+                sampler = sampler.with_logprobs(top)?;
+            }
+            let out = answer(&ctx, &l, &mut session, &ids, &sample, &mut sampler).await?;
+            print_logprobs(&l.tokenizer, &out.logprobs);
+            print_stats(&out.stats, json_stats);
             Ok(ExitCode::SUCCESS)
         }
         Command::Chat { model, sample, system, no_think } => {
@@ -650,9 +678,9 @@ async fn run(command: Command, options: ContextOptions) -> pupil::Result<ExitCod
                 let ids =
                     l.tokenizer.encode(&l.template.render_with(&messages, true, &template_vars(no_think))?, true)?;
                 match answer(&ctx, &l, &mut session, &ids, &sample, &mut sampler).await {
-                    Ok((text, stats)) => {
-                        messages.push(ChatMessage::assistant(text.trim()));
-                        print_stats(&stats, false);
+                    Ok(out) => {
+                        messages.push(ChatMessage::assistant(out.text.trim()));
+                        print_stats(&out.stats, false);
                     }
                     Err(e @ PupilError::ContextOverflow { .. }) => {
                         eprintln!("error: {e}; /reset to start a new conversation");

@@ -47,6 +47,25 @@ async function run() {
     || done.usage.completion_tokens <= 6 && choice.finish_reason === 'stop', 'usage and finish_reason agree',
   JSON.stringify(done.usage));
 
+  // logprobs: every token's, OpenAI's shape; greedy picks the first of the top alternatives.
+  const lpDone = await engine.chat.completions.create({ messages, max_tokens: 6, temperature: 0, logprobs: true, top_logprobs: 3 });
+  const lps = lpDone.choices[0].logprobs?.content ?? [];
+  check(lps.length === lpDone.usage.completion_tokens && lps.every((t) => typeof t.token === 'string'
+    && t.logprob <= 0 && Array.isArray(t.bytes) && t.top_logprobs.length === 3
+    && t.top_logprobs[0].token === t.token && Math.abs(t.top_logprobs[0].logprob - t.logprob) < 1e-6
+    && t.top_logprobs[1].logprob <= t.top_logprobs[0].logprob)
+    && lpDone.choices[0].message.content === choice.message.content,
+  'logprobs with top_logprobs: one per token, greedy takes the likeliest, the text unchanged', JSON.stringify(lps[0]));
+  const lpChunks = [];
+  for await (const c of await engine.chat.completions.create({ messages, stream: true, max_tokens: 6, temperature: 0, logprobs: true, top_logprobs: 3 })) {
+    lpChunks.push(...(c.choices[0].logprobs?.content ?? []));
+  }
+  check(JSON.stringify(lpChunks) === JSON.stringify(lps), 'streamed chunks carry the same logprobs', `${lpChunks.length} tokens`);
+  let noLogprobs = null;
+  try { await engine.chat.completions.create({ messages, max_tokens: 2, top_logprobs: 2 }); } catch (e) { noLogprobs = e; }
+  check(noLogprobs?.name === 'TypeError', 'top_logprobs without logprobs is a TypeError', noLogprobs?.message);
+  check(done.choices[0].logprobs === null, 'without logprobs a choice has logprobs: null');
+
   // n = 2: two choices, sequentially, different seeds.
   const two = await engine.chat.completions.create({ messages, max_tokens: 4, n: 2, seed: 7 });
   check(two.choices.length === 2 && two.choices[1].index === 1, 'n: 2 gives two choices');
@@ -101,6 +120,11 @@ async function run() {
   check(spec.speculative?.target_passes > 0 && spec.speculative.drafted_tokens >= spec.speculative.accepted_tokens
     && spec.usage.completion_tokens > 0 && typeof spec.choices[0].message.content === 'string',
   'chat.completions with speculative: the teacher answers, the loaded model drafts', JSON.stringify(spec.speculative));
+  let specLogprobs = null;
+  try {
+    await engine.chat.completions.create({ messages, max_tokens: 2, speculative: {}, logprobs: true });
+  } catch (e) { specLogprobs = e; }
+  check(/speculative/.test(specLogprobs?.message ?? ''), 'logprobs with speculative is refused with a clear error', specLogprobs?.message);
   const layers = engine.model.layers;
   const pruned = await engine.pruneIntoStudent({ keep: [1] });
   check(pruned.model.layers === 1 && engine.model.layers === 1 && pruned.teacher.layers === layers

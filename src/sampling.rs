@@ -544,12 +544,7 @@ impl Sampler {
             let stride = candidates_row_words(k);
             for (r, (s, plan)) in samplers.iter_mut().zip(&plans).enumerate() {
                 let Some(report) = s.logprobs else { continue };
-                let row = &words[r * stride..(r + 1) * stride];
-                let top = (0..k)
-                    .map(|j| (row[j], f32::from_bits(row[k + j])))
-                    .filter(|c| c.0 != u32::MAX && c.1 > f32::NEG_INFINITY)
-                    .collect();
-                let lse = f32::from_bits(row[2 * k + 1]) as f64;
+                let (top, lse) = candidates_of(&words[r * stride..(r + 1) * stride], k);
                 s.raw = Some(RawRow { top, report, lse, factors: plan.factors, pen: plan.pen.clone() });
             }
         }
@@ -570,11 +565,7 @@ impl Sampler {
                 if plans[r].k == 0 {
                     continue;
                 }
-                let cands: Vec<(u32, f32)> = (0..k)
-                    .map(|j| (row[j], f32::from_bits(row[k + j])))
-                    .filter(|c| c.0 != u32::MAX && c.1 > f32::NEG_INFINITY)
-                    .collect();
-                let lse = f32::from_bits(row[2 * k + 1]) as f64;
+                let (cands, lse) = candidates_of(row, k);
                 let complete = finite <= cands.len();
                 dists[r] = kept_len(&samplers[r].config, &cands, complete, lse)
                     .map(|n| TokenDistribution::new(&cands[..n], SamplePath::Candidates));
@@ -599,6 +590,16 @@ impl Sampler {
         }
         Ok(dists)
     }
+}
+
+/// One row of `sample_candidates_forward`'s output: its (index, value) candidates in order,
+/// without the unfilled slots, and the row's log-sum-exp.
+fn candidates_of(row: &[u32], k: usize) -> (Vec<(u32, f32)>, f64) {
+    let cands = (0..k)
+        .map(|j| (row[j], f32::from_bits(row[k + j])))
+        .filter(|c| c.0 != u32::MAX && c.1 > f32::NEG_INFINITY)
+        .collect();
+    (cands, f32::from_bits(row[2 * k + 1]) as f64)
 }
 
 /// The finite values of a row as (index, value), value descending then index ascending;

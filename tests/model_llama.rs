@@ -16,6 +16,7 @@ use pupil::engine::{generate, GenerateOptions, Session};
 use pupil::gpu::DType;
 use pupil::model::gguf::{parse_header, GgufWriter, Value};
 use pupil::model::{synth, LlamaModel, Logits, ModelOptions};
+use pupil::reference::distill_loss::log_softmax;
 use pupil::sampling::{Sampler, SamplerConfig};
 use pupil::{GpuContext, PupilError};
 use serde_json::Value as Json;
@@ -186,8 +187,7 @@ fn tiny_llama3_logprobs_match_transformers() {
         let prompt = ids(&s["input_ids"]);
         let rows = s["logits"].as_array().unwrap();
         let last = floats(rows.last().unwrap());
-        let max = last.iter().fold(f64::NEG_INFINITY, |m, &v| m.max(v as f64));
-        let lse = max + last.iter().map(|&v| (v as f64 - max).exp()).sum::<f64>().ln();
+        let want = log_softmax(&last.iter().map(|&v| v as f64).collect::<Vec<_>>(), 1.0);
         let mut order: Vec<usize> = (0..last.len()).collect();
         order.sort_by(|&a, &b| last[b].total_cmp(&last[a]));
         let mut session = Session::new(&ctx, &model).unwrap();
@@ -200,9 +200,9 @@ fn tiny_llama3_logprobs_match_transformers() {
         assert_eq!(lp.token, token);
         let top: Vec<usize> = lp.top.iter().map(|t| t.0 as usize).collect();
         assert_eq!(top, order[..5], "{}: top 5", s["name"]);
-        let mut worst = (lp.logprob as f64 - (last[token as usize] as f64 - lse)).abs();
+        let mut worst = (lp.logprob as f64 - want[token as usize]).abs();
         for &(id, l) in &lp.top {
-            worst = worst.max((l as f64 - (last[id as usize] as f64 - lse)).abs());
+            worst = worst.max((l as f64 - want[id as usize]).abs());
         }
         println!(
             "{}: token {token} logprob {:.4}, worst error against transformers {worst:.2e}",

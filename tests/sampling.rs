@@ -6,6 +6,7 @@
 
 mod common;
 
+use pupil::reference::distill_loss::log_softmax;
 use pupil::reference::sampling::{distribution, process_logits};
 use pupil::rng::SplitMix64;
 use pupil::sampling::{determinism_stream, kept_len, SamplePath, Sampler, SamplerConfig, TOP_P_MARGIN};
@@ -151,13 +152,6 @@ fn exactness_rule_on_hand_made_candidates() {
     assert_eq!(kept_len(&SamplerConfig::greedy(), &c, false, lse), Some(1));
 }
 
-/// The reference's log-softmax of a raw row (f64).
-fn log_softmax(x: &[f32]) -> Vec<f64> {
-    let max = x.iter().fold(f64::NEG_INFINITY, |m, &v| m.max(v as f64));
-    let lse = max + x.iter().map(|&v| (v as f64 - max).exp()).sum::<f64>().ln();
-    x.iter().map(|&v| v as f64 - lse).collect()
-}
-
 /// Logprobs are the raw row's log-softmax whatever the sampling (greedy, top-k, top-p with a
 /// penalty on the likeliest tokens, plain high temperature: both readback routes), for f32 and
 /// f16 logits and one to several rows; asking for them leaves every drawn token as it was.
@@ -174,7 +168,8 @@ fn logprobs_are_the_raw_log_softmax_and_change_no_draw() {
         let x: Vec<f32> =
             if dtype == DType::F16 { x.iter().map(|&v| half::f16::from_f32(v).to_f32()).collect() } else { x };
         let xt = Tensor::from_f32(&ctx, &x, &[rows, vocab], dtype).unwrap();
-        let refs: Vec<Vec<f64>> = x.chunks(vocab).map(log_softmax).collect();
+        let refs: Vec<Vec<f64>> =
+            x.chunks(vocab).map(|r| log_softmax(&r.iter().map(|&v| v as f64).collect::<Vec<_>>(), 1.0)).collect();
         // The likeliest ten tokens of each row are penalised: drawn tokens often lie outside the top.
         let recent: Vec<Vec<u32>> = refs
             .iter()
